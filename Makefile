@@ -1,0 +1,49 @@
+# Project commands. Every target uses the virtualenv in .venv (made by `make venv`).
+PY ?= .venv/bin/python
+PROTOS := $(wildcard protos/neuralops/*/v1/*.proto)
+
+.PHONY: venv generate check-generated lint typecheck test bench reports serve demo
+
+venv:
+	bash scripts/bootstrap.sh
+
+# Regenerate generated/ from protos/ (never edit generated/ by hand).
+generate:
+	rm -rf generated/neuralops
+	mkdir -p generated
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=generated --grpc_python_out=generated \
+		--plugin=protoc-gen-mypy=.venv/bin/protoc-gen-mypy --mypy_out=generated \
+		--plugin=protoc-gen-mypy_grpc=.venv/bin/protoc-gen-mypy_grpc --mypy_grpc_out=generated \
+		$(PROTOS)
+
+# Fails when generated/ differs from what `make generate` makes.
+check-generated: generate
+	@test -z "$$(git status --porcelain -- generated)" || { git status --porcelain -- generated; echo "generated/ is stale: run make generate and commit"; exit 1; }
+
+lint:
+	npx --no-install buf lint
+	npx --no-install buf format -d --exit-code
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	$(MAKE) typecheck
+
+# mypy --strict on the neuralops namespace (generated code is read, not checked).
+typecheck:
+	rm -rf build/typecheck && mkdir -p build/typecheck/neuralops
+	for d in runhistory insight registry; do ln -s ../../../generated/neuralops/$$d build/typecheck/neuralops/$$d; done
+	ln -s ../../../servers build/typecheck/neuralops/servers
+	ln -s ../../../clients build/typecheck/neuralops/clients
+	.venv/bin/mypy -p neuralops.servers -p neuralops.clients
+	.venv/bin/mypy tests benchmarks
+
+test:
+	$(PY) -m pytest
+
+bench:
+	$(PY) -m benchmarks
+
+reports:
+	$(PY) -m neuralops.servers.reports
+
+serve:
+	.venv/bin/neuralops serve

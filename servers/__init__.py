@@ -1,0 +1,1 @@
+"""NeuralOps gRPC servers: RunHistory, Insight and Registry, and their shared plumbing."""

@@ -1,0 +1,171 @@
+"""Builds and runs the gRPC servers: one port per service, one process for any subset.
+
+``create_server(parts, address)`` is the factory ``main`` and the tests both use:
+it adds the servicer, health (SERVING per service) and reflection, binds, and
+returns ``(server, port)`` (port 0 picks a free one). :class:`App` wires storage,
+background workers (embeddings, outbox relay) and the servers for ``neuralops serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from neuralops.servers import metrics
+from neuralops.servers.config import Config
+from neuralops.servers.db import Database, open_database
+from neuralops.servers.interceptors import ServiceInterceptor
+from neuralops.servers.migrate import migrate
+from neuralops.servers.worker import Worker
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("registry", "insight", "runhistory")
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class ServiceParts:
+    """What one service contributes to its server."""
+
+    name: str
+    full_name: str
+    register: Callable[[grpc.Server], None]
+    workers: list[Worker] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+
+@dataclass
+class RunningService:
+    parts: ServiceParts
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+
+def create_server(
+    parts: ServiceParts, address: str, *, max_workers: int = 16
+) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """A server for one service with health and reflection, bound but not started."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=parts.name),
+        interceptors=[ServiceInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    parts.register(server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", parts.full_name):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (parts.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return server, port, health_servicer
+
+
+class App:
+    """All requested services of one process, sharing one database."""
+
+    def __init__(
+        self,
+        config: Config,
+        services: tuple[str, ...] = SERVICES,
+        *,
+        ports: dict[str, int] | None = None,
+        run_migrations: bool = True,
+        relay_backoff_s: float = 30.0,
+    ) -> None:
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services: {', '.join(sorted(unknown))}")
+        self.config = config
+        self.services = tuple(s for s in SERVICES if s in services)
+        self._ports = ports or {}
+        self._run_migrations = run_migrations
+        self._relay_backoff_s = relay_backoff_s
+        self.db: Database | None = None
+        self.running: dict[str, RunningService] = {}
+
+    def port(self, service: str) -> int:
+        return self.running[service].port
+
+    def address(self, service: str) -> str:
+        return self.running[service].address
+
+    def start(self) -> App:
+        from neuralops.servers.insight.factory import build_insight
+        from neuralops.servers.registry.factory import build_registry
+        from neuralops.servers.runhistory.factory import build_runhistory
+
+        cfg = self.config
+        self.db = open_database(cfg.postgres_dsn, cfg.sqlite_path, pool_size=cfg.db_pool_size)
+        log.info("storage: %s", self.db.describe())
+        if self._run_migrations:
+            applied = migrate(self.db)
+            log.info("migrations applied now: %s", ", ".join(applied) or "none (up to date)")
+        for name in self.services:
+            if name == "registry":
+                parts = build_registry(cfg, self.db)
+            elif name == "insight":
+                parts = build_insight(cfg, self.db)
+            else:
+                registry_addr = (
+                    self.running["registry"].address
+                    if "registry" in self.running
+                    else cfg.registry_addr
+                )
+                parts = build_runhistory(cfg, self.db, registry_addr, self._relay_backoff_s)
+            port = self._ports.get(name, cfg.listen_port(name))
+            server, bound, health_servicer = create_server(parts, f"{cfg.bind_host}:{port}")
+            server.start()
+            for worker in parts.workers:
+                worker.start()
+            self.running[name] = RunningService(parts, server, bound, health_servicer)
+            log.info("%s listening on %s:%d", parts.full_name, cfg.bind_host, bound)
+        metrics.track_backlog(self._backlog)
+        return self
+
+    def _backlog(self) -> int:
+        from neuralops.servers import outbox
+
+        assert self.db is not None
+        return outbox.backlog(self.db)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop taking calls, let in-flight calls finish (up to ``grace`` s), then stop
+        workers and close storage."""
+        for svc in self.running.values():
+            svc.health.enter_graceful_shutdown()
+        events = [svc.server.stop(grace) for svc in reversed(list(self.running.values()))]
+        for event in events:
+            event.wait(grace + 1)
+        for svc in self.running.values():
+            for worker in svc.parts.workers:
+                worker.stop()
+            for close in svc.parts.closers:
+                close()
+        self.running.clear()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def __enter__(self) -> App:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(grace=2.0)

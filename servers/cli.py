@@ -1,0 +1,119 @@
+"""The ``neuralops`` command: migrate, serve, and the tools built on them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from neuralops.servers.app import SERVICES, App
+from neuralops.servers.config import Config
+from neuralops.servers.db import open_database
+from neuralops.servers.errors import StorageUnavailable
+from neuralops.servers.migrate import MigrationError, applied, migrate
+
+log = logging.getLogger("neuralops")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    db = open_database(config.postgres_dsn, config.sqlite_path)
+    try:
+        now = migrate(db)
+        print(f"storage: {db.describe()}")
+        print(f"applied now: {', '.join(now) or 'nothing (up to date)'}")
+        print(f"applied in all: {', '.join(applied(db))}")
+    finally:
+        db.close()
+    return 0
+
+
+def _parse_services(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    if "all" in names:
+        return SERVICES
+    bad = [n for n in names if n not in SERVICES]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown service {bad[0]!r}; choose from {', '.join(SERVICES)}"
+        )
+    return names
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    app = App(config, args.services)
+    app.start()
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.bind_host)
+        log.info("metrics on http://%s:%d/metrics", config.bind_host, config.metrics_port)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("received %s: draining in-flight calls", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for name in app.services:
+        print(
+            f"{app.running[name].parts.full_name} on {config.bind_host}:{app.port(name)}",
+            flush=True,
+        )
+    print("ready", flush=True)
+    stop.wait()
+    app.stop(grace=args.grace)
+    log.info("stopped")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuralops", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("migrate", help="apply database migrations (POSTGRES_DSN, else SQLite)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("serve", help="migrate, then run the gRPC services until SIGTERM/Ctrl-C")
+    p.add_argument(
+        "--services",
+        type=_parse_services,
+        default=SERVICES,
+        help="comma-separated subset of registry,insight,runhistory (default: all)",
+    )
+    p.add_argument(
+        "--grace", type=float, default=10.0, help="seconds in-flight calls get on shutdown"
+    )
+    p.set_defaults(func=cmd_serve)
+
+    from neuralops.servers import stack
+
+    stack.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    config = Config.from_env()
+    try:
+        code: int = args.func(config, args)
+    except (StorageUnavailable, MigrationError) as exc:
+        print(f"neuralops: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

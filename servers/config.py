@@ -1,0 +1,90 @@
+"""Configuration, read once from the environment into a frozen value at start-up.
+
+Nothing below this module reads environment variables: servers, workers and the
+CLI receive a :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_REGISTRY_ADDR = "localhost:8000"
+DEFAULT_INSIGHT_ADDR = "localhost:8001"
+DEFAULT_RUNHISTORY_ADDR = "localhost:8002"
+DEFAULT_DATA_DIR = ".neuralops"
+
+
+def _port(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the services need to know about their surroundings."""
+
+    postgres_dsn: str | None = None
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    milvus_endpoint: str | None = None
+    prom_url: str | None = None
+    openai_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
+    embedding_model: str = "text-embedding-3-small"
+    registry_addr: str = DEFAULT_REGISTRY_ADDR
+    insight_addr: str = DEFAULT_INSIGHT_ADDR
+    runhistory_addr: str = DEFAULT_RUNHISTORY_ADDR
+    bind_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    db_pool_size: int = 10
+    prom_timeout_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Read the documented variables (README, DESIGN.md); unset means default."""
+        e = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = e.get(name, "").strip()
+            return value or None
+
+        return cls(
+            postgres_dsn=get("POSTGRES_DSN"),
+            data_dir=Path(get("NEURALOPS_DATA_DIR") or DEFAULT_DATA_DIR),
+            milvus_endpoint=get("MILVUS_ENDPOINT"),
+            prom_url=get("PROM_URL"),
+            openai_key=get("OPENAI_KEY") or get("OPENAI_API_KEY"),
+            openai_base_url=get("OPENAI_BASE_URL"),
+            embedding_model=get("NEURALOPS_EMBEDDING_MODEL") or "text-embedding-3-small",
+            registry_addr=get("NEURALOPS_REGISTRY_ADDR") or DEFAULT_REGISTRY_ADDR,
+            insight_addr=get("NEURALOPS_INSIGHT_ADDR") or DEFAULT_INSIGHT_ADDR,
+            runhistory_addr=get("NEURALOPS_RUNHISTORY_ADDR") or DEFAULT_RUNHISTORY_ADDR,
+            bind_host=get("NEURALOPS_BIND_HOST") or "127.0.0.1",
+            metrics_port=int(get("NEURALOPS_METRICS_PORT") or 9464),
+        )
+
+    def with_(self, **changes: object) -> Config:
+        """A copy with some fields changed (tests, CLI flags)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "neuralops.sqlite3"
+
+    @property
+    def milvus_uri(self) -> str:
+        return self.milvus_endpoint or str(self.data_dir / "milvus.db")
+
+    @property
+    def embeddings_enabled(self) -> bool:
+        return self.openai_key is not None
+
+    def listen_port(self, service: str) -> int:
+        """The port a service listens on, taken from its client address."""
+        addr = {
+            "registry": self.registry_addr,
+            "insight": self.insight_addr,
+            "runhistory": self.runhistory_addr,
+        }[service]
+        return _port(addr)

@@ -1,0 +1,1 @@
+"""Insight: anomaly signals from Prometheus series."""

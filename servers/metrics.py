@@ -1,0 +1,83 @@
+"""Prometheus metrics every server exports on /metrics (prometheus-client)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RPC_REQUESTS = Counter(
+    "neuralops_rpc_requests_total", "gRPC calls handled.", ["service", "method", "code"]
+)
+RPC_LATENCY = Histogram(
+    "neuralops_rpc_duration_seconds",
+    "gRPC call latency, server side.",
+    ["service", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WORKFLOW_RUNS = Counter(
+    "neuralops_workflow_runs_total", "Runs stored, by workflow and outcome.", ["wpk_id", "status"]
+)
+WORKFLOW_RUN_DURATION = Histogram(
+    "neuralops_workflow_run_duration_seconds",
+    "Wall duration of stored runs, by workflow.",
+    ["wpk_id"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+WORKFLOW_LAST_RUN_DURATION = Gauge(
+    "neuralops_workflow_last_run_duration_seconds",
+    "Wall duration of the most recently stored run, by workflow.",
+    ["wpk_id"],
+)
+OUTBOX_BACKLOG = Gauge("neuralops_outbox_backlog", "Notices waiting in the outbox.")
+EMBEDDINGS = Counter("neuralops_embeddings_total", "Embedding attempts by outcome.", ["outcome"])
+SIGNALS_CREATED = Counter(
+    "neuralops_insight_signals_created_total", "Anomaly signals stored, by metric.", ["metric"]
+)
+
+MAX_WORKFLOW_LABELS = 200
+OTHER = "_other"
+
+
+class BoundedLabel:
+    """Keeps a label's cardinality bounded: the first ``limit`` values pass, the
+    rest are reported as ``_other`` so a flood of workflow ids cannot blow up
+    Prometheus."""
+
+    def __init__(self, limit: int = MAX_WORKFLOW_LABELS) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        with self._lock:
+            if value in self._seen:
+                return value
+            if len(self._seen) < self._limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+workflow_label = BoundedLabel()
+metric_label = BoundedLabel()
+
+
+def observe_run(wpk_id: str, status: str, duration_ms: int) -> None:
+    label = workflow_label(wpk_id)
+    WORKFLOW_RUNS.labels(label, status).inc()
+    WORKFLOW_RUN_DURATION.labels(label).observe(duration_ms / 1000.0)
+    WORKFLOW_LAST_RUN_DURATION.labels(label).set(duration_ms / 1000.0)
+
+
+def track_backlog(read: Callable[[], int]) -> None:
+    """Read the outbox backlog at scrape time (a failed read reports -1)."""
+
+    def safe() -> float:
+        try:
+            return float(read())
+        except Exception:
+            return -1.0
+
+    OUTBOX_BACKLOG.set_function(safe)

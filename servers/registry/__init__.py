@@ -1,0 +1,1 @@
+"""Registry: workflows, each linked to its runs and its latest run."""

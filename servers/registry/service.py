@@ -1,0 +1,92 @@
+"""Registry domain logic: plain Python, no gRPC."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from neuralops.servers import pagination
+from neuralops.servers.db import as_datetime
+from neuralops.servers.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from neuralops.servers.registry.model import NotifyResult, RunNotice, Workflow, WorkflowRun
+from neuralops.servers.registry.storage import RegistryStore
+from neuralops.servers.runhistory.model import MAX_ID_LENGTH, RUN_STATUSES
+
+DEFAULT_RUNS_PAGE = 20
+MAX_RUNS_PAGE = 1000
+DEFAULT_WORKFLOWS_PAGE = 50
+MAX_WORKFLOWS_PAGE = 1000
+
+
+def _require_id(value: str, field: str) -> None:
+    if not value.strip():
+        raise InvalidArgument.one(field, "is required")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument.one(field, f"is {len(value)} characters; at most {MAX_ID_LENGTH}")
+
+
+class Registry:
+    def __init__(self, store: RegistryStore) -> None:
+        self._store = store
+
+    def create(self, wf: Workflow) -> Workflow:
+        _require_id(wf.workflow_id, "workflow.workflow_id")
+        created = self._store.create(wf)
+        if created is None:
+            raise AlreadyExists(
+                f"workflow {wf.workflow_id!r} already exists", reason="WORKFLOW_EXISTS"
+            )
+        return created
+
+    def get(self, workflow_id: str) -> Workflow:
+        _require_id(workflow_id, "workflow_id")
+        wf = self._store.get(workflow_id)
+        if wf is None:
+            raise NotFound(f"workflow {workflow_id!r} not found", reason="WORKFLOW_NOT_FOUND")
+        return wf
+
+    def list_workflows(self, size: int, token: str) -> tuple[list[Workflow], str]:
+        limit = pagination.page_size(
+            size, default=DEFAULT_WORKFLOWS_PAGE, maximum=MAX_WORKFLOWS_PAGE
+        )
+        pos = pagination.decode(token, "workflows")
+        found = self._store.list_workflows(limit + 1, None if pos is None else str(pos["a"]))
+        page, more = found[:limit], len(found) > limit
+        nxt = pagination.encode("workflows", {"a": page[-1].workflow_id}) if more else ""
+        return page, nxt
+
+    def runs(self, workflow_id: str, size: int, token: str) -> tuple[list[WorkflowRun], str]:
+        _require_id(workflow_id, "workflow_id")
+        limit = pagination.page_size(size, default=DEFAULT_RUNS_PAGE, maximum=MAX_RUNS_PAGE)
+        scope = f"runs:{workflow_id}"
+        pos = pagination.decode(token, scope)
+        after: tuple[datetime, str] | None = None
+        if pos is not None:
+            at = as_datetime(pos.get("t"))
+            if at is None or not isinstance(pos.get("i"), str):
+                raise InvalidArgument.one("page_token", "is not a token this service issued")
+            after = (at, pos["i"])
+        elif self._store.get(workflow_id) is None and not self._store.has_runs(workflow_id):
+            raise NotFound(f"workflow {workflow_id!r} not found", reason="WORKFLOW_NOT_FOUND")
+        found = self._store.runs(workflow_id, limit + 1, after)
+        page, more = found[:limit], len(found) > limit
+        nxt = ""
+        if more:
+            last = page[-1]
+            nxt = pagination.encode(scope, {"t": last.created_at.isoformat(), "i": last.id})
+        return page, nxt
+
+    def notify(self, notice: RunNotice) -> NotifyResult:
+        violations = [
+            FieldViolation(f, "is required")
+            for f, v in (
+                ("workflow_id", notice.workflow_id),
+                ("run_id", notice.run_id),
+                ("id", notice.row_id),
+            )
+            if not v
+        ]
+        if notice.status not in RUN_STATUSES:
+            violations.append(FieldViolation("status", f"must be one of {', '.join(RUN_STATUSES)}"))
+        if violations:
+            raise InvalidArgument(violations)
+        return self._store.notify(notice)

@@ -1,0 +1,121 @@
+"""The RegistryService servicer: decode, call :class:`Registry`, encode."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+from neuralops.registry.v1 import registry_pb2 as pb
+from neuralops.registry.v1 import registry_pb2_grpc
+from neuralops.runhistory.v1 import runhistory_pb2
+from neuralops.servers.convert import (
+    enum_text,
+    from_struct,
+    from_timestamp,
+    text_enum,
+    to_struct,
+    to_timestamp,
+)
+from neuralops.servers.errors import InvalidArgument
+from neuralops.servers.registry.model import RunNotice, Workflow
+from neuralops.servers.registry.service import Registry
+
+_RUN = "RUN_STATUS_"
+
+
+def _status(text: str) -> runhistory_pb2.RunStatus.ValueType:
+    return (
+        runhistory_pb2.RunStatus.Value(text_enum(text, _RUN))
+        if text
+        else runhistory_pb2.RUN_STATUS_UNSPECIFIED
+    )
+
+
+def workflow_message(wf: Workflow) -> pb.Workflow:
+    return pb.Workflow(
+        workflow_id=wf.workflow_id,
+        name=wf.name,
+        description=wf.description,
+        metadata=to_struct(wf.metadata),
+        latest_run_id=wf.latest_run_id,
+        latest_run_status=_status(wf.latest_run_status),
+        latest_run_at=to_timestamp(wf.latest_run_at),
+        created_at=to_timestamp(wf.created_at),
+        updated_at=to_timestamp(wf.updated_at),
+    )
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def CreateWorkflow(
+        self, request: pb.CreateWorkflowRequest, context: grpc.ServicerContext
+    ) -> pb.CreateWorkflowResponse:
+        w = request.workflow
+        wf = Workflow(
+            workflow_id=w.workflow_id,
+            name=w.name,
+            description=w.description,
+            metadata=from_struct(w.metadata),
+        )
+        return pb.CreateWorkflowResponse(workflow=workflow_message(self._registry.create(wf)))
+
+    def GetWorkflow(
+        self, request: pb.GetWorkflowRequest, context: grpc.ServicerContext
+    ) -> pb.GetWorkflowResponse:
+        return pb.GetWorkflowResponse(
+            workflow=workflow_message(self._registry.get(request.workflow_id))
+        )
+
+    def ListWorkflows(
+        self, request: pb.ListWorkflowsRequest, context: grpc.ServicerContext
+    ) -> pb.ListWorkflowsResponse:
+        page, token = self._registry.list_workflows(request.page_size, request.page_token)
+        return pb.ListWorkflowsResponse(
+            workflows=[workflow_message(w) for w in page], next_page_token=token
+        )
+
+    def ListWorkflowRuns(
+        self, request: pb.ListWorkflowRunsRequest, context: grpc.ServicerContext
+    ) -> pb.ListWorkflowRunsResponse:
+        page, token = self._registry.runs(
+            request.workflow_id, request.page_size, request.page_token
+        )
+        return pb.ListWorkflowRunsResponse(
+            runs=[
+                pb.WorkflowRun(
+                    run_id=r.run_id,
+                    status=_status(r.status),
+                    duration_ms=r.duration_ms,
+                    created_at=to_timestamp(r.created_at),
+                )
+                for r in page
+            ],
+            next_page_token=token,
+        )
+
+    def NotifyRun(
+        self, request: pb.NotifyRunRequest, context: grpc.ServicerContext
+    ) -> pb.NotifyRunResponse:
+        if not request.HasField("created_at"):
+            raise InvalidArgument.one("created_at", "is required")
+        if request.id:
+            try:
+                uuid.UUID(request.id)
+            except ValueError as exc:
+                raise InvalidArgument.one("id", "must be a UUID (RunHistory's row id)") from exc
+        result = self._registry.notify(
+            RunNotice(
+                workflow_id=request.workflow_id,
+                run_id=request.run_id,
+                row_id=request.id,
+                status=enum_text(runhistory_pb2.RunStatus.Name(request.status), _RUN),
+                created_at=from_timestamp(request.created_at),
+            )
+        )
+        return pb.NotifyRunResponse(
+            updated=result.updated,
+            workflow_created=result.workflow_created,
+            latest_run_id=result.latest_run_id,
+        )

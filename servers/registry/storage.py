@@ -1,0 +1,161 @@
+"""Registry SQL: workflows and their latest-run link; run listings over workflow_runs."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from neuralops.servers.db import Database, Row, as_datetime, json_value, utcnow
+from neuralops.servers.registry.model import NotifyResult, RunNotice, Workflow, WorkflowRun
+
+_COLUMNS = (
+    "id, name, description, metadata, latest_run_id, latest_run_status, latest_run_at,"
+    " created_at, updated_at"
+)
+
+# Keyset step of ListWorkflowRuns, served by workflow_runs (wpk_id, created_at DESC, id DESC).
+_RUNS_FIRST = (
+    "SELECT id, run_id, status, duration_ms, created_at FROM workflow_runs WHERE wpk_id = %s"
+    " ORDER BY created_at DESC, id DESC LIMIT %s"
+)
+_RUNS_AFTER = {
+    "postgres": (
+        "SELECT id, run_id, status, duration_ms, created_at FROM workflow_runs WHERE wpk_id = %s"
+        " AND (created_at, id) < (%s::timestamptz, %s::uuid)"
+        " ORDER BY created_at DESC, id DESC LIMIT %s"
+    ),
+    "sqlite": (
+        "SELECT id, run_id, status, duration_ms, created_at FROM workflow_runs WHERE wpk_id = %s"
+        " AND (created_at, id) < (%s, %s)"
+        " ORDER BY created_at DESC, id DESC LIMIT %s"
+    ),
+}
+
+
+def _workflow(row: Row) -> Workflow:
+    return Workflow(
+        workflow_id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        metadata=json_value(row["metadata"]),
+        latest_run_id=row["latest_run_id"] or "",
+        latest_run_status=row["latest_run_status"] or "",
+        latest_run_at=as_datetime(row["latest_run_at"]),
+        created_at=as_datetime(row["created_at"]),
+        updated_at=as_datetime(row["updated_at"]),
+    )
+
+
+class RegistryStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def create(self, wf: Workflow) -> Workflow | None:
+        """The stored workflow, or None when the id is taken."""
+        now = utcnow()
+        with self._db.transaction() as tx:
+            rows = tx.execute(
+                f"INSERT INTO workflows ({_COLUMNS}) VALUES (%s, %s, %s, %s, NULL, NULL, NULL, %s, %s)"
+                f" ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}",
+                (
+                    wf.workflow_id,
+                    wf.name or wf.workflow_id,
+                    wf.description,
+                    json.dumps(wf.metadata),
+                    now,
+                    now,
+                ),
+            )
+        return _workflow(rows[0]) if rows else None
+
+    def get(self, workflow_id: str) -> Workflow | None:
+        with self._db.transaction(write=False) as tx:
+            rows = tx.execute(f"SELECT {_COLUMNS} FROM workflows WHERE id = %s", (workflow_id,))
+        return _workflow(rows[0]) if rows else None
+
+    def list_workflows(self, limit: int, after: str | None) -> list[Workflow]:
+        with self._db.transaction(write=False) as tx:
+            if after is None:
+                rows = tx.execute(
+                    f"SELECT {_COLUMNS} FROM workflows ORDER BY id LIMIT %s", (limit,)
+                )
+            else:
+                rows = tx.execute(
+                    f"SELECT {_COLUMNS} FROM workflows WHERE id > %s ORDER BY id LIMIT %s",
+                    (after, limit),
+                )
+        return [_workflow(r) for r in rows]
+
+    def notify(self, n: RunNotice) -> NotifyResult:
+        """Register the workflow if new; move its latest run forward, never back."""
+        now = utcnow()
+        with self._db.transaction() as tx:
+            inserted = tx.execute(
+                f"INSERT INTO workflows ({_COLUMNS}, latest_run_row_id)"
+                " VALUES (%s, %s, '', '{}', %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (id) DO NOTHING RETURNING id",
+                (
+                    n.workflow_id,
+                    n.workflow_id,
+                    n.run_id,
+                    n.status,
+                    n.created_at,
+                    now,
+                    now,
+                    n.row_id,
+                ),
+            )
+            if inserted:
+                return NotifyResult(True, True, n.run_id)
+            moved = tx.execute(
+                "UPDATE workflows SET latest_run_id = %s, latest_run_row_id = %s,"
+                " latest_run_status = %s, latest_run_at = %s, updated_at = %s"
+                " WHERE id = %s AND (latest_run_at IS NULL OR latest_run_at < %s"
+                " OR (latest_run_at = %s AND latest_run_row_id < %s))"
+                " RETURNING latest_run_id",
+                (
+                    n.run_id,
+                    n.row_id,
+                    n.status,
+                    n.created_at,
+                    now,
+                    n.workflow_id,
+                    n.created_at,
+                    n.created_at,
+                    n.row_id,
+                ),
+            )
+            if moved:
+                return NotifyResult(True, False, n.run_id)
+            current = tx.execute(
+                "SELECT latest_run_id FROM workflows WHERE id = %s", (n.workflow_id,)
+            )
+        return NotifyResult(False, False, current[0]["latest_run_id"] or "")
+
+    def runs(
+        self, workflow_id: str, limit: int, after: tuple[datetime, str] | None
+    ) -> list[WorkflowRun]:
+        with self._db.transaction(write=False) as tx:
+            if after is None:
+                rows = tx.execute(_RUNS_FIRST, (workflow_id, limit))
+            else:
+                rows = tx.execute(
+                    _RUNS_AFTER[self._db.dialect], (workflow_id, after[0], after[1], limit)
+                )
+        return [
+            WorkflowRun(
+                id=str(r["id"]),
+                run_id=r["run_id"],
+                status=r["status"],
+                duration_ms=int(r["duration_ms"]),
+                created_at=as_datetime(r["created_at"]) or utcnow(),
+            )
+            for r in rows
+        ]
+
+    def has_runs(self, workflow_id: str) -> bool:
+        with self._db.transaction(write=False) as tx:
+            rows = tx.execute(
+                "SELECT 1 AS one FROM workflow_runs WHERE wpk_id = %s LIMIT 1", (workflow_id,)
+            )
+        return bool(rows)

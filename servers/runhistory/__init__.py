@@ -1,0 +1,1 @@
+"""RunHistory: stores LangGraph runs, embeds their outputs, announces them to the registry."""

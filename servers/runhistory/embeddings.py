@@ -1,0 +1,179 @@
+"""Run-output embeddings: OpenAI-compatible embeddings stored in Milvus.
+
+The worker runs off the request path: LogRun marks a run ``pending`` and returns;
+the worker embeds due runs in batches, upserts them into Milvus and marks them
+``done``, or ``failed`` with a retry time (exponential backoff, bounded attempts).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+import openai
+from neuralops.servers.db import utcnow
+from neuralops.servers.errors import FailedPrecondition, Unavailable
+from neuralops.servers.runhistory.model import SearchHit
+from neuralops.servers.runhistory.storage import RunStore
+
+log = logging.getLogger(__name__)
+
+COLLECTION = "workflow_runs"
+MAX_TEXT = 8000
+MAX_ATTEMPTS = 8
+
+
+class Embedder:
+    """Text to vectors with the real ``openai`` client (any compatible endpoint)."""
+
+    def __init__(
+        self, api_key: str, base_url: str | None, model: str, timeout_s: float = 20.0
+    ) -> None:
+        self._client = openai.OpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=1
+        )
+        self.model = model
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        try:
+            reply = self._client.embeddings.create(
+                model=self.model, input=[t[:MAX_TEXT] for t in texts]
+            )
+        except (
+            openai.APIConnectionError,
+            openai.APITimeoutError,
+            openai.InternalServerError,
+        ) as exc:
+            raise Unavailable(f"embeddings endpoint unavailable: {exc}") from exc
+        ordered = sorted(reply.data, key=lambda d: d.index)
+        return [list(d.embedding) for d in ordered]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class VectorIndex:
+    """A Milvus collection of run-output vectors (Milvus Lite file or server URI).
+
+    The collection is created on first upsert, with the dimension of the first
+    vector, so any embedding model works without configuration."""
+
+    def __init__(self, uri: str) -> None:
+        from pymilvus import MilvusClient
+
+        self._uri = uri
+        self._client = MilvusClient(uri)
+        self._lock = threading.Lock()
+        self._ready = self._client.has_collection(COLLECTION)
+
+    def _ensure(self, dim: int) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        if self._ready:
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("wpk_id", DataType.VARCHAR, max_length=256)
+        schema.add_field("run_id", DataType.VARCHAR, max_length=256)
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT * 4)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        index = self._client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
+        self._client.create_collection(COLLECTION, schema=schema, index_params=index)
+        self._ready = True
+
+    def upsert(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._ensure(len(rows[0]["vector"]))
+            self._client.upsert(COLLECTION, rows)
+
+    def search(self, vector: list[float], wpk_id: str, limit: int) -> list[SearchHit]:
+        with self._lock:
+            if not self._ready:
+                return []
+            flt = f"wpk_id == {_milvus_str(wpk_id)}" if wpk_id else ""
+            found = self._client.search(
+                COLLECTION,
+                data=[vector],
+                limit=limit,
+                filter=flt,
+                output_fields=["wpk_id", "run_id", "text"],
+            )
+        return [
+            SearchHit(
+                id=str(h["id"]),
+                wpk_id=h["entity"]["wpk_id"],
+                run_id=h["entity"]["run_id"],
+                score=float(h["distance"]),
+                text=h["entity"]["text"],
+            )
+            for h in found[0]
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()
+
+
+def _milvus_str(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+class EmbeddingService:
+    """Embeds due runs (the worker's step) and answers searches."""
+
+    def __init__(
+        self, store: RunStore, embedder: Embedder, index: VectorIndex, batch: int = 32
+    ) -> None:
+        self._store = store
+        self._embedder = embedder
+        self._index = index
+        self._batch = batch
+
+    def step(self) -> bool:
+        due = self._store.due_embeddings(self._batch, MAX_ATTEMPTS)
+        if not due:
+            return False
+        ids = [d.id for d in due]
+        try:
+            vectors = self._embedder.embed([d.text for d in due])
+            self._index.upsert(
+                [
+                    {
+                        "id": d.id,
+                        "wpk_id": d.wpk_id,
+                        "run_id": d.run_id,
+                        "text": d.text[:MAX_TEXT],
+                        "vector": v,
+                    }
+                    for d, v in zip(due, vectors, strict=True)
+                ]
+            )
+        except Exception as exc:
+            attempts = 1 + max(d.attempts for d in due)
+            delay = timedelta(seconds=min(300.0, 2.0**attempts))
+            log.warning("embedding %d runs failed, retrying in %s: %s", len(ids), delay, exc)
+            self._store.mark_embedding_failed(ids, f"{type(exc).__name__}: {exc}", utcnow() + delay)
+            return False
+        self._store.mark_embedded(ids)
+        return True
+
+    def search(self, text: str, wpk_id: str, limit: int) -> list[SearchHit]:
+        vector = self._embedder.embed([text])[0]
+        return self._index.search(vector, wpk_id, limit)
+
+    def close(self) -> None:
+        self._embedder.close()
+        self._index.close()
+
+
+def require(service: EmbeddingService | None) -> EmbeddingService:
+    if service is None:
+        raise FailedPrecondition(
+            "semantic search needs embeddings: set OPENAI_KEY (or OPENAI_API_KEY) and restart",
+            reason="EMBEDDINGS_DISABLED",
+        )
+    return service

@@ -1,0 +1,68 @@
+"""Wires RunHistory: storage, embeddings (when configured), the outbox relay, the servicer."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from neuralops.runhistory.v1 import runhistory_pb2, runhistory_pb2_grpc
+from neuralops.servers import metrics
+from neuralops.servers.app import ServiceParts
+from neuralops.servers.config import Config
+from neuralops.servers.db import Database
+from neuralops.servers.runhistory.embeddings import Embedder, EmbeddingService, VectorIndex
+from neuralops.servers.runhistory.model import LogResult, NewRun
+from neuralops.servers.runhistory.relay import OutboxRelay
+from neuralops.servers.runhistory.service import RunHistory
+from neuralops.servers.runhistory.servicer import RunHistoryServicer
+from neuralops.servers.runhistory.storage import RunStore
+from neuralops.servers.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+def build_runhistory(
+    config: Config, db: Database, registry_addr: str, relay_backoff_s: float = 30.0
+) -> ServiceParts:
+    store = RunStore(db, embeddings_enabled=config.embeddings_enabled)
+    workers: list[Worker] = []
+    closers = []
+    embedding: EmbeddingService | None = None
+    if config.openai_key:
+        embedder = Embedder(config.openai_key, config.openai_base_url, config.embedding_model)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        index = VectorIndex(config.milvus_uri)
+        embedding = EmbeddingService(store, embedder, index)
+        embed_worker = Worker("embeddings", embedding.step, idle_s=1.0)
+        workers.append(embed_worker)
+        closers.append(embedding.close)
+        log.info(
+            "embeddings on: model %s, vectors in %s", config.embedding_model, config.milvus_uri
+        )
+    else:
+        embed_worker = None
+        log.warning(
+            "embeddings skipped: OPENAI_KEY / OPENAI_API_KEY not set (SearchRuns answers FAILED_PRECONDITION)"
+        )
+
+    relay = OutboxRelay(db, registry_addr, max_backoff_s=relay_backoff_s)
+    relay_worker = Worker("outbox-relay", relay.step, idle_s=1.0)
+    workers.append(relay_worker)
+    closers.append(relay.close)
+
+    def on_stored(runs: list[NewRun], results: list[LogResult]) -> None:
+        for run, result in zip(runs, results, strict=True):
+            if result.created:
+                metrics.observe_run(run.wpk_id, run.status, run.duration_ms)
+        relay_worker.wake()
+        if embed_worker is not None:
+            embed_worker.wake()
+
+    history = RunHistory(store, embedding, on_stored)
+    servicer = RunHistoryServicer(history)
+
+    def register(server: grpc.Server) -> None:
+        runhistory_pb2_grpc.add_RunHistoryServiceServicer_to_server(servicer, server)
+
+    full_name = runhistory_pb2.DESCRIPTOR.services_by_name["RunHistoryService"].full_name
+    return ServiceParts("runhistory", full_name, register, workers, closers)

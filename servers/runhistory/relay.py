@@ -1,0 +1,92 @@
+"""The outbox relay: delivers stored-run notices to RegistryService.NotifyRun.
+
+It runs beside RunHistory (also when all services share one process, it still goes
+through gRPC) and never touches the request path. A registry that is down leaves
+the rows waiting; each is retried with exponential backoff until it is delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
+from neuralops.runhistory.v1 import runhistory_pb2
+from neuralops.servers import outbox
+from neuralops.servers.convert import text_enum, to_timestamp
+from neuralops.servers.db import Database
+from neuralops.servers.runhistory.storage import NOTIFY_TOPIC
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    """One step claims a batch of due notices and delivers them in order."""
+
+    def __init__(
+        self,
+        db: Database,
+        registry_addr: str,
+        *,
+        batch: int = 200,
+        timeout_s: float = 5.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self._db = db
+        self._channel = grpc.insecure_channel(registry_addr)
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._batch = batch
+        self._timeout_s = timeout_s
+        self._max_backoff_s = max_backoff_s
+        self.delivered_total = 0
+
+    def step(self) -> bool:
+        items = outbox.claim(self._db, NOTIFY_TOPIC, self._batch, timedelta(seconds=60))
+        if not items:
+            return False
+        done: list[str] = []
+        failed_from = len(items)
+        error = ""
+        for n, item in enumerate(items):
+            try:
+                self._stub.NotifyRun(_request(item.payload), timeout=self._timeout_s)
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    # A notice the registry will never accept: drop it, loudly.
+                    log.error("registry refused notice %s: %s", item.payload, exc)
+                    done.append(item.id)
+                    continue
+                failed_from, error = (
+                    n,
+                    f"{code}: {exc.details() if isinstance(exc, grpc.Call) else exc}",
+                )
+                break
+            done.append(item.id)
+        if done:
+            outbox.delivered(self._db, done)
+            self.delivered_total += len(done)
+        for item in items[failed_from:]:
+            delay = min(self._max_backoff_s, 0.5 * 2.0**item.attempts)
+            outbox.retry_later(self._db, item, timedelta(seconds=delay), error)
+        if failed_from < len(items):
+            log.warning(
+                "registry unreachable, %d notices wait: %s", len(items) - failed_from, error
+            )
+            return False
+        return True
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _request(payload: dict[str, object]) -> registry_pb2.NotifyRunRequest:
+    created = datetime.fromisoformat(str(payload["created_at"])).astimezone(UTC)
+    return registry_pb2.NotifyRunRequest(
+        workflow_id=str(payload["workflow_id"]),
+        run_id=str(payload["run_id"]),
+        id=str(payload["id"]),
+        status=runhistory_pb2.RunStatus.Value(text_enum(str(payload["status"]), "RUN_STATUS_")),
+        created_at=to_timestamp(created),
+    )
