@@ -15,6 +15,12 @@ generate:
 		--plugin=protoc-gen-mypy=.venv/bin/protoc-gen-mypy --mypy_out=generated \
 		--plugin=protoc-gen-mypy_grpc=.venv/bin/protoc-gen-mypy_grpc --mypy_grpc_out=generated \
 		$(PROTOS)
+	# Descriptors with source info, so reflection (grpcurl describe) shows the proto comments.
+	for p in $(PROTOS); do \
+		svc=$$(basename $$p .proto); \
+		$(PY) -m grpc_tools.protoc -Iprotos --include_source_info \
+			--descriptor_set_out=generated/neuralops/$$svc/v1/$${svc}_descriptor.binpb $$p; \
+	done
 
 # Fails when generated/ differs from what `make generate` makes.
 check-generated: generate

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from neuralops.servers import metrics
+from neuralops.servers import metrics, reflection
 from neuralops.servers.config import Config
 from neuralops.servers.db import Database, open_database
 from neuralops.servers.interceptors import ServiceInterceptor
@@ -69,9 +68,7 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", parts.full_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (parts.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable(server, (parts.full_name, health.SERVICE_NAME))
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
@@ -113,7 +110,9 @@ class App:
         from neuralops.servers.runhistory.factory import build_runhistory
 
         cfg = self.config
-        self.db = open_database(cfg.postgres_dsn, cfg.sqlite_path, pool_size=cfg.db_pool_size)
+        self.db = open_database(
+            cfg.postgres_dsn, cfg.sqlite_path, pool_size=cfg.db_pool_size, timeout_s=cfg.db_timeout_s
+        )
         log.info("storage: %s", self.db.describe())
         if self._run_migrations:
             applied = migrate(self.db)

@@ -38,6 +38,7 @@ class Config:
     bind_host: str = "127.0.0.1"
     metrics_port: int = 9464
     db_pool_size: int = 10
+    db_timeout_s: float = 5.0
     prom_timeout_s: float = 10.0
 
     @classmethod

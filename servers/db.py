@@ -240,9 +240,11 @@ class SqliteDatabase:
         return f"sqlite {self._path}"
 
 
-def open_database(postgres_dsn: str | None, sqlite_path: Path, *, pool_size: int = 10) -> Database:
+def open_database(
+    postgres_dsn: str | None, sqlite_path: Path, *, pool_size: int = 10, timeout_s: float = 5.0
+) -> Database:
     """Postgres when a DSN is given, else the SQLite fallback (and the log says so)."""
     if postgres_dsn:
-        return PostgresDatabase(postgres_dsn, max_size=pool_size)
+        return PostgresDatabase(postgres_dsn, max_size=pool_size, timeout_s=timeout_s)
     log.warning("POSTGRES_DSN is not set: using the SQLite file %s", sqlite_path)
     return SqliteDatabase(sqlite_path)

@@ -1,0 +1,74 @@
+"""Storage and migrations, on SQLite and on the real Postgres."""
+
+from __future__ import annotations
+
+from neuralops.servers.db import Database
+from neuralops.servers.migrate import applied, load_migrations, migrate
+from neuralops.servers.runhistory.model import NewRun
+from neuralops.servers.runhistory.storage import RunStore
+
+
+def _run(run_id: str, wpk_id: str = "test", **kw: object) -> NewRun:
+    return NewRun(wpk_id=wpk_id, run_id=run_id, status="completed", outputs={"text": "ok"}, **kw)  # type: ignore[arg-type]
+
+
+def test_migrations_are_recorded_and_rerunning_is_a_no_op(db: Database) -> None:
+    names = [m.name for m in load_migrations()]
+    assert names[0] == "001_create_workflow_runs.sql"
+    assert applied(db) == names
+    assert migrate(db) == []
+    assert applied(db) == names
+
+
+def test_insert_returns_the_row_id_and_created(db: Database) -> None:
+    (result,) = RunStore(db, embeddings_enabled=False).insert([_run("r1")])
+    assert result.created is True
+    assert len(result.id) == 36
+    stored = RunStore(db, embeddings_enabled=False).get("test", "r1")
+    assert stored is not None
+    assert stored.id == result.id
+    assert stored.outputs == {"text": "ok"}
+    assert stored.embedding_status == "skipped"
+
+
+def test_log_run_twice_stores_one_row(db: Database) -> None:
+    store = RunStore(db, embeddings_enabled=False)
+    first = store.insert([_run("r1")])[0]
+    again = store.insert([_run("r1", duration_ms=999)])[0]
+    assert again.id == first.id
+    assert again.created is False
+    with db.transaction(write=False) as tx:
+        rows = tx.execute("SELECT COUNT(*) AS n FROM workflow_runs")
+    assert int(rows[0]["n"]) == 1
+    stored = store.get("test", "r1")
+    assert stored is not None and stored.duration_ms == 0  # the first write wins
+
+
+def test_a_batch_repeating_a_run_stores_it_once(db: Database) -> None:
+    store = RunStore(db, embeddings_enabled=False)
+    results = store.insert([_run("a"), _run("b"), _run("a")])
+    assert [r.created for r in results] == [True, True, False]
+    assert results[2].id == results[0].id
+
+
+def test_same_run_id_in_two_workflows_is_two_runs(db: Database) -> None:
+    store = RunStore(db, embeddings_enabled=False)
+    a, b = store.insert([_run("r1", wpk_id="w1"), _run("r1", wpk_id="w2")])
+    assert a.created and b.created and a.id != b.id
+
+
+def test_every_new_run_gets_one_outbox_row_in_the_same_transaction(db: Database) -> None:
+    store = RunStore(db, embeddings_enabled=False)
+    store.insert([_run("a"), _run("b")])
+    store.insert([_run("a")])
+    with db.transaction(write=False) as tx:
+        rows = tx.execute("SELECT payload FROM outbox")
+    assert len(rows) == 2
+
+
+def test_runs_with_text_are_pending_when_embeddings_are_on(db: Database) -> None:
+    store = RunStore(db, embeddings_enabled=True)
+    store.insert([_run("with-text"), NewRun(wpk_id="test", run_id="no-text", status="failed")])
+    assert store.embedding_counts() == {"pending": 1, "skipped": 1}
+    due = store.due_embeddings(10, max_attempts=3)
+    assert [(d.run_id, d.text) for d in due] == [("with-text", "ok")]
