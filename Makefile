@@ -42,8 +42,10 @@ typecheck:
 	.venv/bin/mypy -p neuralops.servers -p neuralops.clients
 	.venv/bin/mypy tests benchmarks
 
-test:
-	$(PY) -m pytest
+# The test suite: SQLite and the real Postgres (POSTGRES_DSN, default the local server),
+# real Prometheus, Milvus Lite, grpcurl. Bootstraps .venv first.
+test: venv
+	POSTGRES_DSN="$${POSTGRES_DSN:-postgresql://postgres@127.0.0.1:5432/test}" $(PY) -m pytest
 
 bench:
 	$(PY) -m benchmarks
