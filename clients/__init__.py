@@ -1,7 +1,7 @@
 """NeuralOps clients: typed gRPC clients and the LangGraph hook.
 
-    from neuralops.clients import log_run, RunHistoryClient
-    from neuralops.clients.langgraph import RunHistoryCallback
+from neuralops.clients import log_run, RunHistoryClient
+from neuralops.clients.langgraph import RunHistoryCallback
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def log_run(run_obj: Mapping[str, Any], *, address: str | None = None, timeout_s: float = 5.0) -> str:
+def log_run(
+    run_obj: Mapping[str, Any], *, address: str | None = None, timeout_s: float = 5.0
+) -> str:
     """Store one run and return its ``run_id`` (generated when the dict has none).
 
     ``run_obj`` is the seed's dict: ``{'wpk_id', 'run_id', 'inputs', 'outputs',
@@ -53,5 +55,9 @@ def log_run(run_obj: Mapping[str, Any], *, address: str | None = None, timeout_s
         RunHistoryClient(sender.address, timeout_s=timeout_s).log_run(msg)
     except UnavailableError as exc:
         sender.keep([msg])
-        log.warning("RunHistory unavailable (%s): run %s spooled for later delivery", exc.message, msg.run_id)
+        log.warning(
+            "RunHistory unavailable (%s): run %s spooled for later delivery",
+            exc.message,
+            msg.run_id,
+        )
     return msg.run_id

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from neuralops.clients import channels
 from neuralops.clients.runhistory import SERVICE, default_address
 from neuralops.clients.spool import Spool
@@ -29,13 +28,10 @@ from neuralops.runhistory.v1 import runhistory_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-}
+# The only answer that means "never send this again": the server validated the run
+# and refused it. Anything else (UNAVAILABLE, CANCELLED by a server shutting down,
+# DEADLINE_EXCEEDED, INTERNAL, even UNIMPLEMENTED from a wrong server) keeps the run.
+_REFUSED = grpc.StatusCode.INVALID_ARGUMENT
 
 Item = pb.Run | Callable[[], pb.Run]
 
@@ -126,13 +122,17 @@ class RunSender:
             self._stub.BatchLogRuns(pb.BatchLogRunsRequest(runs=runs), timeout=self._timeout_s)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-            if code in _TRANSIENT:
+            if code != _REFUSED:
                 self._mark_down(code)
                 return False
-            if code == grpc.StatusCode.INVALID_ARGUMENT and len(runs) > 1:
+            if len(runs) > 1:
                 # One bad run fails a batch: deliver the others one by one.
                 return all(self._send([r]) for r in runs)
-            log.error("neuralops: RunHistory refused a run (%s): %s", code.name, exc.details() if isinstance(exc, grpc.Call) else exc)
+            log.error(
+                "neuralops: RunHistory refused a run (%s): %s",
+                code.name,
+                exc.details() if isinstance(exc, grpc.Call) else exc,
+            )
             return True
         self.delivered += len(runs)
         self._down_until = 0.0
@@ -141,29 +141,33 @@ class RunSender:
 
     def _mark_down(self, code: grpc.StatusCode) -> None:
         if self._down_until == 0.0:
-            log.warning("neuralops: RunHistory at %s unavailable (%s); spooling runs", self.address, code.name)
+            log.warning(
+                "neuralops: RunHistory at %s unavailable (%s); spooling runs",
+                self.address,
+                code.name,
+            )
         self._down_until = time.monotonic() + self._backoff
         self._backoff = min(self._max_retry_s, self._backoff * 2)
 
     def _replay(self) -> None:
-        for path in self.spool.claim():
-            batch: list[pb.Run] = []
-            ok = True
-            for run in Spool.read(path):
-                batch.append(run)
-                if len(batch) >= self._batch_size:
-                    ok = self._send(batch)
-                    batch = []
-                    if not ok:
-                        break
-            if ok:
-                ok = self._send(batch)
-            if ok:
-                Spool.done(path)
-            else:
-                Spool.release(path)
+        claimed = self.spool.claim()
+        for n, path in enumerate(claimed):
+            if not self._replay_file(path):
+                for rest in claimed[n:]:
+                    Spool.release(rest)  # the service went away again: keep them all
                 return
+            Spool.done(path)
         self._spool_dirty = False
+
+    def _replay_file(self, path: Path) -> bool:
+        batch: list[pb.Run] = []
+        for run in Spool.read(path):
+            batch.append(run)
+            if len(batch) >= self._batch_size:
+                if not self._send(batch):
+                    return False
+                batch = []
+        return self._send(batch)
 
     def _drain(self, first: Item) -> list[Item]:
         items = [first]

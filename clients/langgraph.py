@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from langchain_core.callbacks import BaseCallbackHandler
-
 from neuralops.clients.delivery import RunSender, sender_for
 from neuralops.clients.runs import jsonable, run_message
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
@@ -34,6 +33,7 @@ _INTERRUPTS = ("GraphInterrupt", "NodeInterrupt", "Interrupt")
 @dataclass
 class _Node:
     name: str
+    ns: str
     path: str
     step: int
     start: float
@@ -127,10 +127,15 @@ class RunHistoryCallback(BaseCallbackHandler):
                 self._owner[run_id] = root
                 node_name = meta.get("langgraph_node")
                 if node_name is None or kwargs.get("name") != node_name:
-                    return  # a subgraph wrapper or a runnable inside a node
+                    return  # a runnable inside a node
+                ns = str(meta.get("langgraph_checkpoint_ns", ""))
+                parent = self._nodes.get(parent_run_id) if parent_run_id is not None else None
+                if parent is not None and parent.ns == ns:
+                    return  # a compiled subgraph named like the node that runs it
                 node = _Node(
                     name=str(node_name),
-                    path=_path(str(meta.get("langgraph_checkpoint_ns", ""))),
+                    ns=ns,
+                    path=_path(ns),
                     step=int(meta.get("langgraph_step", 0)),
                     start=now,
                     started_at=datetime.now(UTC),
@@ -142,7 +147,12 @@ class RunHistoryCallback(BaseCallbackHandler):
             log.exception("neuralops hook: on_chain_start failed")
 
     def on_chain_end(
-        self, outputs: Any, *, run_id: uuid.UUID, parent_run_id: uuid.UUID | None = None, **kwargs: Any
+        self,
+        outputs: Any,
+        *,
+        run_id: uuid.UUID,
+        parent_run_id: uuid.UUID | None = None,
+        **kwargs: Any,
     ) -> None:
         try:
             self._finish(run_id, outputs, None)
@@ -186,8 +196,10 @@ class RunHistoryCallback(BaseCallbackHandler):
             run = self._runs.pop(run_id)
         if isinstance(outputs, dict) and "__interrupt__" in outputs:
             run.interrupted = True
-        status = "interrupted" if run.interrupted or (error is not None and interrupt) else (
-            "failed" if error is not None else "completed"
+        status = (
+            "interrupted"
+            if run.interrupted or (error is not None and interrupt)
+            else ("failed" if error is not None else "completed")
         )
         duration_ms = round((now - run.start) * 1000)
         error_text = _error_text(error) if error is not None and status == "failed" else ""
@@ -210,7 +222,9 @@ class RunHistoryCallback(BaseCallbackHandler):
                 "start_time": n.started_at,
                 "end_time": datetime.fromtimestamp(n.started_at.timestamp() + (end - n.start), UTC),
                 "duration_ms": round((end - n.start) * 1000),
-                "status": "completed" if n.status == "running" and status == "completed" else n.status,
+                "status": "completed"
+                if n.status == "running" and status == "completed"
+                else n.status,
                 "error": n.error,
             }
             if self._capture:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-
 from neuralops.clients import channels
 from neuralops.clients.errors import from_rpc_error
 from neuralops.clients.runs import run_message
@@ -40,7 +39,9 @@ class RunHistoryClient:
     retried with backoff (all RunHistory calls are idempotent). Errors raise
     :class:`neuralops.clients.errors.NeuralOpsError` subclasses."""
 
-    def __init__(self, address: str | None = None, *, timeout_s: float = 10.0, attempts: int = 4) -> None:
+    def __init__(
+        self, address: str | None = None, *, timeout_s: float = 10.0, attempts: int = 4
+    ) -> None:
         self.address = address or default_address()
         self.timeout_s = timeout_s
         self._stub = runhistory_pb2_grpc.RunHistoryServiceStub(
@@ -55,7 +56,9 @@ class RunHistoryClient:
             raise from_rpc_error(exc) from None
         return LogResult(r.id, r.run_id, r.created)
 
-    def batch_log_runs(self, runs: Iterable[RunLike], *, timeout_s: float | None = None) -> list[LogResult]:
+    def batch_log_runs(
+        self, runs: Iterable[RunLike], *, timeout_s: float | None = None
+    ) -> list[LogResult]:
         msgs = [run_message(r) for r in runs]
         try:
             reply = self._stub.BatchLogRuns(
@@ -73,7 +76,9 @@ class RunHistoryClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
-    def search_runs(self, text: str, *, wpk_id: str = "", limit: int = 10) -> list[pb.SearchRunsHit]:
+    def search_runs(
+        self, text: str, *, wpk_id: str = "", limit: int = 10
+    ) -> list[pb.SearchRunsHit]:
         try:
             reply = self._stub.SearchRuns(
                 pb.SearchRunsRequest(text=text, wpk_id=wpk_id, limit=limit), timeout=self.timeout_s

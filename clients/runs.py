@@ -16,13 +16,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
-
 from neuralops.clients.errors import FieldViolation, InvalidArgumentError
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
 STATUSES = ("running", "completed", "failed", "interrupted", "cancelled")
 _RUN_KEYS = {"wpk_id", "run_id", "inputs", "outputs", "status", "duration_ms", "node_logs", "error"}
-_NODE_KEYS = {"name", "path", "step", "start_time", "end_time", "duration_ms", "status", "error", "input", "output"}
+_NODE_KEYS = {
+    "name",
+    "path",
+    "step",
+    "start_time",
+    "end_time",
+    "duration_ms",
+    "status",
+    "error",
+    "input",
+    "output",
+}
 
 
 def _fail(field: str, description: str) -> InvalidArgumentError:
@@ -140,7 +150,9 @@ def run_message(run: Mapping[str, Any] | pb.Run) -> pb.Run:
         raise _fail("run", f"must be a dict, not {type(run).__name__}")
     unknown = set(run) - _RUN_KEYS
     if unknown:
-        raise _fail(sorted(unknown)[0], f"is not a run field (known: {', '.join(sorted(_RUN_KEYS))})")
+        raise _fail(
+            sorted(unknown)[0], f"is not a run field (known: {', '.join(sorted(_RUN_KEYS))})"
+        )
     wpk_id = run.get("wpk_id")
     if not isinstance(wpk_id, str) or not wpk_id.strip():
         raise _fail("wpk_id", "is required (the workflow id)")

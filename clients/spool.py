@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from google.protobuf import json_format
-
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,9 @@ class Spool:
             if self._file is None:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 self._seq += 1
-                self._file = self.directory / f"runs-{os.getpid()}-{self._seq}-{uuid.uuid4().hex[:8]}.jsonl"
+                self._file = (
+                    self.directory / f"runs-{os.getpid()}-{self._seq}-{uuid.uuid4().hex[:8]}.jsonl"
+                )
             with open(self._file, "a", encoding="utf-8") as f:
                 f.write(lines)
                 f.flush()

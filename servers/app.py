@@ -111,7 +111,10 @@ class App:
 
         cfg = self.config
         self.db = open_database(
-            cfg.postgres_dsn, cfg.sqlite_path, pool_size=cfg.db_pool_size, timeout_s=cfg.db_timeout_s
+            cfg.postgres_dsn,
+            cfg.sqlite_path,
+            pool_size=cfg.db_pool_size,
+            timeout_s=cfg.db_timeout_s,
         )
         log.info("storage: %s", self.db.describe())
         if self._run_migrations:

@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
-
 from neuralops.insight.v1 import insight_pb2
 from neuralops.registry.v1 import registry_pb2
 from neuralops.runhistory.v1 import runhistory_pb2
@@ -46,7 +45,7 @@ def _drop_json_names(messages: Any) -> None:
         _drop_json_names(m.nested_type)
 
 
-class DocumentedReflectionServicer(reflection.ReflectionServicer):  # type: ignore[misc]
+class DocumentedReflectionServicer(reflection.ReflectionServicer):
     def __init__(self, service_names: tuple[str, ...]) -> None:
         super().__init__(service_names)
         self._docs = _documented()
@@ -70,7 +69,9 @@ class DocumentedReflectionServicer(reflection.ReflectionServicer):  # type: igno
                 f.CopyToProto(p)
                 protos.append(p.SerializeToString())
         return reflection_pb2.ServerReflectionResponse(
-            file_descriptor_response=reflection_pb2.FileDescriptorResponse(file_descriptor_proto=protos),
+            file_descriptor_response=reflection_pb2.FileDescriptorResponse(
+                file_descriptor_proto=protos
+            ),
             original_request=request,
         )
 
@@ -94,4 +95,6 @@ class DocumentedReflectionServicer(reflection.ReflectionServicer):  # type: igno
 
 def enable(server: grpc.Server, service_names: tuple[str, ...]) -> None:
     names = (*service_names, reflection.SERVICE_NAME)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(DocumentedReflectionServicer(names), server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        DocumentedReflectionServicer(names), server
+    )

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from neuralops.servers.app import App
 from neuralops.servers.config import Config
 from neuralops.servers.db import Database, open_database

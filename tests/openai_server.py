@@ -46,14 +46,17 @@ class OpenAIServer:
                     time.sleep(outer.delay_s)
                 if outer.fail_next > 0:
                     outer.fail_next -= 1
-                    self._reply(500, {"error": {"message": "planned failure", "type": "server_error"}})
+                    self._reply(
+                        500, {"error": {"message": "planned failure", "type": "server_error"}}
+                    )
                     return
                 if self.path != "/v1/embeddings":
                     self._reply(404, {"error": {"message": "not found"}})
                     return
                 inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
                 data = [
-                    {"object": "embedding", "index": i, "embedding": embed(t)} for i, t in enumerate(inputs)
+                    {"object": "embedding", "index": i, "embedding": embed(t)}
+                    for i, t in enumerate(inputs)
                 ]
                 self._reply(
                     200,

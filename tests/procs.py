@@ -21,12 +21,14 @@ def grpcurl_path() -> str:
     return found
 
 
-def grpcurl(address: str, *args: str, data: dict[str, Any] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def grpcurl(
+    address: str, *args: str, data: dict[str, Any] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     cmd = [grpcurl_path(), "-plaintext"]
     if data is not None:
         cmd += ["-d", json.dumps(data)]
     cmd += [address, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
     if check:
         assert proc.returncode == 0, f"grpcurl {' '.join(args)} failed: {proc.stderr}"
     return proc
@@ -44,10 +46,18 @@ class ServerProcess:
         ports: dict[str, int] | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> None:
-        self.ports = ports or {"registry": free_port(), "insight": free_port(), "runhistory": free_port()}
+        self.ports = ports or {
+            "registry": free_port(),
+            "insight": free_port(),
+            "runhistory": free_port(),
+        }
         self.data_dir = data_dir
         self.services = services
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NEURALOPS_", "OPENAI", "PROM_URL", "POSTGRES_DSN", "MILVUS"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("NEURALOPS_", "OPENAI", "PROM_URL", "POSTGRES_DSN", "MILVUS"))
+        }
         env.update(
             {
                 "NEURALOPS_DATA_DIR": str(data_dir),
@@ -72,7 +82,16 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "a")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "neuralops.servers.cli", "serve", "--services", self.services, "--grace", "5"],
+            [
+                sys.executable,
+                "-m",
+                "neuralops.servers.cli",
+                "serve",
+                "--services",
+                self.services,
+                "--grace",
+                "5",
+            ],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -81,7 +100,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
+                raise AssertionError(
+                    f"server exited with {self.proc.returncode}:\n{self.log.read_text()}"
+                )
             if "\nready\n" in "\n" + self.log.read_text():
                 return self
             time.sleep(0.05)

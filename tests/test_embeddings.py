@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers.app import App
 from neuralops.servers.config import Config
+
 from tests.helpers import wait_for
 from tests.openai_server import OpenAIServer
 
@@ -25,7 +25,9 @@ def openai_server() -> Iterator[OpenAIServer]:
 
 @pytest.fixture
 def embedding_stack(config: Config, openai_server: OpenAIServer) -> Iterator[App]:
-    cfg = config.with_(openai_key="test-key", openai_base_url=openai_server.base_url, embedding_model="test-embed")
+    cfg = config.with_(
+        openai_key="test-key", openai_base_url=openai_server.base_url, embedding_model="test-embed"
+    )
     app = App(cfg, services=("runhistory",), ports={"runhistory": 0}).start()
     yield app
     app.stop(grace=1.0)
@@ -42,16 +44,21 @@ def _status(stub: runhistory_pb2_grpc.RunHistoryServiceStub, run_id: str) -> int
     return stub.GetRun(pb.GetRunRequest(wpk_id="docs", run_id=run_id)).run.embedding_status
 
 
-def test_logged_output_is_embedded_then_searchable(embedding_stack: App, openai_server: OpenAIServer) -> None:
-    stub = runhistory_pb2_grpc.RunHistoryServiceStub(grpc.insecure_channel(embedding_stack.address("runhistory")))
+def test_logged_output_is_embedded_then_searchable(
+    embedding_stack: App, openai_server: OpenAIServer
+) -> None:
+    stub = runhistory_pb2_grpc.RunHistoryServiceStub(
+        grpc.insecure_channel(embedding_stack.address("runhistory"))
+    )
     texts = {
         "r1": "the invoice total was computed from line items",
         "r2": "weather forecast says rain tomorrow in paris",
         "r3": "refund issued for the duplicate invoice",
     }
-    stub.BatchLogRuns(pb.BatchLogRunsRequest(runs=[_run(k, v) for k, v in texts.items()] + [_run("r4", None)]))
-    for run_id in texts:
-        wait_for(lambda r=run_id: _status(stub, r) == pb.EMBEDDING_STATUS_DONE)
+    stub.BatchLogRuns(
+        pb.BatchLogRunsRequest(runs=[_run(k, v) for k, v in texts.items()] + [_run("r4", None)])
+    )
+    wait_for(lambda: all(_status(stub, r) == pb.EMBEDDING_STATUS_DONE for r in texts))
     assert _status(stub, "r4") == pb.EMBEDDING_STATUS_SKIPPED
     assert openai_server.requests[0]["model"] == "test-embed"
     assert openai_server.auth[0] == "Bearer test-key"
@@ -64,9 +71,13 @@ def test_logged_output_is_embedded_then_searchable(embedding_stack: App, openai_
     assert list(other) == []
 
 
-def test_failed_embedding_is_marked_and_retried(embedding_stack: App, openai_server: OpenAIServer) -> None:
+def test_failed_embedding_is_marked_and_retried(
+    embedding_stack: App, openai_server: OpenAIServer
+) -> None:
     openai_server.fail_next = 4  # the client retries once per call: two failed attempts
-    stub = runhistory_pb2_grpc.RunHistoryServiceStub(grpc.insecure_channel(embedding_stack.address("runhistory")))
+    stub = runhistory_pb2_grpc.RunHistoryServiceStub(
+        grpc.insecure_channel(embedding_stack.address("runhistory"))
+    )
     reply = stub.LogRun(pb.LogRunRequest(run=_run("r1", "first try fails")))
     assert reply.created  # the reply never waits for the embedding
     wait_for(lambda: _status(stub, "r1") == pb.EMBEDDING_STATUS_FAILED)
@@ -75,7 +86,9 @@ def test_failed_embedding_is_marked_and_retried(embedding_stack: App, openai_ser
 
 
 def test_search_text_is_required(embedding_stack: App) -> None:
-    stub = runhistory_pb2_grpc.RunHistoryServiceStub(grpc.insecure_channel(embedding_stack.address("runhistory")))
+    stub = runhistory_pb2_grpc.RunHistoryServiceStub(
+        grpc.insecure_channel(embedding_stack.address("runhistory"))
+    )
     with pytest.raises(grpc.RpcError) as err:
         stub.SearchRuns(pb.SearchRunsRequest(text=" "))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

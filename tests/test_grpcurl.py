@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
+
 from tests.openai_server import OpenAIServer
 from tests.procs import ServerProcess, grpcurl
 
@@ -45,7 +45,9 @@ def test_describe_shows_the_contract_documentation(server: ServerProcess) -> Non
     out = grpcurl(server.address("runhistory"), "describe", RH).stdout
     assert "rpc LogRun ( .neuralops.runhistory.v1.LogRunRequest )" in out
     assert "Idempotent" in out or "idempotent" in out
-    msg = grpcurl(server.address("runhistory"), "describe", "neuralops.runhistory.v1.LogRunRequest").stdout
+    msg = grpcurl(
+        server.address("runhistory"), "describe", "neuralops.runhistory.v1.LogRunRequest"
+    ).stdout
     assert ".neuralops.runhistory.v1.Run run = 1;" in msg
     method = grpcurl(server.address("runhistory"), "describe", f"{RH}.LogRun").stdout
     assert "// LogRun stores one run." in method
@@ -65,14 +67,18 @@ def test_log_run_then_get_run(server: ServerProcess) -> None:
 
 
 def test_bad_input_shows_the_field_and_status(server: ServerProcess) -> None:
-    proc = grpcurl(server.address("runhistory"), f"{RH}/LogRun", data={"run": {"run_id": "x"}}, check=False)
+    proc = grpcurl(
+        server.address("runhistory"), f"{RH}/LogRun", data={"run": {"run_id": "x"}}, check=False
+    )
     assert proc.returncode != 0
     assert "InvalidArgument" in proc.stderr
     assert "run.wpk_id" in proc.stderr
 
 
 def test_health_reports_serving(server: ServerProcess) -> None:
-    out = grpcurl(server.address("runhistory"), "grpc.health.v1.Health/Check", data={"service": RH}).stdout
+    out = grpcurl(
+        server.address("runhistory"), "grpc.health.v1.Health/Check", data={"service": RH}
+    ).stdout
     assert json.loads(out) == {"status": "SERVING"}
 
 
@@ -86,7 +92,9 @@ def test_sigterm_lets_in_flight_calls_finish(config: object, tmp_path: Path) -> 
         extra_env={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": fake.base_url},
     ).start()
     try:
-        stub = runhistory_pb2_grpc.RunHistoryServiceStub(grpc.insecure_channel(proc.address("runhistory")))
+        stub = runhistory_pb2_grpc.RunHistoryServiceStub(
+            grpc.insecure_channel(proc.address("runhistory"))
+        )
         result: dict[str, object] = {}
 
         def slow_call() -> None:

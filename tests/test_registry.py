@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-
 from neuralops.registry.v1 import registry_pb2 as rpb
 from neuralops.registry.v1 import registry_pb2_grpc
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
@@ -18,6 +18,7 @@ from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers import outbox
 from neuralops.servers.app import App
 from neuralops.servers.config import Config
+
 from tests.conftest import free_port
 from tests.helpers import error_reason, field_violations, wait_for
 from tests.procs import ServerProcess, grpcurl
@@ -31,8 +32,10 @@ def _history(addr: str) -> runhistory_pb2_grpc.RunHistoryServiceStub:
     return runhistory_pb2_grpc.RunHistoryServiceStub(grpc.insecure_channel(addr))
 
 
-def _run(wpk_id: str, run_id: str, status: int = pb.RUN_STATUS_COMPLETED) -> pb.Run:
-    return pb.Run(wpk_id=wpk_id, run_id=run_id, status=status, duration_ms=7)  # type: ignore[arg-type]
+def _run(
+    wpk_id: str, run_id: str, status: pb.RunStatus.ValueType = pb.RUN_STATUS_COMPLETED
+) -> pb.Run:
+    return pb.Run(wpk_id=wpk_id, run_id=run_id, status=status, duration_ms=7)
 
 
 def _ts(dt: datetime) -> timestamp_pb2.Timestamp:
@@ -41,10 +44,11 @@ def _ts(dt: datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def _code(call: object) -> grpc.StatusCode:
+def _code(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as err:
-        call()  # type: ignore[operator]
-    return err.value.code()  # type: ignore[no-any-return]
+        call()
+    code: grpc.StatusCode = err.value.code()
+    return code
 
 
 def test_create_get_and_duplicate(stack: App) -> None:
@@ -101,14 +105,20 @@ def test_logged_run_becomes_the_latest_run(stack: App) -> None:
     reg = _registry(stack)
     wf = wait_for(
         lambda: next(
-            (w for w in reg.ListWorkflows(rpb.ListWorkflowsRequest()).workflows if w.latest_run_id == "r1"),
+            (
+                w
+                for w in reg.ListWorkflows(rpb.ListWorkflowsRequest()).workflows
+                if w.latest_run_id == "r1"
+            ),
             None,
         )
     )
     assert wf.workflow_id == "test-workflow"
     assert wf.latest_run_status == pb.RUN_STATUS_COMPLETED
     runs = reg.ListWorkflowRuns(rpb.ListWorkflowRunsRequest(workflow_id="test-workflow")).runs
-    assert [(r.run_id, r.status, r.duration_ms) for r in runs] == [("r1", pb.RUN_STATUS_COMPLETED, 7)]
+    assert [(r.run_id, r.status, r.duration_ms) for r in runs] == [
+        ("r1", pb.RUN_STATUS_COMPLETED, 7)
+    ]
 
 
 def test_list_workflow_runs_newest_first_default_and_cap(stack: App) -> None:
@@ -121,7 +131,9 @@ def test_list_workflow_runs_newest_first_default_and_cap(stack: App) -> None:
     assert page.runs[0].run_id == "r2-9" and page.runs[1].run_id == "r2-8"
     times = [r.created_at.ToDatetime() for r in page.runs]
     assert times == sorted(times, reverse=True)
-    rest = reg.ListWorkflowRuns(rpb.ListWorkflowRunsRequest(workflow_id="w", page_token=page.next_page_token))
+    rest = reg.ListWorkflowRuns(
+        rpb.ListWorkflowRunsRequest(workflow_id="w", page_token=page.next_page_token)
+    )
     assert len(rest.runs) == 10 and rest.next_page_token == ""
     assert rest.runs[-1].run_id == "r0-0"
     with pytest.raises(grpc.RpcError) as err:
@@ -131,9 +143,13 @@ def test_list_workflow_runs_newest_first_default_and_cap(stack: App) -> None:
 
 def test_bad_page_tokens_are_invalid_argument(stack: App) -> None:
     hist = _history(stack.address("runhistory"))
-    hist.BatchLogRuns(pb.BatchLogRunsRequest(runs=[_run(w, f"r{i}") for w in ("a", "b") for i in range(3)]))
+    hist.BatchLogRuns(
+        pb.BatchLogRunsRequest(runs=[_run(w, f"r{i}") for w in ("a", "b") for i in range(3)])
+    )
     reg = _registry(stack)
-    token_a = reg.ListWorkflowRuns(rpb.ListWorkflowRunsRequest(workflow_id="a", page_size=1)).next_page_token
+    token_a = reg.ListWorkflowRuns(
+        rpb.ListWorkflowRunsRequest(workflow_id="a", page_size=1)
+    ).next_page_token
     for wf, token in (("a", "garbage!"), ("a", "e30"), ("b", token_a)):
         with pytest.raises(grpc.RpcError) as err:
             reg.ListWorkflowRuns(rpb.ListWorkflowRunsRequest(workflow_id=wf, page_token=token))
@@ -145,7 +161,9 @@ def test_walk_sees_every_run_once_while_runs_arrive(stack: App) -> None:
     hist = _history(stack.address("runhistory"))
     before = [f"old-{i}" for i in range(240)]
     for i in range(0, len(before), 40):
-        hist.BatchLogRuns(pb.BatchLogRunsRequest(runs=[_run("busy", r) for r in before[i : i + 40]]))
+        hist.BatchLogRuns(
+            pb.BatchLogRunsRequest(runs=[_run("busy", r) for r in before[i : i + 40]])
+        )
     stop = threading.Event()
     added: list[str] = []
 
@@ -164,7 +182,9 @@ def test_walk_sees_every_run_once_while_runs_arrive(stack: App) -> None:
     token = ""
     try:
         while True:
-            page = reg.ListWorkflowRuns(rpb.ListWorkflowRunsRequest(workflow_id="busy", page_size=7, page_token=token))
+            page = reg.ListWorkflowRuns(
+                rpb.ListWorkflowRunsRequest(workflow_id="busy", page_size=7, page_token=token)
+            )
             seen += [r.run_id for r in page.runs]
             token = page.next_page_token
             if not token:
@@ -181,12 +201,18 @@ def test_out_of_order_notifies_keep_the_newest_run(stack: App) -> None:
     reg = _registry(stack)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     newer = rpb.NotifyRunRequest(
-        workflow_id="late", run_id="r2", id="00000000-0000-4000-8000-000000000002",
-        status=pb.RUN_STATUS_FAILED, created_at=_ts(t0 + timedelta(seconds=5)),
+        workflow_id="late",
+        run_id="r2",
+        id="00000000-0000-4000-8000-000000000002",
+        status=pb.RUN_STATUS_FAILED,
+        created_at=_ts(t0 + timedelta(seconds=5)),
     )
     older = rpb.NotifyRunRequest(
-        workflow_id="late", run_id="r1", id="00000000-0000-4000-8000-000000000001",
-        status=pb.RUN_STATUS_COMPLETED, created_at=_ts(t0),
+        workflow_id="late",
+        run_id="r1",
+        id="00000000-0000-4000-8000-000000000001",
+        status=pb.RUN_STATUS_COMPLETED,
+        created_at=_ts(t0),
     )
     first = reg.NotifyRun(newer)
     assert first.updated and first.workflow_created
@@ -198,8 +224,11 @@ def test_out_of_order_notifies_keep_the_newest_run(stack: App) -> None:
     assert (wf.latest_run_id, wf.latest_run_status) == ("r2", pb.RUN_STATUS_FAILED)
     # Same instant: the higher row id wins, whatever the arrival order.
     tie = rpb.NotifyRunRequest(
-        workflow_id="late", run_id="r3", id="00000000-0000-4000-8000-000000000003",
-        status=pb.RUN_STATUS_COMPLETED, created_at=_ts(t0 + timedelta(seconds=5)),
+        workflow_id="late",
+        run_id="r3",
+        id="00000000-0000-4000-8000-000000000003",
+        status=pb.RUN_STATUS_COMPLETED,
+        created_at=_ts(t0 + timedelta(seconds=5)),
     )
     assert reg.NotifyRun(tie).updated
 
@@ -230,8 +259,13 @@ def test_registry_outage_loses_nothing(config: Config) -> None:
             reg = _registry(registry)
             wait_for(lambda: outbox.backlog(history.db) == 0, timeout=30)  # type: ignore[arg-type]
             for wf, run_id in expected.items():
-                assert reg.GetWorkflow(rpb.GetWorkflowRequest(workflow_id=wf)).workflow.latest_run_id == run_id
-                assert len(reg.ListWorkflowRuns(rpb.ListWorkflowRunsRequest(workflow_id=wf)).runs) == 6
+                assert (
+                    reg.GetWorkflow(rpb.GetWorkflowRequest(workflow_id=wf)).workflow.latest_run_id
+                    == run_id
+                )
+                assert (
+                    len(reg.ListWorkflowRuns(rpb.ListWorkflowRunsRequest(workflow_id=wf)).runs) == 6
+                )
         finally:
             registry.stop(grace=1)
     finally:
@@ -241,17 +275,39 @@ def test_registry_outage_loses_nothing(config: Config) -> None:
 def test_grpcurl_get_workflow_and_list_runs(config: Config, tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "srv", postgres_dsn=config.postgres_dsn).start()
     try:
-        run = {"wpk_id": "test-workflow", "run_id": "r1", "status": "RUN_STATUS_COMPLETED", "duration_ms": 42}
-        grpcurl(server.address("runhistory"), "neuralops.runhistory.v1.RunHistoryService/LogRun", data={"run": run})
+        run = {
+            "wpk_id": "test-workflow",
+            "run_id": "r1",
+            "status": "RUN_STATUS_COMPLETED",
+            "duration_ms": 42,
+        }
+        grpcurl(
+            server.address("runhistory"),
+            "neuralops.runhistory.v1.RunHistoryService/LogRun",
+            data={"run": run},
+        )
         svc = "neuralops.registry.v1.RegistryService"
 
         def latest() -> str:
-            out = grpcurl(server.address("registry"), f"{svc}/GetWorkflow", data={"workflow_id": "test-workflow"}, check=False)
-            return str(json.loads(out.stdout)["workflow"].get("latest_run_id", "")) if out.returncode == 0 else ""
+            out = grpcurl(
+                server.address("registry"),
+                f"{svc}/GetWorkflow",
+                data={"workflow_id": "test-workflow"},
+                check=False,
+            )
+            return (
+                str(json.loads(out.stdout)["workflow"].get("latest_run_id", ""))
+                if out.returncode == 0
+                else ""
+            )
 
         assert wait_for(latest) == "r1"
         listed = json.loads(
-            grpcurl(server.address("registry"), f"{svc}/ListWorkflowRuns", data={"workflow_id": "test-workflow"}).stdout
+            grpcurl(
+                server.address("registry"),
+                f"{svc}/ListWorkflowRuns",
+                data={"workflow_id": "test-workflow"},
+            ).stdout
         )
         assert [(r["run_id"], r["status"], r["duration_ms"]) for r in listed["runs"]] == [
             ("r1", "RUN_STATUS_COMPLETED", "42")

@@ -5,17 +5,19 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers.app import App
 from neuralops.servers.config import Config
+
 from tests.conftest import free_port
 from tests.helpers import error_reason, field_violations
 
 
 def _stub(app: App) -> runhistory_pb2_grpc.RunHistoryServiceStub:
-    return runhistory_pb2_grpc.RunHistoryServiceStub(grpc.insecure_channel(app.address("runhistory")))
+    return runhistory_pb2_grpc.RunHistoryServiceStub(
+        grpc.insecure_channel(app.address("runhistory"))
+    )
 
 
 def _run(run_id: str, wpk_id: str = "test", text: str = "ok") -> pb.Run:
@@ -60,7 +62,9 @@ def test_get_run_returns_what_was_logged(stack: App) -> None:
 def test_batch_log_runs_answers_per_run_in_order(stack: App) -> None:
     stub = _stub(stack)
     stub.LogRun(pb.LogRunRequest(run=_run("b")))
-    reply = stub.BatchLogRuns(pb.BatchLogRunsRequest(runs=[_run("a"), _run("b"), _run("c"), _run("a")]))
+    reply = stub.BatchLogRuns(
+        pb.BatchLogRunsRequest(runs=[_run("a"), _run("b"), _run("c"), _run("a")])
+    )
     assert [(r.run_id, r.created) for r in reply.results] == [
         ("a", True),
         ("b", False),
@@ -76,7 +80,10 @@ def test_batch_log_runs_answers_per_run_in_order(stack: App) -> None:
         (pb.Run(run_id="r", status=pb.RUN_STATUS_COMPLETED), ["run.wpk_id"]),
         (pb.Run(wpk_id="w", status=pb.RUN_STATUS_COMPLETED), ["run.run_id"]),
         (pb.Run(wpk_id="w", run_id="r"), ["run.status"]),
-        (pb.Run(wpk_id="w", run_id="r", status=pb.RUN_STATUS_FAILED, duration_ms=-1), ["run.duration_ms"]),
+        (
+            pb.Run(wpk_id="w", run_id="r", status=pb.RUN_STATUS_FAILED, duration_ms=-1),
+            ["run.duration_ms"],
+        ),
         (pb.Run(wpk_id="w" * 201, run_id="r", status=pb.RUN_STATUS_FAILED), ["run.wpk_id"]),
         (
             pb.Run(wpk_id="w", run_id="r", status=pb.RUN_STATUS_FAILED, node_logs=[pb.NodeLog()]),

@@ -1,0 +1,411 @@
+"""The LangGraph hook on real compiled graphs, against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, RetryPolicy, interrupt
+from neuralops.clients import InvalidArgumentError, NotFoundError, RunHistoryClient, log_run
+from neuralops.clients.delivery import RunSender
+from neuralops.clients.example import ReviewRejected, build_graph
+from neuralops.clients.langgraph import RunHistoryCallback, instrument
+from neuralops.runhistory.v1 import runhistory_pb2 as pb
+from neuralops.servers.app import App
+from neuralops.servers.config import Config
+
+from tests.conftest import free_port
+from tests.helpers import wait_for
+from tests.procs import ServerProcess
+
+TICKET = {"subject": "refund", "body": "the invoice is wrong"}
+
+
+@pytest.fixture
+def runhistory(config: Config) -> Iterator[App]:
+    app = App(config, services=("runhistory",), ports={"runhistory": 0}).start()
+    yield app
+    app.stop(grace=1)
+
+
+@pytest.fixture
+def sender(runhistory: App, tmp_path: Path) -> Iterator[RunSender]:
+    s = RunSender(runhistory.address("runhistory"), spool_dir=tmp_path / "spool", retry_s=0.2)
+    yield s
+    s.close()
+
+
+def _get(app: App, wpk_id: str, run_id: str) -> pb.Run:
+    return RunHistoryClient(app.address("runhistory")).get_run(wpk_id, run_id)
+
+
+def _nodes(run: pb.Run) -> list[tuple[str, str, str]]:
+    return sorted((n.name, n.path, pb.RunStatus.Name(n.status)) for n in run.node_logs)
+
+
+def test_invoke_records_the_run_and_every_node(runhistory: App, sender: RunSender) -> None:
+    run_id = str(uuid.uuid4())
+    out = build_graph().invoke(
+        TICKET,
+        config={
+            "callbacks": [RunHistoryCallback(sender=sender)],
+            "run_id": run_id,
+            "metadata": {"wpk_id": "support"},
+        },
+    )
+    assert out["approved"] is True
+    assert sender.flush(10)
+    run = _get(runhistory, "support", run_id)
+    assert run.status == pb.RUN_STATUS_COMPLETED
+    assert run.inputs["subject"] == "refund"
+    assert run.outputs["text"] == out["text"]
+    ok = "RUN_STATUS_COMPLETED"
+    assert _nodes(run) == [
+        ("classify", "", ok),
+        ("draft", "", ok),
+        ("lookup_customer", "", ok),
+        ("outline", "draft", ok),
+        ("review", "", ok),
+        ("search_kb", "", ok),
+        ("write", "draft", ok),
+    ]
+    steps = {n.name: n.step for n in run.node_logs if not n.path}
+    assert (
+        steps["lookup_customer"] == steps["search_kb"] == steps["classify"] + 1
+    )  # parallel branches
+    for n in run.node_logs:
+        assert n.end_time.ToDatetime() >= n.start_time.ToDatetime()
+    assert run.duration_ms >= max(n.duration_ms for n in run.node_logs)
+    classify = next(n for n in run.node_logs if n.name == "classify")
+    assert classify.output["category"] == "billing"
+
+
+def test_failing_node_gives_a_failed_run_and_the_same_exception(
+    runhistory: App, sender: RunSender
+) -> None:
+    run_id = str(uuid.uuid4())
+    with pytest.raises(ReviewRejected, match="rejected"):
+        build_graph().invoke(
+            {**TICKET, "fail": True},
+            config={"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id},
+        )
+    assert sender.flush(10)
+    run = _get(runhistory, "support-triage", run_id)  # wpk_id defaults to the graph name
+    assert run.status == pb.RUN_STATUS_FAILED
+    assert "ReviewRejected" in run.error and "rejected" in run.error
+    review = next(n for n in run.node_logs if n.name == "review")
+    assert review.status == pb.RUN_STATUS_FAILED and "ReviewRejected" in review.error
+
+
+def test_ainvoke_stream_and_astream_are_recorded(runhistory: App, sender: RunSender) -> None:
+    graph = build_graph()
+    ids = {k: str(uuid.uuid4()) for k in ("ainvoke", "stream", "astream")}
+
+    def cfg(key: str) -> dict[str, Any]:
+        return {
+            "callbacks": [RunHistoryCallback(sender=sender)],
+            "run_id": ids[key],
+            "metadata": {"wpk_id": "modes"},
+        }
+
+    async def run_async() -> None:
+        await graph.ainvoke(TICKET, config=cfg("ainvoke"))
+        async for _ in graph.astream(TICKET, config=cfg("astream"), stream_mode="updates"):
+            pass
+
+    asyncio.run(run_async())
+    chunks = list(graph.stream(TICKET, config=cfg("stream")))
+    assert chunks
+    assert sender.flush(10)
+    for run_id in ids.values():
+        run = _get(runhistory, "modes", run_id)
+        assert run.status == pb.RUN_STATUS_COMPLETED
+        assert len(run.node_logs) == 7
+
+
+class Counter(TypedDict, total=False):
+    n: int
+    seen: Annotated[list[str], operator.add]
+
+
+def test_retried_node_is_logged_per_attempt_and_the_run_completes(
+    runhistory: App, sender: RunSender
+) -> None:
+    attempts = {"n": 0}
+
+    def flaky(s: Counter) -> dict[str, Any]:
+        attempts["n"] += 1
+        if attempts["n"] < 3:
+            raise ConnectionError("flaky upstream")
+        return {"seen": ["flaky"]}
+
+    g: Any = StateGraph(Counter)
+    g.add_node(
+        "flaky",
+        flaky,
+        retry_policy=RetryPolicy(max_attempts=3, initial_interval=0.01, retry_on=ConnectionError),
+    )
+    g.add_edge(START, "flaky")
+    g.add_edge("flaky", END)
+    run_id = str(uuid.uuid4())
+    g.compile(name="retry").invoke(
+        {"n": 0}, config={"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+    )
+    assert sender.flush(10)
+    run = _get(runhistory, "retry", run_id)
+    assert run.status == pb.RUN_STATUS_COMPLETED
+    flaky_logs = [n for n in run.node_logs if n.name == "flaky"]
+    assert flaky_logs, "the retried node was not logged"
+    assert flaky_logs[-1].status == pb.RUN_STATUS_COMPLETED
+
+
+def test_interrupt_gives_an_interrupted_run_and_resume_a_completed_one(
+    runhistory: App, sender: RunSender
+) -> None:
+    def ask(s: Counter) -> dict[str, Any]:
+        answer = interrupt("approve?")
+        return {"seen": [str(answer)]}
+
+    g: Any = StateGraph(Counter)
+    g.add_node("ask", ask)
+    g.add_edge(START, "ask")
+    g.add_edge("ask", END)
+    graph: Any = g.compile(name="approval", checkpointer=InMemorySaver())
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    thread = {"thread_id": "t1"}
+    out = graph.invoke(
+        {"n": 1},
+        config={
+            "callbacks": [RunHistoryCallback(sender=sender)],
+            "run_id": first,
+            "configurable": thread,
+        },
+    )
+    assert "__interrupt__" in out
+    graph.invoke(
+        Command(resume="yes"),
+        config={
+            "callbacks": [RunHistoryCallback(sender=sender)],
+            "run_id": second,
+            "configurable": thread,
+        },
+    )
+    assert sender.flush(10)
+    assert _get(runhistory, "approval", first).status == pb.RUN_STATUS_INTERRUPTED
+    resumed = _get(runhistory, "approval", second)
+    assert resumed.status == pb.RUN_STATUS_COMPLETED
+    assert resumed.outputs["seen"] == ["yes"]
+
+
+def test_instrument_binds_the_hook_once(runhistory: App, sender: RunSender) -> None:
+    graph = instrument(build_graph("bound"), sender=sender)
+    run_ids = [str(uuid.uuid4()) for _ in range(3)]
+    for r in run_ids:
+        graph.invoke(TICKET, config={"run_id": r})
+    assert sender.flush(10)
+    for r in run_ids:
+        assert _get(runhistory, "bound", r).status == pb.RUN_STATUS_COMPLETED
+
+
+def test_unserialisable_state_is_stored_as_text_and_never_breaks_the_graph(
+    runhistory: App, sender: RunSender
+) -> None:
+    class Blob:
+        def __repr__(self) -> str:
+            return "<Blob>"
+
+    class S(TypedDict, total=False):
+        obj: Any
+        text: str
+
+    g: Any = StateGraph(S)
+    g.add_node("make", lambda s: {"obj": Blob(), "text": "x" * 10_000})
+    g.add_edge(START, "make")
+    g.add_edge("make", END)
+    run_id = str(uuid.uuid4())
+    out = g.compile(name="odd").invoke(
+        {},
+        config={
+            "callbacks": [RunHistoryCallback(sender=sender, max_io_chars=100)],
+            "run_id": run_id,
+        },
+    )
+    assert isinstance(out["obj"], Blob)
+    assert sender.flush(10)
+    run = _get(runhistory, "odd", run_id)
+    assert run.outputs["obj"] == "<Blob>"
+    assert len(str(run.outputs["text"])) == 101  # capped, with an ellipsis
+
+
+def test_a_dead_service_never_slows_or_fails_the_graph(tmp_path: Path) -> None:
+    sender = RunSender(f"localhost:{free_port()}", spool_dir=tmp_path / "spool", timeout_s=1)
+    try:
+        graph = build_graph()
+        start = time.perf_counter()
+        for _ in range(20):
+            graph.invoke(TICKET, config={"callbacks": [RunHistoryCallback(sender=sender)]})
+        elapsed = time.perf_counter() - start
+        assert sender.flush(20)
+        assert sender.spool.pending() == 20
+        assert elapsed < 20  # generous: it is about never blocking on the network
+    finally:
+        sender.close()
+
+
+def test_full_queue_spills_to_the_spool_and_replays(config: Config, tmp_path: Path) -> None:
+    port = free_port()
+    sender = RunSender(
+        f"localhost:{port}", spool_dir=tmp_path / "spool", max_queue=2, retry_s=0.2, timeout_s=1
+    )
+    try:
+        for i in range(50):
+            sender.submit(pb.Run(wpk_id="spill", run_id=f"r{i}", status=pb.RUN_STATUS_COMPLETED))
+        assert sender.flush(20)
+        assert sender.spool.pending() == 50 and sender.spooled == 50
+        app = App(config, services=("runhistory",), ports={"runhistory": port}).start()
+        try:
+            wait_for(lambda: sender.spool.pending() == 0, timeout=30)
+            client = RunHistoryClient(app.address("runhistory"))
+            for i in range(50):
+                assert client.get_run("spill", f"r{i}").run_id == f"r{i}"
+        finally:
+            app.stop(grace=1)
+    finally:
+        sender.close()
+
+
+def test_log_run_takes_the_seed_dict(runhistory: App) -> None:
+    addr = runhistory.address("runhistory")
+    run = {
+        "wpk_id": "test",
+        "run_id": "r1",
+        "inputs": {},
+        "outputs": {"text": "ok"},
+        "status": "completed",
+        "node_logs": [],
+        "duration_ms": 123,
+    }
+    assert log_run(run, address=addr) == "r1"
+    assert log_run(run, address=addr) == "r1"
+    stored = RunHistoryClient(addr).get_run("test", "r1")
+    assert stored.duration_ms == 123 and stored.outputs["text"] == "ok"
+    with pytest.raises(NotFoundError):
+        RunHistoryClient(addr).get_run("test", "nope")
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"run_id": "r"}, "wpk_id"),
+        ({"wpk_id": "w", "status": "done"}, "status"),
+        ({"wpk_id": "w", "duration_ms": -5}, "duration_ms"),
+        ({"wpk_id": "w", "outputs": "text"}, "outputs"),
+        ({"wpk_id": "w", "node_logs": [{"status": "completed"}]}, "node_logs[0].name"),
+        ({"wpk_id": "w", "colour": "red"}, "colour"),
+    ],
+)
+def test_log_run_rejects_bad_dicts_naming_the_key(bad: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        log_run(bad, address="localhost:1")
+    assert err.value.violations[0].field == field
+    assert field in str(err.value)
+
+
+def _python(
+    code: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_killed_process_replays_its_spool_on_the_next_start(config: Config, tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "srv", postgres_dsn=config.postgres_dsn, services="runhistory"
+    )
+    env = {**server.env, "NEURALOPS_DATA_DIR": str(tmp_path / "client")}
+    # The service is down: log_run spools, returns the id; then the process dies hard.
+    killed = _python(
+        """
+        import os, signal
+        from neuralops.clients import log_run
+        print(log_run({'wpk_id': 'test', 'run_id': 'killed-1', 'status': 'completed', 'outputs': {'text': 'ok'}}))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
+        env,
+    )
+    assert killed.returncode == -9 and killed.stdout.strip() == "killed-1"
+    server.start()
+    try:
+        nxt = _python(
+            """
+            from neuralops.clients import log_run
+            print(log_run({'wpk_id': 'test', 'run_id': 'next-1', 'status': 'completed'}))
+            """,
+            env,
+        )
+        assert nxt.returncode == 0, nxt.stderr
+        client = RunHistoryClient(server.address("runhistory"))
+        assert wait_for(lambda: _exists(client, "killed-1"))
+        assert _exists(client, "next-1")
+        assert not list((tmp_path / "client" / "spool").glob("*.jsonl*"))
+    finally:
+        server.stop()
+
+
+def _exists(client: RunHistoryClient, run_id: str) -> bool:
+    try:
+        client.get_run("test", run_id)
+    except NotFoundError:
+        return False
+    return True
+
+
+def test_server_stopped_mid_stream_loses_and_duplicates_nothing(
+    config: Config, tmp_path: Path
+) -> None:
+    server = ServerProcess(
+        tmp_path / "srv", postgres_dsn=config.postgres_dsn, services="runhistory"
+    ).start()
+    sender = RunSender(
+        server.address("runhistory"),
+        spool_dir=tmp_path / "spool",
+        retry_s=0.2,
+        max_retry_s=1,
+        timeout_s=2,
+    )
+    graph = instrument(
+        build_graph("outage"), RunHistoryCallback(sender=sender, capture_node_io=False)
+    )
+    run_ids = [f"run-{i:03d}" for i in range(150)]
+    try:
+        for i, run_id in enumerate(run_ids):
+            if i == 50:
+                server.stop()
+            if i == 100:
+                server.start()
+            graph.invoke(TICKET, config={"run_id": run_id})
+        assert sender.flush(30)
+        client = RunHistoryClient(server.address("runhistory"))
+        wait_for(lambda: sender.spool.pending() == 0, timeout=60)
+        ids = {client.get_run("outage", r).id for r in run_ids}
+        assert len(ids) == 150  # every run stored, each once
+        assert sender.spooled > 0, "the outage never reached the hook"
+    finally:
+        sender.close()
+        server.stop()
