@@ -327,6 +327,7 @@ def _python(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
+        check=False,
         env=env,
         capture_output=True,
         text=True,

@@ -22,11 +22,14 @@ METHODS = ("z_score", "ewma")
 
 
 def human_duration(d: timedelta) -> str:
-    s = int(d.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size and s % size == 0:
-            return f"{s // size}{unit}"
-    return f"{s}s"
+    """``timedelta(seconds=5445)`` -> ``1h30m45s``."""
+    s = round(d.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size:
+            parts.append(f"{s // size}{unit}")
+            s %= size
+    return "".join(parts) or "0s"
 
 
 def _series_name(labels: dict[str, str], query: str) -> str:
@@ -63,9 +66,16 @@ def hint_for(
 
 
 class Insight:
-    def __init__(self, store: SignalStore, prometheus: PrometheusClient | None) -> None:
+    def __init__(
+        self,
+        store: SignalStore,
+        prometheus: PrometheusClient | None,
+        *,
+        max_series: int = MAX_SERIES,
+    ) -> None:
         self._store = store
         self._prom = prometheus
+        self._max_series = max_series
 
     def probe(self, spec: ProbeSpec) -> ProbeResult:
         if self._prom is None:
@@ -103,13 +113,13 @@ class Insight:
         raw_end = (spec.evaluation_time or utcnow()).timestamp()
         end = datetime.fromtimestamp(math.floor(raw_end / step_s) * step_s, UTC)
         start = end - timedelta(seconds=step_s * (points - 1))
-        data = self._prom.query_range(spec.query, start, end, step_s, MAX_SERIES)
+        data = self._prom.query_range(spec.query, start, end, step_s, self._max_series)
         if spec.method == "z_score":
             scores = scoring.zscore(data.values, spec.min_points)
         else:
             scores = scoring.ewma(data.values, spec.alpha, spec.min_points)
 
-        window = end - start
+        window = end - start + spec.step  # each of the points stands for one step
         results: list[SeriesResult] = []
         anomalies: list[tuple[int, Signal]] = []
         for i, labels in enumerate(data.labels):
