@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 
 from neuralops.servers.app import SERVICES, App
@@ -23,6 +21,7 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Probe is noise
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
@@ -50,29 +49,22 @@ def _parse_services(text: str) -> tuple[str, ...]:
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from prometheus_client import start_http_server
+    from neuralops.servers.stack import start_metrics, wait_for_stop_signal
 
     app = App(config, args.services)
-    app.start()
-    if config.metrics_port:
-        start_http_server(config.metrics_port, addr=config.bind_host)
-        log.info("metrics on http://%s:%d/metrics", config.bind_host, config.metrics_port)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("received %s: draining in-flight calls", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for name in app.services:
-        print(
-            f"{app.running[name].parts.full_name} on {config.bind_host}:{app.port(name)}",
-            flush=True,
-        )
-    print("ready", flush=True)
-    stop.wait()
-    app.stop(grace=args.grace)
+    try:
+        app.start()
+        start_metrics(config)
+        for name in app.services:
+            print(
+                f"{app.running[name].parts.full_name} on {config.bind_host}:{app.port(name)}",
+                flush=True,
+            )
+        print("ready", flush=True)
+        wait_for_stop_signal()
+        app.stop(grace=args.grace)
+    finally:
+        app.stop(grace=0)
     log.info("stopped")
     return 0
 

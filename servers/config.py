@@ -37,6 +37,7 @@ class Config:
     runhistory_addr: str = DEFAULT_RUNHISTORY_ADDR
     bind_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    prometheus_port: int = 9090
     db_pool_size: int = 10
     db_timeout_s: float = 5.0
     prom_timeout_s: float = 10.0
@@ -63,6 +64,7 @@ class Config:
             runhistory_addr=get("NEURALOPS_RUNHISTORY_ADDR") or DEFAULT_RUNHISTORY_ADDR,
             bind_host=get("NEURALOPS_BIND_HOST") or "127.0.0.1",
             metrics_port=int(get("NEURALOPS_METRICS_PORT") or 9464),
+            prometheus_port=int(get("NEURALOPS_PROMETHEUS_PORT") or 9090),
         )
 
     def with_(self, **changes: object) -> Config:

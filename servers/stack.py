@@ -1,10 +1,119 @@
-"""Commands built on the services (the local stack, the demo, reports)."""
+"""`neuralops up`: every service, their metrics and a local Prometheus, in one command.
+
+With PROM_URL unset, a Prometheus is started under the data directory, scraping the
+services' /metrics every second, and Insight is pointed at it. POSTGRES_DSN,
+MILVUS_ENDPOINT and PROM_URL switch to external systems. Ctrl-C (or SIGTERM) stops
+the services gracefully, then Prometheus.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import signal
+import sys
+import threading
 from typing import Any
+
+from neuralops.servers import localprom
+from neuralops.servers.app import App
+from neuralops.servers.config import Config
+
+log = logging.getLogger("neuralops")
+
+
+def wait_for_stop_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("received %s: draining in-flight calls", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+
+
+def start_metrics(config: Config) -> None:
+    from prometheus_client import start_http_server
+
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.bind_host)
+        log.info("metrics on http://%s:%d/metrics", config.bind_host, config.metrics_port)
+
+
+def banner(app: App, config: Config, prom: localprom.LocalPrometheus | None) -> str:
+    host = config.bind_host
+    rh, reg, ins = (f"localhost:{app.port(s)}" for s in ("runhistory", "registry", "insight"))
+    storage = app.db.describe() if app.db else "?"
+    lines = [
+        "NeuralOps is up.",
+        f"  Registry    {host}:{app.port('registry')}   neuralops.registry.v1.RegistryService",
+        f"  Insight     {host}:{app.port('insight')}   neuralops.insight.v1.InsightService",
+        f"  RunHistory  {host}:{app.port('runhistory')}   neuralops.runhistory.v1.RunHistoryService",
+        f"  metrics     http://{host}:{config.metrics_port}/metrics"
+        if config.metrics_port
+        else "  metrics     off",
+        f"  Prometheus  {config.prom_url or 'none (Insight.Probe answers FAILED_PRECONDITION)'}"
+        + (" (local, scraping the metrics every 1s)" if prom else ""),
+        f"  storage     {storage}",
+        f"  embeddings  {'on, vectors in ' + config.milvus_uri if config.embeddings_enabled else 'off (set OPENAI_KEY to turn on)'}",
+        "",
+        "Try:",
+        f"  grpcurl -plaintext {rh} list",
+        f"""  grpcurl -plaintext -d '{{"run":{{"wpk_id":"test-workflow","run_id":"r1","status":"RUN_STATUS_COMPLETED","outputs":{{"text":"ok"}},"duration_ms":123}}}}' {rh} neuralops.runhistory.v1.RunHistoryService/LogRun""",
+        f"""  grpcurl -plaintext -d '{{"workflow_id":"test-workflow"}}' {reg} neuralops.registry.v1.RegistryService/GetWorkflow""",
+        f"""  grpcurl -plaintext -d '{{"query":"up","threshold":2}}' {ins} neuralops.insight.v1.InsightService/Probe""",
+        "  .venv/bin/neuralops demo        # runs the example workflow through the hook, then probes",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_up(config: Config, args: argparse.Namespace) -> int:
+    prom: localprom.LocalPrometheus | None = None
+    if not config.prom_url:
+        if localprom.available():
+            scrape = [f"127.0.0.1:{config.metrics_port}"] if config.metrics_port else []
+            prom = localprom.LocalPrometheus(
+                config.data_dir / "prometheus", config.prometheus_port, scrape=scrape
+            ).start()
+            config = config.with_(prom_url=prom.url)
+            log.info("local Prometheus on %s (data in %s)", prom.url, prom.data)
+        else:
+            print(
+                "neuralops: Prometheus is not installed (Debian package 'prometheus'), so none is "
+                "started and Insight.Probe will answer FAILED_PRECONDITION. Install it, or set "
+                "PROM_URL to an existing Prometheus.",
+                file=sys.stderr,
+            )
+    app = App(config)
+    try:
+        app.start()
+        start_metrics(config)
+        print(banner(app, config, prom), flush=True)
+        print("ready", flush=True)
+        wait_for_stop_signal()
+        app.stop(grace=args.grace)
+    finally:
+        app.stop(grace=0)
+        if prom is not None:
+            prom.stop()
+    log.info("stopped")
+    return 0
 
 
 def add_commands(sub: Any) -> None:
-    """Register extra subcommands on the ``neuralops`` parser."""
-    del sub
+    """Register `up`, `demo` and `report` on the `neuralops` parser."""
+    p = sub.add_parser("up", help="run all services, their metrics and a local Prometheus")
+    p.add_argument(
+        "--grace", type=float, default=10.0, help="seconds in-flight calls get on shutdown"
+    )
+    p.set_defaults(func=cmd_up)
+
+    from neuralops.servers import demo, reports
+
+    demo.add_command(sub)
+    reports.add_command(sub)

@@ -74,6 +74,16 @@ class ServerProcess:
         self.env = env
         self.proc: subprocess.Popen[str] | None = None
         self.log = data_dir / "server.log"
+        self.command = [
+            sys.executable,
+            "-m",
+            "neuralops.servers.cli",
+            "serve",
+            "--services",
+            services,
+            "--grace",
+            "5",
+        ]
 
     def address(self, service: str) -> str:
         return f"localhost:{self.ports[service]}"
@@ -82,16 +92,7 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "a")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "neuralops.servers.cli",
-                "serve",
-                "--services",
-                self.services,
-                "--grace",
-                "5",
-            ],
+            self.command,
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -28,7 +28,7 @@ from scipy import stats
 from tests.conftest import free_port
 from tests.helpers import field_violations
 from tests.procs import ServerProcess, grpcurl
-from tests.prometheus import PrometheusProcess, openmetrics
+from tests.prometheus import PrometheusProcess
 
 STEP = 15
 POINTS = 60
@@ -47,17 +47,15 @@ def _grid(values: list[float], last: int = END) -> list[tuple[float, float]]:
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusProcess]:
     prom = PrometheusProcess(tmp_path_factory.mktemp("prom"))
     prom.plant(
-        openmetrics(
-            [
-                ("latency_p95_seconds", {"route": "/spike"}, _grid(SPIKE)),
-                ("latency_p95_seconds", {"route": "/flat"}, _grid(FLAT)),
-                ("latency_p95_seconds", {"route": "/const"}, _grid([1.0] * POINTS)),
-                ("latency_p95_seconds", {"route": "/short"}, _grid([0.5, 0.6, 0.7])),
-                ("latency_p95_seconds", {"route": "/stale"}, _grid([0.5] * 20, last=END - 900)),
-                ("up", {"job": "planted", "instance": "a"}, _grid([1.0] * POINTS)),
-                ("up", {"job": "planted", "instance": "b"}, _grid([*([1.0] * (POINTS - 1)), 0.0])),
-            ]
-        )
+        [
+            ("latency_p95_seconds", {"route": "/spike"}, _grid(SPIKE)),
+            ("latency_p95_seconds", {"route": "/flat"}, _grid(FLAT)),
+            ("latency_p95_seconds", {"route": "/const"}, _grid([1.0] * POINTS)),
+            ("latency_p95_seconds", {"route": "/short"}, _grid([0.5, 0.6, 0.7])),
+            ("latency_p95_seconds", {"route": "/stale"}, _grid([0.5] * 20, last=END - 900)),
+            ("up", {"job": "planted", "instance": "a"}, _grid([1.0] * POINTS)),
+            ("up", {"job": "planted", "instance": "b"}, _grid([*([1.0] * (POINTS - 1)), 0.0])),
+        ]
     )
     prom.start()
     yield prom

@@ -1,0 +1,73 @@
+"""End to end: the whole stack the way the README starts it (real Prometheus included),
+the demo workflow through the hook, then runs, latest-run links and a signal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import free_port
+from tests.procs import ServerProcess, grpcurl
+
+
+class StackProcess(ServerProcess):
+    """`neuralops up` instead of `neuralops serve`."""
+
+    def start(self, timeout: float = 90.0) -> StackProcess:
+        self.env["NEURALOPS_METRICS_PORT"] = str(free_port())
+        self.env["NEURALOPS_PROMETHEUS_PORT"] = str(free_port())
+        self.command = [sys.executable, "-m", "neuralops.servers.cli", "up", "--grace", "5"]
+        super().start(timeout)
+        return self
+
+
+def test_up_then_demo_shows_runs_latest_runs_and_a_signal(tmp_path: Path) -> None:
+    stack = StackProcess(tmp_path / "stack").start()
+    try:
+        banner = stack.log.read_text()
+        assert "Prometheus  http://127.0.0.1:" in banner and "(local, scraping" in banner
+        for port in stack.ports.values():
+            assert f"127.0.0.1:{port}" in banner
+        demo = subprocess.run(
+            [sys.executable, "-m", "neuralops.servers.cli", "demo", "--seconds", "12", "--quiet"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=180,
+        )
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        out = demo.stdout
+        assert "Runs stored per workflow:" in out
+        assert "support-triage" in out and "billing-triage" in out
+        assert "Signals raised (" in out and "[support-triage]" in out and "σ above" in out
+
+        reg = "neuralops.registry.v1.RegistryService"
+        listed = json.loads(
+            grpcurl(stack.address("registry"), f"{reg}/ListWorkflows", data={}).stdout
+        )
+        latest = {w["workflow_id"]: w.get("latest_run_id", "") for w in listed["workflows"]}
+        assert set(latest) == {"support-triage", "billing-triage"}
+        assert all(latest.values())
+        for wf, run_id in latest.items():
+            assert f"latest: {run_id}" in out
+            runs = json.loads(
+                grpcurl(
+                    stack.address("registry"),
+                    f"{reg}/ListWorkflowRuns",
+                    data={"workflow_id": wf, "page_size": 1},
+                ).stdout
+            )["runs"]
+            assert runs[0]["run_id"] == run_id  # the latest link is the newest run
+        signals = json.loads(
+            grpcurl(
+                stack.address("insight"), "neuralops.insight.v1.InsightService/ListSignals", data={}
+            ).stdout
+        )["signals"]
+        assert any(s["labels"].get("wpk_id") == "support-triage" for s in signals)
+    finally:
+        code = stack.stop()
+    assert code == 0
+    assert "stopped" in stack.log.read_text()
