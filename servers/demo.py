@@ -103,7 +103,7 @@ def run_demo(
     )
     start = time.monotonic()
     for tick in range(ticks):
-        for w, graph in graphs.items():
+        for graph in graphs.values():
             ticket: dict[str, Any] = {**rng.choice(TICKETS), "fail": rng.random() < 0.1}
             try:
                 graph.invoke(ticket, config={"callbacks": [hook], "run_id": str(uuid.uuid4())})
@@ -155,7 +155,7 @@ def _probe_until_signal(
             except grpc.RpcError as exc:
                 raise SystemExit(
                     f"neuralops demo: Probe failed: {exc.code().name}: {exc.details()}"
-                ) from None  # type: ignore[attr-defined]
+                ) from None
             bar.update(1)
             if reply.anomalies:
                 break
