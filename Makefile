@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PROTOS := $(wildcard protos/neuralops/*/v1/*.proto)
 
-.PHONY: venv generate check-generated lint typecheck test bench reports serve demo
+.PHONY: venv generate check-generated lint typecheck test bench reports up demo
 
 venv:
 	bash scripts/bootstrap.sh
@@ -47,11 +47,18 @@ typecheck:
 test: venv
 	POSTGRES_DSN="$${POSTGRES_DSN:-postgresql://postgres@127.0.0.1:5432/test}" $(PY) -m pytest
 
-bench:
-	$(PY) -m benchmarks
+# Benchmarks (not tests): prints figures and writes reports/benchmarks.md.
+bench: venv
+	POSTGRES_DSN="$${POSTGRES_DSN:-postgresql://postgres@127.0.0.1:5432/test}" $(PY) -m benchmarks
 
-reports:
-	$(PY) -m neuralops.servers.reports
+# Regenerates reports/0A.*.md and reports/Phase_A_summary.md from real runs.
+reports: venv
+	.venv/bin/neuralops report
 
-serve:
-	.venv/bin/neuralops serve
+# The main job: all three services, their metrics and a local Prometheus (Ctrl-C stops).
+up: venv
+	.venv/bin/neuralops up
+
+# The demo, against a running `make up`.
+demo:
+	.venv/bin/neuralops demo

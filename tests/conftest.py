@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from neuralops.servers.app import App
 from neuralops.servers.config import Config
 from neuralops.servers.db import Database, open_database
 from neuralops.servers.migrate import migrate
+from neuralops.servers.processes import free_port
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -88,7 +88,4 @@ def stack(config: Config) -> Iterator[App]:
     app.stop(grace=1.0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port"]

@@ -12,19 +12,15 @@ from tests.conftest import free_port
 from tests.procs import ServerProcess, grpcurl
 
 
-class StackProcess(ServerProcess):
-    """`neuralops up` instead of `neuralops serve`."""
-
-    def start(self, timeout: float = 90.0) -> StackProcess:
-        self.env["NEURALOPS_METRICS_PORT"] = str(free_port())
-        self.env["NEURALOPS_PROMETHEUS_PORT"] = str(free_port())
-        self.command = [sys.executable, "-m", "neuralops.servers.cli", "up", "--grace", "5"]
-        super().start(timeout)
-        return self
-
-
 def test_up_then_demo_shows_runs_latest_runs_and_a_signal(tmp_path: Path) -> None:
-    stack = StackProcess(tmp_path / "stack").start()
+    stack = ServerProcess(
+        tmp_path / "stack",
+        command="up",
+        extra_env={
+            "NEURALOPS_METRICS_PORT": str(free_port()),
+            "NEURALOPS_PROMETHEUS_PORT": str(free_port()),
+        },
+    ).start()
     try:
         banner = stack.log.read_text()
         assert "Prometheus  http://127.0.0.1:" in banner and "(local, scraping" in banner

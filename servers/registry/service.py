@@ -65,9 +65,10 @@ class Registry:
             if at is None or not isinstance(pos.get("i"), str):
                 raise InvalidArgument.one("page_token", "is not a token this service issued")
             after = (at, pos["i"])
-        elif self._store.get(workflow_id) is None and not self._store.has_runs(workflow_id):
-            raise NotFound(f"workflow {workflow_id!r} not found", reason="WORKFLOW_NOT_FOUND")
         found = self._store.runs(workflow_id, limit + 1, after)
+        # A workflow with runs exists; only an empty first page needs the extra look.
+        if not found and after is None and self._store.get(workflow_id) is None:
+            raise NotFound(f"workflow {workflow_id!r} not found", reason="WORKFLOW_NOT_FOUND")
         page, more = found[:limit], len(found) > limit
         nxt = ""
         if more:

@@ -152,10 +152,3 @@ class RegistryStore:
             )
             for r in rows
         ]
-
-    def has_runs(self, workflow_id: str) -> bool:
-        with self._db.transaction(write=False) as tx:
-            rows = tx.execute(
-                "SELECT 1 AS one FROM workflow_runs WHERE wpk_id = %s LIMIT 1", (workflow_id,)
-            )
-        return bool(rows)
