@@ -14,7 +14,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from neuralops.insight.v1 import insight_pb2 as ipb
 from neuralops.insight.v1 import insight_pb2_grpc
 from neuralops.servers.insight import scoring
-from neuralops.servers.localprom import LocalPrometheus
+from neuralops.servers.localprom import LocalPrometheus, Series
 
 from benchmarks.common import Section, free_port, start_server, stats_ms
 
@@ -46,12 +46,12 @@ def _probe(
 ) -> None:
     end = (int(datetime.now(UTC).timestamp()) // step) * step - 3600
     rng = np.random.default_rng(2)
-    planted = [
+    planted: list[Series] = [
         (
             "bench_latency_seconds",
             {"route": f"/r{i}"},
             [
-                (end - (points - 1 - k) * step, float(v))
+                (float(end - (points - 1 - k) * step), float(v))
                 for k, v in enumerate(rng.normal(0.5, 0.05, points))
             ],
         )

@@ -362,7 +362,10 @@ def report_a2(dsn: str | None, work: Path) -> Report:
             "re-probing the same sample adds no row",
             shown + "   # again",
             f"signal ids: {again_ids}\nrows in insight_signals: {count}",
-            code == 0 and bool(flagged) and again_ids == [flagged[0]["signal_id"]] and int(count) == 1,
+            code == 0
+            and bool(flagged)
+            and again_ids == [flagged[0]["signal_id"]]
+            and int(count) == 1,
             "same signal id, 1 row",
         )
         shown, out, code = _grpcurl(addr, f"{INS}/ListSignals", {})
@@ -371,9 +374,7 @@ def report_a2(dsn: str | None, work: Path) -> Report:
             "ListSignals returns it",
             shown,
             out,
-            code == 0 and [s["id"] for s in listed] == [flagged[0]["signal_id"]]
-            if flagged
-            else False,
+            code == 0 and bool(flagged) and [s["id"] for s in listed] == [flagged[0]["signal_id"]],
             "the one signal",
         )
         rows = _query(
