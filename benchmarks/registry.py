@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import grpc
@@ -12,7 +11,7 @@ import psycopg
 from neuralops.registry.v1 import registry_pb2 as rpb
 from neuralops.registry.v1 import registry_pb2_grpc
 from neuralops.servers import pagination
-from neuralops.servers.db import PostgresDatabase
+from neuralops.servers.db import PostgresDatabase, scratch_schema
 from neuralops.servers.migrate import migrate
 from neuralops.servers.processes import ServerProcess
 
@@ -34,13 +33,7 @@ FROM generate_series(1, %(total)s) AS g
 def run(
     section: Section, base_dsn: str, total: int = 1_000_000, big: int = 200_000, calls: int = 300
 ) -> None:
-    schema = f"nops_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    params = psycopg.conninfo.conninfo_to_dict(base_dsn)
-    params["options"] = f"-c search_path={schema}"
-    dsn = psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
-    try:
+    with scratch_schema(base_dsn, "nops_bench") as dsn:
         db = PostgresDatabase(dsn)
         migrate(db)
         db.close()
@@ -57,9 +50,6 @@ def run(
                 _measure(section, server, dsn, big, calls)
             finally:
                 server.stop()
-    finally:
-        with psycopg.connect(base_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
     section.notes.append(
         "Each figure is the gRPC round trip of ListWorkflowRuns (page_size 20) measured by a client "
         f"in this process against the Registry server in another, {calls} calls per depth. The deep "

@@ -14,6 +14,7 @@ import json
 import logging
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -248,3 +249,24 @@ def open_database(
         return PostgresDatabase(postgres_dsn, max_size=pool_size, timeout_s=timeout_s)
     log.warning("POSTGRES_DSN is not set: using the SQLite file %s", sqlite_path)
     return SqliteDatabase(sqlite_path)
+
+
+def with_search_path(dsn: str, schema: str) -> str:
+    """The DSN with every connection's search_path set to ``schema``."""
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params["options"] = f"-c search_path={schema}"
+    return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def scratch_schema(base_dsn: str, prefix: str) -> Iterator[str]:
+    """A new, empty Postgres schema for the block (reports, benchmarks), dropped after;
+    yields a DSN that uses it."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(base_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield with_search_path(base_dsn, schema)
+    finally:
+        with psycopg.connect(base_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -24,10 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from neuralops.servers import localprom
 from neuralops.servers.config import Config
-from neuralops.servers.db import open_database
+from neuralops.servers.db import open_database, scratch_schema
 from neuralops.servers.processes import ServerProcess, free_port, grpcurl, grpcurl_path
 
 RH = "neuralops.runhistory.v1.RunHistoryService"
@@ -131,16 +130,8 @@ def _storage(base_dsn: str | None) -> Iterator[str | None]:
     if not base_dsn:
         yield None
         return
-    schema = f"nops_report_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    params = psycopg.conninfo.conninfo_to_dict(base_dsn)
-    params["options"] = f"-c search_path={schema}"
-    try:
-        yield psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
-    finally:
-        with psycopg.connect(base_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with scratch_schema(base_dsn, "nops_report") as dsn:
+        yield dsn
 
 
 def _query(

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from neuralops.servers.app import App
 from neuralops.servers.config import Config
-from neuralops.servers.db import Database, open_database
+from neuralops.servers.db import Database, open_database, with_search_path
 from neuralops.servers.migrate import migrate
 from neuralops.servers.processes import free_port
 
@@ -29,12 +29,6 @@ def postgres_base_dsn() -> str:
     return dsn
 
 
-def _with_schema(dsn: str, schema: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    params["options"] = f"-c search_path={schema}"
-    return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="session")
 def pg_schema_factory() -> Iterator[object]:
     """Makes empty Postgres schemas and drops them at the end of the session."""
@@ -48,7 +42,7 @@ def pg_schema_factory() -> Iterator[object]:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {name}")
         made.append(name)
-        return _with_schema(base, name)
+        return with_search_path(base, name)
 
     yield make
     if base and made:
