@@ -154,7 +154,7 @@ class RunSender:
         for n, path in enumerate(claimed):
             if not self._replay_file(path):
                 for rest in claimed[n:]:
-                    Spool.release(rest)  # the service went away again: keep them all
+                    self.spool.release(rest)  # the service went away again: keep them all
                 return
             Spool.done(path)
         self._spool_dirty = False

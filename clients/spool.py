@@ -71,19 +71,24 @@ class Spool:
                 os.fsync(f.fileno())
 
     def pending(self) -> int:
-        """Runs waiting in the spool (all files, any writer)."""
-        if not self.directory.exists():
-            return 0
-        n = 0
-        for path in self.directory.glob("*.jsonl*"):
-            with contextlib.suppress(OSError), open(path, encoding="utf-8") as f:
-                n += sum(1 for line in f if line.strip())
-        return n
+        """Runs waiting in the spool (all files, any writer). Taken under the lock that
+        claims take, so a file being renamed by this process is never missed."""
+        with self._lock:
+            if not self.directory.exists():
+                return 0
+            n = 0
+            for path in self.directory.glob("*.jsonl*"):
+                with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
+                    n += sum(1 for line in f if line.strip())
+            return n
 
     def claim(self) -> list[Path]:
         """Files to replay now, renamed so no other process takes them."""
         with self._lock:
             self._file = None  # later appends start a new file
+            return self._claim_locked()
+
+    def _claim_locked(self) -> list[Path]:
         if not self.directory.exists():
             return []
         claimed: list[Path] = []
@@ -123,9 +128,8 @@ class Spool:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
-    @staticmethod
-    def release(path: Path) -> None:
+    def release(self, path: Path) -> None:
         """Give a claimed file back (replay failed): it becomes replayable again."""
         base = path.name.split(".jsonl")[0] + ".jsonl"
-        with contextlib.suppress(OSError):
+        with self._lock, contextlib.suppress(OSError):
             os.replace(path, path.with_name(base))

@@ -43,7 +43,7 @@ def test_failed_replay_gives_every_claimed_file_back(tmp_path: Path) -> None:
         sender.keep(_runs("a", 2))
         sender.spool.claim()  # rotate: the next runs go to a second file
         for p in tmp_path.glob("*.replaying-*"):
-            Spool.release(p)
+            sender.spool.release(p)
         sender.keep(_runs("b", 2))
         assert len(list(tmp_path.glob("*.jsonl"))) == 2
         sender.replay_now()  # the service is down: nothing delivered
