@@ -31,6 +31,9 @@ WORKFLOW_LAST_RUN_DURATION = Gauge(
     ["wpk_id"],
 )
 OUTBOX_BACKLOG = Gauge("neuralops_outbox_backlog", "Notices waiting in the outbox.")
+OUTBOX_DELIVERED = Counter(
+    "neuralops_outbox_delivered_total", "Outbox notices delivered.", ["topic"]
+)
 EMBEDDINGS = Counter("neuralops_embeddings_total", "Embedding attempts by outcome.", ["outcome"])
 SIGNALS_CREATED = Counter(
     "neuralops_insight_signals_created_total", "Anomaly signals stored, by metric.", ["metric"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -176,7 +177,7 @@ class Insight:
         saved = self._store.save([s for _, s in anomalies])
         for (i, sig), (signal_id, created) in zip(anomalies, saved, strict=True):
             r = results[i]
-            results[i] = SeriesResult(**{**r.__dict__, "signal_id": signal_id})
+            results[i] = dataclasses.replace(r, signal_id=signal_id)
             if created:
                 metrics.SIGNALS_CREATED.labels(metrics.metric_label(sig.metric)).inc()
         return ProbeResult(results, start, end)

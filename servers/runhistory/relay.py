@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
 from neuralops.runhistory.v1 import runhistory_pb2
-from neuralops.servers import outbox
+from neuralops.servers import metrics, outbox
 from neuralops.servers.convert import text_enum, to_timestamp
 from neuralops.servers.db import Database
 from neuralops.servers.runhistory.storage import NOTIFY_TOPIC
@@ -39,7 +39,6 @@ class OutboxRelay:
         self._batch = batch
         self._timeout_s = timeout_s
         self._max_backoff_s = max_backoff_s
-        self.delivered_total = 0
 
     def step(self) -> bool:
         items = outbox.claim(self._db, NOTIFY_TOPIC, self._batch, timedelta(seconds=60))
@@ -66,7 +65,7 @@ class OutboxRelay:
             done.append(item.id)
         if done:
             outbox.delivered(self._db, done)
-            self.delivered_total += len(done)
+            metrics.OUTBOX_DELIVERED.labels(NOTIFY_TOPIC).inc(len(done))
         for item in items[failed_from:]:
             delay = min(self._max_backoff_s, 0.5 * 2.0**item.attempts)
             outbox.retry_later(self._db, item, timedelta(seconds=delay), error)

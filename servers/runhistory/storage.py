@@ -72,11 +72,11 @@ class RunStore:
     def insert(self, runs: Sequence[NewRun]) -> list[LogResult]:
         """Store new runs, leave known ones alone; one result per run, in order."""
         base = utcnow()
+        # One clock reading per run, strictly increasing inside a batch, so the batch's
+        # order survives as created_at order.
+        stamps = [base + timedelta(microseconds=i) for i in range(len(runs))]
         rows = []
-        for i, run in enumerate(runs):
-            # One clock reading per run, strictly increasing inside a batch, so the
-            # batch's order survives as created_at order.
-            at = base + timedelta(microseconds=i)
+        for run, at in zip(runs, stamps, strict=True):
             embed = self._embeddings_enabled and run.output_text is not None
             rows.append(
                 (
@@ -101,9 +101,10 @@ class RunStore:
             existing = tx.execute_each(
                 _EXISTING, [(runs[i].wpk_id, runs[i].run_id) for i in missing]
             )
-            results: list[LogResult] = []
-            for i, run in enumerate(runs):
-                results.append(LogResult(rows[i][0], run.run_id, True, rows[i][9]))
+            results = [
+                LogResult(row[0], run.run_id, True, at)
+                for row, run, at in zip(rows, runs, stamps, strict=True)
+            ]
             for i, found in zip(missing, existing, strict=True):
                 row = found[0]
                 results[i] = LogResult(
@@ -133,13 +134,6 @@ class RunStore:
                 (wpk_id, run_id),
             )
         return stored_run(rows[0]) if rows else None
-
-    def get_by_ids(self, ids: Sequence[str]) -> dict[str, StoredRun]:
-        with self._db.transaction(write=False) as tx:
-            found = tx.execute_each(
-                f"SELECT {_COLUMNS} FROM workflow_runs WHERE id = %s", [(i,) for i in ids]
-            )
-        return {str(r[0]["id"]): stored_run(r[0]) for r in found if r}
 
     # ----------------------------------------------------------- embedding queue
 
