@@ -34,10 +34,9 @@ _INTERRUPTS = ("GraphInterrupt", "NodeInterrupt", "Interrupt")
 class _Node:
     name: str
     ns: str
-    path: str
     step: int
-    start: float
-    started_at: datetime
+    start: float  # perf_counter, for the duration
+    started_at: float  # epoch seconds, for the timestamps (converted on the sender)
     input: Any = None
     end: float | None = None
     status: str = "running"
@@ -135,10 +134,9 @@ class RunHistoryCallback(BaseCallbackHandler):
                 node = _Node(
                     name=str(node_name),
                     ns=ns,
-                    path=_path(ns),
                     step=int(meta.get("langgraph_step", 0)),
                     start=now,
-                    started_at=datetime.now(UTC),
+                    started_at=time.time(),
                     input=inputs if self._capture else None,
                 )
                 self._nodes[run_id] = node
@@ -217,10 +215,10 @@ class RunHistoryCallback(BaseCallbackHandler):
             end = n.end if n.end is not None else n.start
             d: dict[str, Any] = {
                 "name": n.name,
-                "path": n.path,
+                "path": _path(n.ns),
                 "step": n.step,
-                "start_time": n.started_at,
-                "end_time": datetime.fromtimestamp(n.started_at.timestamp() + (end - n.start), UTC),
+                "start_time": datetime.fromtimestamp(n.started_at, UTC),
+                "end_time": datetime.fromtimestamp(n.started_at + (end - n.start), UTC),
                 "duration_ms": round((end - n.start) * 1000),
                 "status": "completed"
                 if n.status == "running" and status == "completed"
