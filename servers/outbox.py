@@ -61,12 +61,16 @@ def delivered(db: Database, ids: Sequence[str]) -> None:
         tx.executemany("DELETE FROM outbox WHERE id = %s", [(i,) for i in ids])
 
 
-def retry_later(db: Database, item: OutboxItem, delay: timedelta, error: str) -> None:
+def retry_later(db: Database, delays: Sequence[tuple[OutboxItem, timedelta]], error: str) -> None:
+    """Put undelivered items back, each due again after its own delay (one transaction)."""
+    if not delays:
+        return
+    now = utcnow()
     with db.transaction() as tx:
-        tx.execute(
+        tx.executemany(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = %s,"
             " claimed_until = NULL, last_error = %s WHERE id = %s",
-            (utcnow() + delay, error[:1000], item.id),
+            [(now + delay, error[:1000], item.id) for item, delay in delays],
         )
 
 

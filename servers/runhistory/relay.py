@@ -44,35 +44,48 @@ class OutboxRelay:
         items = outbox.claim(self._db, NOTIFY_TOPIC, self._batch, timedelta(seconds=60))
         if not items:
             return False
+        # NotifyRun is monotonic and idempotent: of a workflow's notices only the newest
+        # can change anything, so each workflow gets one call per batch, and the calls
+        # go out concurrently (arrival order does not matter).
+        groups: dict[str, list[outbox.OutboxItem]] = {}
+        for item in items:
+            groups.setdefault(str(item.payload["workflow_id"]), []).append(item)
+        calls = []
+        for group in groups.values():
+            newest = max(group, key=lambda i: (str(i.payload["created_at"]), str(i.payload["id"])))
+            call = self._stub.NotifyRun.future(_request(newest.payload), timeout=self._timeout_s)
+            calls.append((group, newest, call))
         done: list[str] = []
-        failed_from = len(items)
+        waiting: list[outbox.OutboxItem] = []
         error = ""
-        for n, item in enumerate(items):
+        for group, newest, call in calls:
             try:
-                self._stub.NotifyRun(_request(item.payload), timeout=self._timeout_s)
+                call.result()
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
+                details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     # A notice the registry will never accept: drop it, loudly.
-                    log.error("registry refused notice %s: %s", item.payload, exc)
-                    done.append(item.id)
-                    continue
-                failed_from, error = (
-                    n,
-                    f"{code}: {exc.details() if isinstance(exc, grpc.Call) else exc}",
-                )
-                break
-            done.append(item.id)
+                    log.error("registry refused notice %s: %s", newest.payload, details)
+                    done.extend(i.id for i in group)
+                else:
+                    waiting.extend(group)
+                    error = f"{code}: {details}"
+                continue
+            done.extend(i.id for i in group)
         if done:
             outbox.delivered(self._db, done)
             metrics.OUTBOX_DELIVERED.labels(NOTIFY_TOPIC).inc(len(done))
-        for item in items[failed_from:]:
-            delay = min(self._max_backoff_s, 0.5 * 2.0**item.attempts)
-            outbox.retry_later(self._db, item, timedelta(seconds=delay), error)
-        if failed_from < len(items):
-            log.warning(
-                "registry unreachable, %d notices wait: %s", len(items) - failed_from, error
-            )
+        outbox.retry_later(
+            self._db,
+            [
+                (item, timedelta(seconds=min(self._max_backoff_s, 0.5 * 2.0**item.attempts)))
+                for item in waiting
+            ],
+            error,
+        )
+        if waiting:
+            log.warning("registry unreachable, %d notices wait: %s", len(waiting), error)
             return False
         return True
 
