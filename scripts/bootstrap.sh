@@ -30,13 +30,15 @@ fi
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing Prometheus (Debian package prometheus)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     # The package starts nothing here (no systemd); our stack runs its own Prometheus.
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; then
+      echo "bootstrap: WARNING: apt-get could not install prometheus; see the messages above." >&2
+    fi
   else
-    echo "bootstrap: Prometheus is not installed and I cannot install it (need root and apt-get)." >&2
-    echo "bootstrap: install the 'prometheus' package (it brings promtool) and run me again." >&2
-    exit 1
+    # Not fatal: `neuralops up` runs without it (and says so), the Prometheus tests fail
+    # with this same advice.
+    echo "bootstrap: WARNING: Prometheus is not installed and I cannot install it (need root and apt-get)." >&2
+    echo "bootstrap: install the Debian package 'prometheus' (it brings promtool), or set PROM_URL." >&2
   fi
 fi
 

@@ -527,6 +527,8 @@ def summary(reports: list[Report], generated: str, bench: Path) -> str:
             "",
             f"From the last `make bench` ([{bench.name}]({bench.name})):",
             "",
+            "| measure | value |",
+            "|---|---|",
         ]
         lines += [
             line

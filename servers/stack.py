@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import threading
 from typing import Any
@@ -18,8 +19,18 @@ from typing import Any
 from neuralops.servers import localprom
 from neuralops.servers.app import App
 from neuralops.servers.config import Config
+from neuralops.servers.processes import free_port
 
 log = logging.getLogger("neuralops")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_for_stop_signal() -> None:
@@ -77,8 +88,15 @@ def cmd_up(config: Config, args: argparse.Namespace) -> int:
     if not config.prom_url:
         if localprom.available():
             scrape = [f"127.0.0.1:{config.metrics_port}"] if config.metrics_port else []
+            port = config.prometheus_port
+            if not _port_free(config.bind_host, port):
+                # e.g. the Debian package's own Prometheus, started by systemd on 9090
+                port = free_port()
+                log.warning(
+                    "port %d is taken: the local Prometheus uses %d", config.prometheus_port, port
+                )
             prom = localprom.LocalPrometheus(
-                config.data_dir / "prometheus", config.prometheus_port, scrape=scrape
+                config.data_dir / "prometheus", port, scrape=scrape
             ).start()
             config = config.with_(prom_url=prom.url)
             log.info("local Prometheus on %s (data in %s)", prom.url, prom.data)

@@ -258,7 +258,9 @@ def test_registry_outage_loses_nothing(config: Config) -> None:
         # Let the relay fail a few rounds: every waiting row then shares one due time,
         # so the first round after the registry is back claims all 30 at once.
         time.sleep(1.5)
-        notify = metrics.RPC_REQUESTS.labels("neuralops.registry.v1.RegistryService", "NotifyRun", "OK")
+        notify = metrics.RPC_REQUESTS.labels(
+            "neuralops.registry.v1.RegistryService", "NotifyRun", "OK"
+        )
         calls_before = notify._value.get()
         registry = App(config, services=("registry",), ports={"registry": registry_port}).start()
         try:

@@ -4,6 +4,7 @@ the demo workflow through the hook, then runs, latest-run links and a signal."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +14,25 @@ from tests.procs import ServerProcess, grpcurl
 
 
 def test_up_then_demo_shows_runs_latest_runs_and_a_signal(tmp_path: Path) -> None:
+    # The configured Prometheus port is taken (as by a system Prometheus on 9090):
+    # `up` must pick another one and say so.
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    taken_port = taken.getsockname()[1]
     stack = ServerProcess(
         tmp_path / "stack",
         command="up",
         extra_env={
             "NEURALOPS_METRICS_PORT": str(free_port()),
-            "NEURALOPS_PROMETHEUS_PORT": str(free_port()),
+            "NEURALOPS_PROMETHEUS_PORT": str(taken_port),
         },
     ).start()
     try:
         banner = stack.log.read_text()
         assert "Prometheus  http://127.0.0.1:" in banner and "(local, scraping" in banner
+        assert f"port {taken_port} is taken" in banner
+        assert f"Prometheus  http://127.0.0.1:{taken_port} " not in banner
         for port in stack.ports.values():
             assert f"127.0.0.1:{port}" in banner
         demo = subprocess.run(
@@ -65,5 +74,6 @@ def test_up_then_demo_shows_runs_latest_runs_and_a_signal(tmp_path: Path) -> Non
         assert any(s["labels"].get("wpk_id") == "support-triage" for s in signals)
     finally:
         code = stack.stop()
+        taken.close()
     assert code == 0
     assert "stopped" in stack.log.read_text()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -72,11 +71,15 @@ class PrometheusClient:
         n = round((end.timestamp() - t0) / step_s) + 1
         values = np.full((len(result), n), np.nan)
         for i, series in enumerate(result):
-            for ts, raw in series.get("values", []):
-                k = round((float(ts) - t0) / step_s)
-                if 0 <= k < n:
-                    v = float(raw)
-                    values[i, k] = v if math.isfinite(v) else np.nan
+            raw = series.get("values") or []
+            if not raw:
+                continue
+            # Prometheus sends [[unix_seconds, "value"], ...]; numpy parses the strings
+            # ("NaN", "+Inf" included) in one go.
+            pairs = np.asarray(raw, dtype=np.float64)
+            k = np.rint((pairs[:, 0] - t0) / step_s).astype(np.int64)
+            keep = (k >= 0) & (k < n) & np.isfinite(pairs[:, 1])
+            values[i, k[keep]] = pairs[keep, 1]
         return RangeResult([dict(s.get("metric", {})) for s in result], values, t0, step_s)
 
     def close(self) -> None:

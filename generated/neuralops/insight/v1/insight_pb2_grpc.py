@@ -68,8 +68,8 @@ class InsightServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSignals(self, request, context):
-        """ListSignals lists stored signals newest first (by sample time, then
-        creation), paginated and filterable by metric and time.
+        """ListSignals lists stored signals newest first (by sample time, then id),
+        paginated and filterable by metric and sample time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

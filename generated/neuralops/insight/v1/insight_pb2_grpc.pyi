@@ -46,8 +46,8 @@ class InsightServiceStub:
     11,000 points per series and 10,000 series).
     """
     ListSignals: _grpc.UnaryUnaryMultiCallable[_insight_pb2.ListSignalsRequest, _insight_pb2.ListSignalsResponse]
-    """ListSignals lists stored signals newest first (by sample time, then
-    creation), paginated and filterable by metric and time.
+    """ListSignals lists stored signals newest first (by sample time, then id),
+    paginated and filterable by metric and sample time.
     """
 
 @_typing.type_check_only
@@ -68,8 +68,8 @@ class InsightServiceAsyncStub(InsightServiceStub):
     11,000 points per series and 10,000 series).
     """
     ListSignals: _aio.UnaryUnaryMultiCallable[_insight_pb2.ListSignalsRequest, _insight_pb2.ListSignalsResponse]  # type: ignore[assignment]
-    """ListSignals lists stored signals newest first (by sample time, then
-    creation), paginated and filterable by metric and time.
+    """ListSignals lists stored signals newest first (by sample time, then id),
+    paginated and filterable by metric and sample time.
     """
 
 class InsightServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -99,8 +99,8 @@ class InsightServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _insight_pb2.ListSignalsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_insight_pb2.ListSignalsResponse, _abc.Awaitable[_insight_pb2.ListSignalsResponse]]:
-        """ListSignals lists stored signals newest first (by sample time, then
-        creation), paginated and filterable by metric and time.
+        """ListSignals lists stored signals newest first (by sample time, then id),
+        paginated and filterable by metric and sample time.
         """
 
 def add_InsightServiceServicer_to_server(servicer: InsightServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
