@@ -28,6 +28,17 @@ from neuralops.runhistory.v1 import runhistory_pb2 as pb
 log = logging.getLogger(__name__)
 
 _INTERRUPTS = ("GraphInterrupt", "NodeInterrupt", "Interrupt")
+# The caller stopped the run: a `stream` loop left early, a cancelled task, Ctrl-C.
+_CANCELLED = ("GeneratorExit", "CancelledError", "KeyboardInterrupt")
+
+
+def _status_of(error: BaseException | None) -> str:
+    if error is None:
+        return "completed"
+    name = type(error).__name__
+    if name in _INTERRUPTS:
+        return "interrupted"
+    return "cancelled" if name in _CANCELLED else "failed"
 
 
 @dataclass
@@ -177,28 +188,22 @@ class RunHistoryCallback(BaseCallbackHandler):
         with self._lock:
             root = self._owner.pop(run_id, None)
             node = self._nodes.pop(run_id, None)
-            interrupt = error is not None and type(error).__name__ in _INTERRUPTS
+            outcome = _status_of(error)
             if node is not None:
                 node.end = now
-                if interrupt:
-                    node.status = "interrupted"
-                elif error is not None:
-                    node.status, node.error = "failed", _error_text(error)
-                else:
-                    node.status = "completed"
-                    node.output = outputs if self._capture else None
-            if root is not None and interrupt:
+                node.status = outcome
+                if outcome == "failed" and error is not None:
+                    node.error = _error_text(error)
+                elif outcome == "completed" and self._capture:
+                    node.output = outputs
+            if root is not None and outcome == "interrupted":
                 self._runs[root].interrupted = True
             if root != run_id:
                 return
             run = self._runs.pop(run_id)
         if isinstance(outputs, dict) and "__interrupt__" in outputs:
             run.interrupted = True
-        status = (
-            "interrupted"
-            if run.interrupted or (error is not None and interrupt)
-            else ("failed" if error is not None else "completed")
-        )
+        status = "interrupted" if run.interrupted else outcome
         duration_ms = round((now - run.start) * 1000)
         error_text = _error_text(error) if error is not None and status == "failed" else ""
         # Snapshot the top-level containers now; deep conversion happens on the sender.

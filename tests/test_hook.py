@@ -208,6 +208,19 @@ def test_interrupt_gives_an_interrupted_run_and_resume_a_completed_one(
     assert resumed.outputs["seen"] == ["yes"]
 
 
+def test_leaving_a_stream_early_gives_a_cancelled_run(runhistory: App, sender: RunSender) -> None:
+    run_id = str(uuid.uuid4())
+    for _ in build_graph().stream(
+        TICKET, config={"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+    ):
+        break  # the caller stops after the first update
+    assert sender.flush(10)
+    run = _get(runhistory, "support-triage", run_id)
+    assert run.status == pb.RUN_STATUS_CANCELLED
+    assert run.error == ""
+    assert [n.name for n in run.node_logs] == ["classify"]
+
+
 def test_instrument_binds_the_hook_once(runhistory: App, sender: RunSender) -> None:
     graph = instrument(build_graph("bound"), sender=sender)
     run_ids = [str(uuid.uuid4()) for _ in range(3)]
