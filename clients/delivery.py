@@ -150,14 +150,17 @@ class RunSender:
         self._backoff = min(self._max_retry_s, self._backoff * 2)
 
     def _replay(self) -> None:
+        # Cleared before the claim: a run spooled while this replay runs sets it again,
+        # so it is not left waiting for the next process.
+        self._spool_dirty = False
         claimed = self.spool.claim()
         for n, path in enumerate(claimed):
             if not self._replay_file(path):
                 for rest in claimed[n:]:
                     self.spool.release(rest)  # the service went away again: keep them all
+                self._spool_dirty = True
                 return
             Spool.done(path)
-        self._spool_dirty = False
 
     def _replay_file(self, path: Path) -> bool:
         batch: list[pb.Run] = []
