@@ -153,14 +153,16 @@ class RunSender:
         # Cleared before the claim: a run spooled while this replay runs sets it again,
         # so it is not left waiting for the next process.
         self._spool_dirty = False
-        claimed = self.spool.claim()
-        for n, path in enumerate(claimed):
-            if not self._replay_file(path):
-                for rest in claimed[n:]:
-                    self.spool.release(rest)  # the service went away again: keep them all
+        left = self.spool.claim()
+        try:
+            while left and self._replay_file(left[0]):
+                Spool.done(left.pop(0))
+        finally:
+            # The service went away again (or reading failed): give every file back.
+            for path in left:
+                self.spool.release(path)
+            if left:
                 self._spool_dirty = True
-                return
-            Spool.done(path)
 
     def _replay_file(self, path: Path) -> bool:
         batch: list[pb.Run] = []
