@@ -34,8 +34,9 @@ def decode(token: str, scope: str) -> dict[str, Any] | None:
 
 
 def page_size(value: int, *, default: int, maximum: int) -> int:
-    if value < 0 or value > maximum:
+    """0 means ``default``; above ``maximum`` is capped to it (AIP-158); negative is refused."""
+    if value < 0:
         raise InvalidArgument.one(
-            "page_size", f"must be between 1 and {maximum} (0 means {default})"
+            "page_size", f"must not be negative (0 means {default}, at most {maximum})"
         )
-    return value or default
+    return min(value or default, maximum)

@@ -138,8 +138,25 @@ def test_list_workflow_runs_newest_first_default_and_cap(stack: App) -> None:
     assert len(rest.runs) == 10 and rest.next_page_token == ""
     assert rest.runs[-1].run_id == "r0-0"
     with pytest.raises(grpc.RpcError) as err:
-        reg.ListWorkflowRuns(rpb.ListWorkflowRunsRequest(workflow_id="w", page_size=1001))
+        reg.ListWorkflowRuns(rpb.ListWorkflowRunsRequest(workflow_id="w", page_size=-1))
     assert field_violations(err.value) == ["page_size"]
+
+
+def test_page_size_above_the_maximum_is_capped(stack: App) -> None:
+    hist = _history(stack.address("runhistory"))
+    for b in range(3):
+        hist.BatchLogRuns(
+            pb.BatchLogRunsRequest(runs=[_run("many", f"r{b}-{i}") for i in range(400)])
+        )
+    reg = _registry(stack)
+    page = reg.ListWorkflowRuns(rpb.ListWorkflowRunsRequest(workflow_id="many", page_size=5000))
+    assert len(page.runs) == 1000 and page.next_page_token
+    rest = reg.ListWorkflowRuns(
+        rpb.ListWorkflowRunsRequest(
+            workflow_id="many", page_size=5000, page_token=page.next_page_token
+        )
+    )
+    assert len(rest.runs) == 200 and rest.next_page_token == ""
 
 
 def test_bad_page_tokens_are_invalid_argument(stack: App) -> None:

@@ -363,7 +363,7 @@ class ListSignalsRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """1 to 1,000; 0 means 50."""
+    """Signals per page; 0 means 50, values above 1,000 are capped to 1,000."""
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     metric: _builtins.str

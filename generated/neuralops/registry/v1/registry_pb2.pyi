@@ -186,7 +186,7 @@ class ListWorkflowsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """1 to 1,000; 0 means 50."""
+    """Workflows per page; 0 means 50, values above 1,000 are capped to 1,000."""
     page_token: _builtins.str
     """From a previous response; empty for the first page."""
     def __init__(
@@ -243,7 +243,7 @@ class ListWorkflowRunsRequest(_message.Message):
     workflow_id: _builtins.str
     """Workflow id. Required."""
     page_size: _builtins.int
-    """1 to 1,000; 0 means 20. Larger values are refused."""
+    """Runs per page; 0 means 20, values above 1,000 are capped to 1,000."""
     page_token: _builtins.str
     """From a previous response; empty for the first page."""
     def __init__(
