@@ -18,9 +18,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.runnables import Runnable
 from neuralops.clients.delivery import RunSender, sender_for
 from neuralops.clients.runs import jsonable, run_message
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
@@ -248,11 +249,11 @@ class RunHistoryCallback(BaseCallbackHandler):
         )
 
 
-G = TypeVar("G")
-
-
-def instrument(graph: G, callback: RunHistoryCallback | None = None, **kwargs: Any) -> G:
+def instrument(
+    graph: Runnable[Any, Any], callback: RunHistoryCallback | None = None, **kwargs: Any
+) -> Runnable[Any, Any]:
     """Bind a RunHistoryCallback to a compiled graph once: every invoke/stream of the
-    returned graph is recorded. ``kwargs`` go to RunHistoryCallback."""
+    returned runnable is recorded (its other methods pass through to the graph).
+    ``kwargs`` go to RunHistoryCallback."""
     handler = callback or RunHistoryCallback(**kwargs)
-    return graph.with_config(callbacks=[handler])  # type: ignore[attr-defined, no-any-return]
+    return graph.with_config(callbacks=[handler])

@@ -28,6 +28,16 @@ SERVICES = ("registry", "insight", "runhistory")
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
+class PortUnavailable(OSError):
+    """A server could not listen where it was told to."""
+
+    def __init__(self, address: str, service: str) -> None:
+        var = f"NEURALOPS_{service.upper()}_ADDR"
+        super().__init__(
+            f"{service} cannot listen on {address}: the port is taken or not ours (set {var})"
+        )
+
+
 @dataclass
 class ServiceParts:
     """What one service contributes to its server."""
@@ -69,9 +79,10 @@ def create_server(
     for name in ("", parts.full_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable(server, (parts.full_name, health.SERVICE_NAME))
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind {address}")
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio's "Failed to bind to address ..."
+        raise PortUnavailable(address, parts.name) from exc
     return server, port, health_servicer
 
 

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from neuralops.servers.app import SERVICES, App
+from neuralops.servers.app import SERVICES, App, PortUnavailable
 from neuralops.servers.config import Config
 from neuralops.servers.db import open_database
 from neuralops.servers.errors import StorageUnavailable
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = Config.from_env()
     try:
         code: int = args.func(config, args)
-    except (StorageUnavailable, MigrationError) as exc:
+    except (StorageUnavailable, MigrationError, PortUnavailable) as exc:
         print(f"neuralops: {exc}", file=sys.stderr)
         return 2
     return code

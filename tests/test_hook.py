@@ -225,7 +225,7 @@ def test_instrument_binds_the_hook_once(runhistory: App, sender: RunSender) -> N
     graph = instrument(build_graph("bound"), sender=sender)
     run_ids = [str(uuid.uuid4()) for _ in range(3)]
     for r in run_ids:
-        graph.invoke(TICKET, config={"run_id": r})
+        graph.invoke(TICKET, config={"run_id": uuid.UUID(r)})
     assert sender.flush(10)
     for r in run_ids:
         assert _get(runhistory, "bound", r).status == pb.RUN_STATUS_COMPLETED
@@ -382,6 +382,30 @@ def test_killed_process_replays_its_spool_on_the_next_start(config: Config, tmp_
         server.stop()
 
 
+def test_runs_still_queued_at_exit_are_delivered(config: Config, tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "srv", postgres_dsn=config.postgres_dsn, services="runhistory"
+    ).start()
+    try:
+        env = {**server.env, "NEURALOPS_DATA_DIR": str(tmp_path / "client")}
+        quick = _python(
+            """
+            from neuralops.clients.example import build_graph
+            from neuralops.clients.langgraph import instrument
+            graph = instrument(build_graph())
+            for i in range(20):
+                graph.invoke({"subject": "refund"}, config={"run_id": f"exit-{i}", "metadata": {"wpk_id": "test"}})
+            # no flush: the interpreter exits with runs still queued
+            """,
+            env,
+        )
+        assert quick.returncode == 0, quick.stderr
+        client = RunHistoryClient(server.address("runhistory"))
+        assert all(_exists(client, f"exit-{i}") for i in range(20))
+    finally:
+        server.stop()
+
+
 def _exists(client: RunHistoryClient, run_id: str) -> bool:
     try:
         client.get_run("test", run_id)
@@ -413,7 +437,8 @@ def test_server_stopped_mid_stream_loses_and_duplicates_nothing(
                 server.stop()
             if i == 100:
                 server.start()
-            graph.invoke(TICKET, config={"run_id": run_id})
+            cfg: Any = {"run_id": run_id}  # LangGraph takes any string id; the stubs say UUID
+            graph.invoke(TICKET, config=cfg)
         assert sender.flush(30)
         client = RunHistoryClient(server.address("runhistory"))
         wait_for(lambda: sender.spool.pending() == 0, timeout=60)
