@@ -98,7 +98,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
             finally:
                 metrics.RPC_REQUESTS.labels(service, method, code.name).inc()
-                metrics.RPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
+                metrics.RPC_LATENCY.labels(service, method, code.name).observe(
+                    time.perf_counter() - start
+                )
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,

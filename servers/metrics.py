@@ -13,7 +13,7 @@ RPC_REQUESTS = Counter(
 RPC_LATENCY = Histogram(
     "neuralops_rpc_duration_seconds",
     "gRPC call latency, server side.",
-    ["service", "method"],
+    ["service", "method", "code"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 WORKFLOW_RUNS = Counter(
