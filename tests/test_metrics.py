@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import httpx
+import pytest
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers.app import App
@@ -35,10 +36,8 @@ def test_rpcs_runs_and_the_outbox_are_exported(stack: App) -> None:
     stub.LogRun(
         pb.LogRunRequest(run=pb.Run(wpk_id="metrics-wf", run_id="a", status=pb.RUN_STATUS_FAILED))
     )
-    try:
+    with pytest.raises(grpc.RpcError):
         stub.LogRun(pb.LogRunRequest(run=pb.Run(run_id="x")))
-    except grpc.RpcError:
-        pass
     assert (
         _value("neuralops_rpc_requests_total", service=svc, method="LogRun", code="OK")
         == ok_before + 2
