@@ -16,8 +16,6 @@ from neuralops.servers.runhistory.model import (
 )
 from neuralops.servers.runhistory.storage import RunStore
 
-MAX_SEARCH_TEXT = 8000
-
 
 class RunHistory:
     def __init__(
@@ -56,9 +54,9 @@ class RunHistory:
         service = embeddings.require(self._embedding)
         if not text.strip():
             raise InvalidArgument.one("text", "is required")
-        if len(text) > MAX_SEARCH_TEXT:
+        if len(text) > embeddings.MAX_TEXT:
             raise InvalidArgument.one(
-                "text", f"is {len(text)} characters; at most {MAX_SEARCH_TEXT}"
+                "text", f"is {len(text)} characters; at most {embeddings.MAX_TEXT}"
             )
         if limit < 0 or limit > 100:
             raise InvalidArgument.one("limit", "must be between 1 and 100 (0 means 10)")
