@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from neuralops.servers import metrics, reflection
+from neuralops.servers import metrics, outbox, reflection
 from neuralops.servers.config import Config
 from neuralops.servers.db import Database, open_database
 from neuralops.servers.interceptors import ServiceInterceptor
@@ -154,8 +154,6 @@ class App:
         return self
 
     def _backlog(self) -> int:
-        from neuralops.servers import outbox
-
         assert self.db is not None
         return outbox.backlog(self.db)
 
@@ -176,9 +174,3 @@ class App:
         if self.db is not None:
             self.db.close()
             self.db = None
-
-    def __enter__(self) -> App:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop(grace=2.0)
