@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+from neuralops.clients import InvalidArgumentError, RunHistoryClient
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers.app import App
@@ -83,6 +84,22 @@ def test_failed_embedding_is_marked_and_retried(
     wait_for(lambda: _status(stub, "r1") == pb.EMBEDDING_STATUS_FAILED)
     wait_for(lambda: _status(stub, "r1") == pb.EMBEDDING_STATUS_DONE, timeout=20)
     assert stub.SearchRuns(pb.SearchRunsRequest(text="first try fails")).hits[0].run_id == "r1"
+
+
+def test_client_search_runs(embedding_stack: App) -> None:
+    client = RunHistoryClient(embedding_stack.address("runhistory"))
+    client.batch_log_runs(
+        [_run("r1", "the invoice total was wrong"), _run("r2", "rain tomorrow in paris")]
+    )
+    stub = runhistory_pb2_grpc.RunHistoryServiceStub(
+        grpc.insecure_channel(embedding_stack.address("runhistory"))
+    )
+    wait_for(lambda: all(_status(stub, r) == pb.EMBEDDING_STATUS_DONE for r in ("r1", "r2")))
+    hits = client.search_runs("invoice wrong", wpk_id="docs", limit=1)
+    assert [(h.run_id, h.wpk_id) for h in hits] == [("r1", "docs")]
+    with pytest.raises(InvalidArgumentError) as err:
+        client.search_runs("x", limit=500)
+    assert err.value.violations[0].field == "limit"
 
 
 def test_search_text_is_required(embedding_stack: App) -> None:

@@ -298,6 +298,23 @@ def test_full_queue_spills_to_the_spool_and_replays(config: Config, tmp_path: Pa
         sender.close()
 
 
+def test_client_batch_log_runs_answers_per_run(runhistory: App) -> None:
+    client = RunHistoryClient(runhistory.address("runhistory"))
+    results = client.batch_log_runs(
+        [
+            {"wpk_id": "batch", "run_id": "a", "status": "completed"},
+            {"wpk_id": "batch", "run_id": "b", "status": "failed", "error": "boom"},
+            {"wpk_id": "batch", "run_id": "a", "status": "completed"},
+        ]
+    )
+    assert [(r.run_id, r.created) for r in results] == [("a", True), ("b", True), ("a", False)]
+    assert results[2].id == results[0].id
+    assert client.get_run("batch", "b").error == "boom"
+    with pytest.raises(InvalidArgumentError) as err:
+        client.batch_log_runs([])
+    assert err.value.violations[0].field == "runs"
+
+
 def test_log_run_takes_the_seed_dict(runhistory: App) -> None:
     addr = runhistory.address("runhistory")
     run = {
