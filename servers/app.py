@@ -133,7 +133,7 @@ class App:
             log.info("migrations applied now: %s", ", ".join(applied) or "none (up to date)")
         for name in self.services:
             if name == "registry":
-                parts = build_registry(cfg, self.db)
+                parts = build_registry(cfg, self.db, self._runhistory_address)
             elif name == "insight":
                 parts = build_insight(cfg, self.db)
             else:
@@ -152,6 +152,11 @@ class App:
             log.info("%s listening on %s:%d", parts.full_name, cfg.bind_host, bound)
         metrics.track_backlog(self._backlog)
         return self
+
+    def _runhistory_address(self) -> str:
+        """RunHistory in this process once it listens, else the configured address."""
+        rh = self.running.get("runhistory")
+        return rh.address if rh is not None else self.config.runhistory_addr
 
     def _backlog(self) -> int:
         assert self.db is not None

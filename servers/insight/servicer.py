@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from enum import StrEnum
 
 import grpc
 from neuralops.insight.v1 import insight_pb2 as pb
 from neuralops.insight.v1 import insight_pb2_grpc
-from neuralops.servers.convert import enum_text, from_timestamp, text_enum, to_timestamp
+from neuralops.servers.convert import from_timestamp, to_timestamp
+from neuralops.servers.enums import EnumCodec
 from neuralops.servers.insight.model import ProbeSpec, Signal
 from neuralops.servers.insight.service import Insight
 
-_METHOD = "METHOD_"
+
+class Method(StrEnum):
+    Z_SCORE = "z_score"
+    EWMA = "ewma"
+
+
+METHOD = EnumCodec(
+    Method,
+    {Method.Z_SCORE: pb.METHOD_Z_SCORE, Method.EWMA: pb.METHOD_EWMA},
+    unspecified=pb.METHOD_UNSPECIFIED,
+)
 
 
 def _method(value: pb.Method.ValueType) -> str:
-    return (
-        "z_score" if value == pb.METHOD_UNSPECIFIED else enum_text(pb.Method.Name(value), _METHOD)
-    )
+    """The stored method name; unspecified means z-score, an unknown number is refused."""
+    return Method.Z_SCORE.value if value == pb.METHOD_UNSPECIFIED else METHOD.text(value)
 
 
 def signal_message(s: Signal) -> pb.Signal:
@@ -29,7 +40,7 @@ def signal_message(s: Signal) -> pb.Signal:
         hint=s.hint,
         created_at=to_timestamp(s.created_at),
         labels=s.labels,
-        method=pb.Method.Value(text_enum(s.method, _METHOD)),
+        method=METHOD.to_proto(s.method),
         sample_time=to_timestamp(s.sample_time),
         query=s.query,
         threshold=s.threshold,

@@ -7,9 +7,9 @@ from datetime import datetime
 from neuralops.servers import pagination
 from neuralops.servers.db import as_datetime
 from neuralops.servers.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
-from neuralops.servers.registry.model import NotifyResult, RunNotice, Workflow, WorkflowRun
+from neuralops.servers.registry.model import NotifyResult, Workflow, WorkflowRun
+from neuralops.servers.registry.runs import RunSource
 from neuralops.servers.registry.storage import RegistryStore
-from neuralops.servers.runhistory.model import MAX_ID_LENGTH, RUN_STATUSES
 
 DEFAULT_RUNS_PAGE = 20
 MAX_RUNS_PAGE = 1000
@@ -17,16 +17,29 @@ DEFAULT_WORKFLOWS_PAGE = 50
 MAX_WORKFLOWS_PAGE = 1000
 
 
-def _require_id(value: str, field: str) -> None:
+# The id rule RunHistory applies to wpk_id / run_id (its model's MAX_ID_LENGTH): the
+# Registry states it here instead of importing another service's package.
+MAX_ID_LENGTH = 200
+
+
+def _id_violation(value: str, field: str) -> FieldViolation | None:
     if not value.strip():
-        raise InvalidArgument.one(field, "is required")
+        return FieldViolation(field, "is required")
     if len(value) > MAX_ID_LENGTH:
-        raise InvalidArgument.one(field, f"is {len(value)} characters; at most {MAX_ID_LENGTH}")
+        return FieldViolation(field, f"is {len(value)} characters; at most {MAX_ID_LENGTH}")
+    return None
+
+
+def _require_id(value: str, field: str) -> None:
+    violation = _id_violation(value, field)
+    if violation is not None:
+        raise InvalidArgument([violation])
 
 
 class Registry:
-    def __init__(self, store: RegistryStore) -> None:
+    def __init__(self, store: RegistryStore, runs: RunSource) -> None:
         self._store = store
+        self._runs = runs
 
     def create(self, wf: Workflow) -> Workflow:
         _require_id(wf.workflow_id, "workflow.workflow_id")
@@ -76,18 +89,24 @@ class Registry:
             nxt = pagination.encode(scope, {"t": last.created_at.isoformat(), "i": last.id})
         return page, nxt
 
-    def notify(self, notice: RunNotice) -> NotifyResult:
+    def notify(self, workflow_id: str, run_id: str) -> NotifyResult:
+        """Move the workflow's latest run forward to a run RunHistory has stored.
+
+        Only the ids come from the caller: the run's row id, status and time are read
+        from RunHistory (GetRun), so a notice for a run that does not exist, or one
+        claiming another time or status, changes nothing.
+        """
         violations = [
-            FieldViolation(f, "is required")
-            for f, v in (
-                ("workflow_id", notice.workflow_id),
-                ("run_id", notice.run_id),
-                ("id", notice.row_id),
-            )
-            if not v
+            v
+            for v in (_id_violation(workflow_id, "workflow_id"), _id_violation(run_id, "run_id"))
+            if v is not None
         ]
-        if notice.status not in RUN_STATUSES:
-            violations.append(FieldViolation("status", f"must be one of {', '.join(RUN_STATUSES)}"))
         if violations:
             raise InvalidArgument(violations)
-        return self._store.notify(notice)
+        stored = self._runs.stored_run(workflow_id, run_id)
+        if stored is None:
+            raise NotFound(
+                f"RunHistory has no run {run_id!r} of workflow {workflow_id!r}",
+                reason="RUN_NOT_FOUND",
+            )
+        return self._store.notify(stored)

@@ -8,24 +8,22 @@ import grpc
 from google.protobuf import json_format
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers.convert import enum_text, from_struct, text_enum, to_struct, to_timestamp
+from neuralops.servers.convert import from_struct, to_struct, to_timestamp
+from neuralops.servers.enums import EMBEDDING_STATUS, RUN_STATUS
 from neuralops.servers.runhistory.model import LogResult, NewRun, StoredRun
 from neuralops.servers.runhistory.service import RunHistory
-
-_RUN = "RUN_STATUS_"
-_EMB = "EMBEDDING_STATUS_"
 
 
 def _node_dict(node: pb.NodeLog) -> dict[str, Any]:
     d = json_format.MessageToDict(node, preserving_proto_field_name=True)
-    d["status"] = enum_text(pb.RunStatus.Name(node.status), _RUN)
+    d["status"] = RUN_STATUS.text(node.status)
     d["duration_ms"] = node.duration_ms
     return d
 
 
 def _node_message(d: dict[str, Any]) -> pb.NodeLog:
     d = dict(d)
-    d["status"] = text_enum(str(d.get("status", "unspecified")), _RUN)
+    d["status"] = RUN_STATUS.to_proto(str(d.get("status", "")))
     return json_format.ParseDict(d, pb.NodeLog(), ignore_unknown_fields=True)
 
 
@@ -33,7 +31,7 @@ def new_run(run: pb.Run) -> NewRun:
     return NewRun(
         wpk_id=run.wpk_id,
         run_id=run.run_id,
-        status=enum_text(pb.RunStatus.Name(run.status), _RUN),
+        status=RUN_STATUS.text(run.status),
         inputs=from_struct(run.inputs),
         outputs=from_struct(run.outputs),
         duration_ms=run.duration_ms,
@@ -49,12 +47,12 @@ def run_message(run: StoredRun) -> pb.Run:
         run_id=run.run_id,
         inputs=to_struct(run.inputs),
         outputs=to_struct(run.outputs),
-        status=pb.RunStatus.Value(text_enum(run.status, _RUN)),
+        status=RUN_STATUS.to_proto(run.status),
         duration_ms=run.duration_ms,
         node_logs=[_node_message(n) for n in run.node_logs],
         created_at=to_timestamp(run.created_at),
         updated_at=to_timestamp(run.updated_at),
-        embedding_status=pb.EmbeddingStatus.Value(text_enum(run.embedding_status, _EMB)),
+        embedding_status=EMBEDDING_STATUS.to_proto(run.embedding_status),
         error=run.error,
     )
 

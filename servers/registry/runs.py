@@ -1,0 +1,90 @@
+"""The Registry's view of runs: RunHistory over gRPC, through its generated client.
+
+RunHistory owns the runs; the Registry never reads their tables. Every call has a
+deadline; RunHistory down (or too slow) is :class:`Unavailable` (UNAVAILABLE to the
+Registry's caller), and a RunHistory error the Registry cannot explain is reported as
+such instead of leaking out as INTERNAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NoReturn, Protocol
+
+import grpc
+from neuralops.clients import channels
+from neuralops.runhistory.v1 import runhistory_pb2 as pb
+from neuralops.runhistory.v1 import runhistory_pb2_grpc
+from neuralops.servers.convert import from_timestamp
+from neuralops.servers.enums import RUN_STATUS
+from neuralops.servers.errors import Unavailable
+from neuralops.servers.registry.model import RunNotice
+
+SERVICE = "neuralops.runhistory.v1.RunHistoryService"
+DEFAULT_TIMEOUT_S = 5.0
+
+
+class RunSource(Protocol):
+    """Where the Registry learns about runs."""
+
+    def stored_run(self, workflow_id: str, run_id: str) -> RunNotice | None:
+        """The stored run's identity, status and time; None when RunHistory has no such run."""
+        ...
+
+
+class RunHistoryRuns:
+    """:class:`RunSource` over RunHistory's gRPC API.
+
+    ``address`` may be a callable so that a RunHistory started in the same process on
+    a port picked at start-up is found once it listens.
+    """
+
+    def __init__(
+        self,
+        address: str | Callable[[], str],
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        attempts: int = 3,
+    ) -> None:
+        self._address = address if callable(address) else (lambda: address)
+        self._timeout_s = timeout_s
+        self._attempts = attempts
+
+    def _stub(self) -> runhistory_pb2_grpc.RunHistoryServiceStub:
+        # One shared channel per address (clients.channels): retries UNAVAILABLE with
+        # backoff; GetRun and ListRuns are reads, safe to retry.
+        return runhistory_pb2_grpc.RunHistoryServiceStub(
+            channels.channel(self._address(), SERVICE, attempts=self._attempts)
+        )
+
+    def stored_run(self, workflow_id: str, run_id: str) -> RunNotice | None:
+        try:
+            reply = self._stub().GetRun(
+                pb.GetRunRequest(wpk_id=workflow_id, run_id=run_id), timeout=self._timeout_s
+            )
+        except grpc.RpcError as exc:
+            # A run RunHistory refuses to look up (an id it finds malformed) cannot be stored.
+            if _code(exc) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return None
+            _unavailable(exc)
+        run = reply.run
+        return RunNotice(
+            workflow_id=run.wpk_id,
+            run_id=run.run_id,
+            row_id=run.id,
+            status=RUN_STATUS.text(run.status),
+            created_at=from_timestamp(run.created_at),
+        )
+
+
+def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    return exc.code() if isinstance(exc, grpc.Call) else None
+
+
+def _unavailable(exc: grpc.RpcError) -> NoReturn:
+    code = _code(exc)
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    name = code.name if code is not None else "UNKNOWN"
+    raise Unavailable(
+        f"RunHistory could not answer ({name}: {details})", reason="RUNHISTORY_UNAVAILABLE"
+    ) from exc
