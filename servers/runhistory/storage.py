@@ -11,22 +11,24 @@ from typing import Any
 
 from neuralops.servers import outbox
 from neuralops.servers.db import Database, Row, as_datetime, json_value, utcnow
-from neuralops.servers.runhistory.model import LogResult, NewRun, StoredRun
+from neuralops.servers.runhistory import context
+from neuralops.servers.runhistory.model import LogResult, NewRun, RunFilter, RunSummary, StoredRun
 
 NOTIFY_TOPIC = "registry.notify_run"
 
-_INSERT = """
+# Run context columns (migration 006), appended to every insert and read; see context.py.
+_INSERT = f"""
 INSERT INTO workflow_runs
     (id, wpk_id, run_id, inputs, outputs, status, duration_ms, node_logs, error,
-     created_at, updated_at, embedding_status, embedding_next_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+     created_at, updated_at, embedding_status, embedding_next_at, {context.COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, {context.PLACEHOLDERS})
 ON CONFLICT (wpk_id, run_id) DO NOTHING
 RETURNING id
 """
 _EXISTING = "SELECT id, created_at FROM workflow_runs WHERE wpk_id = %s AND run_id = %s"
 _COLUMNS = (
     "id, wpk_id, run_id, inputs, outputs, status, duration_ms, node_logs, error,"
-    " created_at, updated_at, embedding_status"
+    f" created_at, updated_at, embedding_status, {context.COLUMNS}"
 )
 
 
@@ -58,6 +60,7 @@ def stored_run(row: Row) -> StoredRun:
         created_at=created,
         updated_at=updated,
         embedding_status=row["embedding_status"],
+        context=context.from_row(row),
     )
 
 
@@ -93,6 +96,7 @@ class RunStore:
                     at,
                     "pending" if embed else "skipped",
                     at if embed else None,
+                    *context.params(run.context),
                 )
             )
         with self._db.transaction() as tx:
@@ -134,6 +138,15 @@ class RunStore:
                 (wpk_id, run_id),
             )
         return stored_run(rows[0]) if rows else None
+
+    def list_runs(
+        self, wpk_id: str, flt: RunFilter, limit: int, after: tuple[datetime, str] | None
+    ) -> list[RunSummary]:
+        """One keyset page of a workflow's runs, newest first (created_at, id)."""
+        sql, params = context.list_query(self._db.dialect, wpk_id, flt, limit, after)
+        with self._db.transaction(write=False) as tx:
+            rows = tx.execute(sql, params)
+        return [context.summary(r) for r in rows]
 
     # ----------------------------------------------------------- embedding queue
 
