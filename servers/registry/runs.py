@@ -13,12 +13,13 @@ from typing import NoReturn, Protocol
 
 import grpc
 from neuralops.clients import channels
+from neuralops.clients.errors import InvalidArgumentError, from_rpc_error
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers.convert import from_timestamp
 from neuralops.servers.enums import RUN_STATUS
-from neuralops.servers.errors import Unavailable
-from neuralops.servers.registry.model import RunNotice
+from neuralops.servers.errors import FieldViolation, InvalidArgument, Unavailable
+from neuralops.servers.registry.model import RunNotice, WorkflowRun
 
 SERVICE = "neuralops.runhistory.v1.RunHistoryService"
 DEFAULT_TIMEOUT_S = 5.0
@@ -29,6 +30,12 @@ class RunSource(Protocol):
 
     def stored_run(self, workflow_id: str, run_id: str) -> RunNotice | None:
         """The stored run's identity, status and time; None when RunHistory has no such run."""
+        ...
+
+    def list_runs(
+        self, workflow_id: str, page_size: int, page_token: str, thread_id: str = ""
+    ) -> tuple[list[WorkflowRun], str]:
+        """One page of the workflow's runs, newest first, and the next page's token."""
         ...
 
 
@@ -75,6 +82,47 @@ class RunHistoryRuns:
             status=RUN_STATUS.text(run.status),
             created_at=from_timestamp(run.created_at),
         )
+
+    def list_runs(
+        self, workflow_id: str, page_size: int, page_token: str, thread_id: str = ""
+    ) -> tuple[list[WorkflowRun], str]:
+        request = pb.ListRunsRequest(
+            wpk_id=workflow_id, page_size=page_size, page_token=page_token, thread_id=thread_id
+        )
+        try:
+            reply = self._stub().ListRuns(request, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            if _code(exc) == grpc.StatusCode.INVALID_ARGUMENT:
+                _invalid(exc)
+            _unavailable(exc)
+        runs = [
+            WorkflowRun(
+                id=r.id,
+                run_id=r.run_id,
+                status=RUN_STATUS.text(r.status),
+                duration_ms=r.duration_ms,
+                created_at=from_timestamp(r.created_at),
+                thread_id=r.thread_id,
+            )
+            for r in reply.runs
+        ]
+        return runs, reply.next_page_token
+
+
+# ListRuns' field names where the Registry's request names them differently.
+_OUR_FIELD = {"wpk_id": "workflow_id"}
+
+
+def _invalid(exc: grpc.RpcError) -> NoReturn:
+    """RunHistory refused a request field (a page token, a filter): the same field of
+    the Registry's request is at fault, so say so under its name here."""
+    err = from_rpc_error(exc)
+    violations = [
+        FieldViolation(_OUR_FIELD.get(v.field, v.field), v.description) for v in err.violations
+    ]
+    if not isinstance(err, InvalidArgumentError) or not violations:
+        violations = [FieldViolation("request", err.message)]
+    raise InvalidArgument(violations) from exc
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from neuralops.servers import pagination
-from neuralops.servers.db import as_datetime
 from neuralops.servers.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from neuralops.servers.registry.model import NotifyResult, Workflow, WorkflowRun
 from neuralops.servers.registry.runs import RunSource
@@ -67,26 +64,17 @@ class Registry:
         nxt = pagination.encode("workflows", {"a": page[-1].workflow_id}) if more else ""
         return page, nxt
 
-    def runs(self, workflow_id: str, size: int, token: str) -> tuple[list[WorkflowRun], str]:
+    def runs(
+        self, workflow_id: str, size: int, token: str, thread_id: str = ""
+    ) -> tuple[list[WorkflowRun], str]:
+        """A page of the workflow's runs, from RunHistory (which owns them); the page
+        token is RunHistory's, passed through untouched."""
         _require_id(workflow_id, "workflow_id")
-        limit = pagination.page_size(size, default=DEFAULT_RUNS_PAGE, maximum=MAX_RUNS_PAGE)
-        scope = f"runs:{workflow_id}"
-        pos = pagination.decode(token, scope)
-        after: tuple[datetime, str] | None = None
-        if pos is not None:
-            at = as_datetime(pos.get("t"))
-            if at is None or not isinstance(pos.get("i"), str):
-                raise InvalidArgument.one("page_token", "is not a token this service issued")
-            after = (at, pos["i"])
-        found = self._store.runs(workflow_id, limit + 1, after)
+        pagination.page_size(size, default=DEFAULT_RUNS_PAGE, maximum=MAX_RUNS_PAGE)
+        page, nxt = self._runs.list_runs(workflow_id, size, token, thread_id)
         # A workflow with runs exists; only an empty first page needs the extra look.
-        if not found and after is None and self._store.get(workflow_id) is None:
+        if not page and not token and self._store.get(workflow_id) is None:
             raise NotFound(f"workflow {workflow_id!r} not found", reason="WORKFLOW_NOT_FOUND")
-        page, more = found[:limit], len(found) > limit
-        nxt = ""
-        if more:
-            last = page[-1]
-            nxt = pagination.encode(scope, {"t": last.created_at.isoformat(), "i": last.id})
         return page, nxt
 
     def notify(self, workflow_id: str, run_id: str) -> NotifyResult:

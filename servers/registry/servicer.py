@@ -60,7 +60,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: pb.ListWorkflowRunsRequest, context: grpc.ServicerContext
     ) -> pb.ListWorkflowRunsResponse:
         page, token = self._registry.runs(
-            request.workflow_id, request.page_size, request.page_token
+            request.workflow_id, request.page_size, request.page_token, request.thread_id
         )
         return pb.ListWorkflowRunsResponse(
             runs=[
@@ -69,6 +69,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     status=RUN_STATUS.to_proto(r.status),
                     duration_ms=r.duration_ms,
                     created_at=to_timestamp(r.created_at),
+                    thread_id=r.thread_id,
                 )
                 for r in page
             ],
