@@ -7,7 +7,7 @@ import math
 from datetime import UTC, datetime, timedelta
 
 from neuralops.servers import metrics, pagination
-from neuralops.servers.db import as_datetime, utcnow
+from neuralops.servers.db import utcnow
 from neuralops.servers.errors import FailedPrecondition, InvalidArgument
 from neuralops.servers.insight import scoring
 from neuralops.servers.insight.model import ProbeResult, ProbeSpec, SeriesResult, Signal
@@ -189,18 +189,6 @@ class Insight:
         scope = "signals:" + "|".join(
             (metric, start.isoformat() if start else "", end.isoformat() if end else "")
         )
-        pos = pagination.decode(token, scope)
-        after = None
-        if pos is not None:
-            at = as_datetime(pos.get("t"))
-            if at is None or not isinstance(pos.get("i"), str):
-                raise InvalidArgument.one("page_token", "is not a token this service issued")
-            after = (at, pos["i"])
+        after = pagination.decode_position(token, scope)
         found = self._store.list_signals(limit + 1, metric, start, end, after)
-        page, more = found[:limit], len(found) > limit
-        nxt = ""
-        if more:
-            nxt = pagination.encode(
-                scope, {"t": page[-1].sample_time.isoformat(), "i": page[-1].id}
-            )
-        return page, nxt
+        return pagination.keyset_page(found, limit, scope, lambda s: (s.sample_time, s.id))

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
+from neuralops.servers import pagination
 from neuralops.servers.db import Database, Row, as_datetime, json_value, utcnow
 from neuralops.servers.insight.model import Signal
 
@@ -104,11 +105,7 @@ class SignalStore:
             where.append("sample_time < %s")
             params.append(end)
         if after is not None:
-            where.append(
-                "(sample_time, id) < (%s::timestamptz, %s::uuid)"
-                if self._db.dialect == "postgres"
-                else "(sample_time, id) < (%s, %s)"
-            )
+            where.append(pagination.after(self._db.dialect, "sample_time"))
             params.extend(after)
         sql = f"SELECT {_COLUMNS} FROM insight_signals"
         if where:

@@ -11,6 +11,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from neuralops.servers import pagination
 from neuralops.servers.db import Row, as_datetime, json_value
 from neuralops.servers.runhistory.model import EMPTY_CONTEXT, RunContext, RunFilter, RunSummary
 
@@ -89,10 +90,7 @@ def list_query(
             where.append("EXISTS (SELECT 1 FROM json_each(workflow_runs.tags) WHERE value = %s)")
             args.append(flt.tag)
     if after is not None:
-        if dialect == "postgres":
-            where.append("(created_at, id) < (%s::timestamptz, %s::uuid)")
-        else:
-            where.append("(created_at, id) < (%s, %s)")
+        where.append(pagination.after(dialect, "created_at"))
         args.extend(after)
     sql = (
         f"SELECT {_SUMMARY} FROM workflow_runs WHERE {' AND '.join(where)}"
