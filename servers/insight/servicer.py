@@ -6,10 +6,10 @@ from datetime import timedelta
 from enum import StrEnum
 
 import grpc
+from neuralops.clients.enums import EnumCodec
 from neuralops.insight.v1 import insight_pb2 as pb
 from neuralops.insight.v1 import insight_pb2_grpc
 from neuralops.servers.convert import from_timestamp, to_timestamp
-from neuralops.servers.enums import EnumCodec
 from neuralops.servers.insight.model import ProbeSpec, Signal
 from neuralops.servers.insight.service import Insight
 

@@ -9,15 +9,19 @@ such instead of leaking out as INTERNAL.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NoReturn, Protocol
+from typing import Protocol
 
-import grpc
 from neuralops.clients import channels
-from neuralops.clients.errors import InvalidArgumentError, from_rpc_error
+from neuralops.clients.enums import RUN_STATUS
+from neuralops.clients.errors import (
+    InvalidArgumentError,
+    NeuralOpsError,
+    NotFoundError,
+    rpc_call,
+)
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers.convert import from_timestamp
-from neuralops.servers.enums import RUN_STATUS
 from neuralops.servers.errors import FieldViolation, InvalidArgument, Unavailable
 from neuralops.servers.registry.model import RunNotice, WorkflowRun
 
@@ -65,16 +69,14 @@ class RunHistoryRuns:
         )
 
     def stored_run(self, workflow_id: str, run_id: str) -> RunNotice | None:
+        request = pb.GetRunRequest(wpk_id=workflow_id, run_id=run_id)
         try:
-            reply = self._stub().GetRun(
-                pb.GetRunRequest(wpk_id=workflow_id, run_id=run_id), timeout=self._timeout_s
-            )
-        except grpc.RpcError as exc:
+            run = rpc_call(self._stub().GetRun, request, timeout=self._timeout_s).run
+        except (NotFoundError, InvalidArgumentError):
             # A run RunHistory refuses to look up (an id it finds malformed) cannot be stored.
-            if _code(exc) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                return None
-            _unavailable(exc)
-        run = reply.run
+            return None
+        except NeuralOpsError as err:
+            raise _unavailable(err) from err
         return RunNotice(
             workflow_id=run.wpk_id,
             run_id=run.run_id,
@@ -90,11 +92,11 @@ class RunHistoryRuns:
             wpk_id=workflow_id, page_size=page_size, page_token=page_token, thread_id=thread_id
         )
         try:
-            reply = self._stub().ListRuns(request, timeout=self._timeout_s)
-        except grpc.RpcError as exc:
-            if _code(exc) == grpc.StatusCode.INVALID_ARGUMENT:
-                _invalid(exc)
-            _unavailable(exc)
+            reply = rpc_call(self._stub().ListRuns, request, timeout=self._timeout_s)
+        except InvalidArgumentError as err:
+            raise _invalid(err) from err
+        except NeuralOpsError as err:
+            raise _unavailable(err) from err
         runs = [
             WorkflowRun(
                 id=r.id,
@@ -113,26 +115,19 @@ class RunHistoryRuns:
 _OUR_FIELD = {"wpk_id": "workflow_id"}
 
 
-def _invalid(exc: grpc.RpcError) -> NoReturn:
+def _invalid(err: InvalidArgumentError) -> InvalidArgument:
     """RunHistory refused a request field (a page token, a filter): the same field of
     the Registry's request is at fault, so say so under its name here."""
-    err = from_rpc_error(exc)
     violations = [
         FieldViolation(_OUR_FIELD.get(v.field, v.field), v.description) for v in err.violations
     ]
-    if not isinstance(err, InvalidArgumentError) or not violations:
-        violations = [FieldViolation("request", err.message)]
-    raise InvalidArgument(violations) from exc
+    return InvalidArgument(violations or [FieldViolation("request", err.message)])
 
 
-def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
-    return exc.code() if isinstance(exc, grpc.Call) else None
-
-
-def _unavailable(exc: grpc.RpcError) -> NoReturn:
-    code = _code(exc)
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    name = code.name if code is not None else "UNKNOWN"
-    raise Unavailable(
-        f"RunHistory could not answer ({name}: {details})", reason="RUNHISTORY_UNAVAILABLE"
-    ) from exc
+def _unavailable(err: NeuralOpsError) -> Unavailable:
+    """Any other failure of RunHistory (down, too slow, broken) is a dependency failure
+    to the Registry's caller, never INTERNAL."""
+    return Unavailable(
+        f"RunHistory could not answer ({err.code.name}: {err.message})",
+        reason="RUNHISTORY_UNAVAILABLE",
+    )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import grpc
+from neuralops.clients.enums import RUN_STATUS
 from neuralops.registry.v1 import registry_pb2 as pb
 from neuralops.registry.v1 import registry_pb2_grpc
 from neuralops.servers.convert import from_struct, to_struct, to_timestamp
-from neuralops.servers.enums import RUN_STATUS
 from neuralops.servers.registry.model import Workflow
 from neuralops.servers.registry.service import Registry
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from neuralops.servers.enums import EMBEDDING_STATUS, RUN_STATUS
+from neuralops.clients.enums import EMBEDDING_STATUS, RUN_STATUS
 from neuralops.servers.errors import FieldViolation, InvalidArgument
 
 RUN_STATUSES = RUN_STATUS.names

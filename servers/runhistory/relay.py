@@ -11,11 +11,11 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import grpc
+from neuralops.clients.enums import RUN_STATUS
 from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
 from neuralops.servers import metrics, outbox
 from neuralops.servers.convert import to_timestamp
 from neuralops.servers.db import Database
-from neuralops.servers.enums import RUN_STATUS
 from neuralops.servers.runhistory.storage import NOTIFY_TOPIC
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,7 @@
 """Typed statuses and the one codec between them and the proto enums.
 
+Shared by the clients and the servers (which may import the clients, never the reverse).
+
 Storage keeps a status as its lowercase text (``completed``), the API as a proto enum
 number (``RUN_STATUS_COMPLETED``). Each Python enum lists its members once, and its
 :class:`EnumCodec` maps them to the proto numbers explicitly: no name or prefix
