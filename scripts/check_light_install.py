@@ -6,7 +6,8 @@ Run with the repo's .venv (which has the server extra)::
 
 1. Makes a fresh venv and installs the wheel into it, dependencies from the index.
 2. Fails if ``pip list`` there shows any dependency of the ``server`` extra.
-3. Checks the ``neuralops`` command there says, in one line, that the server extra is missing.
+3. Imports every client module there (the hook too), and checks the ``neuralops``
+   command says, in one line, that the server extra is missing.
 4. Starts RunHistory and the Registry from this (full) environment, installs LangGraph into
    the fresh venv as the user's app would have it, runs the README's hook snippet there,
    and waits until the Registry lists the run the hook sent.
@@ -112,6 +113,17 @@ def main(argv: list[str]) -> int:
         if cli.returncode == 0 or len(lines) != 1 or "neuralops[server]" not in lines[0]:
             raise SystemExit(f"check: `neuralops` without the server extra said:\n{cli.stderr}")
         print(f"neuralops command: {lines[0]}")
+
+        # Every client module imports with the plain install alone (the example graph is
+        # the one that needs the app's LangGraph).
+        imports = (
+            "import importlib, pkgutil, neuralops.clients as c\n"
+            "names = [m.name for m in pkgutil.iter_modules(c.__path__) if m.name != 'example']\n"
+            "[importlib.import_module('neuralops.clients.' + n) for n in names]\n"
+            "print(len(names))"
+        )
+        count = must(run([py, "-c", imports], cwd=work), "importing the clients").strip()
+        print(f"light install: all {count} client modules import (example needs langgraph)")
 
         # The user's app brings its own LangGraph; the hook itself needs only langchain-core.
         must(run([*pip, "install", *quiet, "langgraph>=1.0,<2"]), "pip install langgraph")
