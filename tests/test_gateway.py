@@ -36,7 +36,7 @@ def _error(reply: httpx.Response) -> tuple[int, str, list[dict[str, Any]]]:
 
 
 def _reason(details: list[dict[str, Any]]) -> str:
-    return next(d["reason"] for d in details if d["@type"].endswith("google.rpc.ErrorInfo"))
+    return str(next(d["reason"] for d in details if d["@type"].endswith("google.rpc.ErrorInfo")))
 
 
 def _violations(details: list[dict[str, Any]]) -> list[str]:

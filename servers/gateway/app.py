@@ -93,7 +93,7 @@ class Gateway:
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=out.FromString,
         )
-        result: message.Message = stub(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
+        result: message.Message = stub(request, metadata=tuple(metadata), timeout=CALL_TIMEOUT_S)
         return result
 
     async def transcode(self, request: Request) -> Response:

@@ -144,17 +144,17 @@ def build_request(
             leaf = chain[-1]
             if (
                 leaf.message_type is not None
-                and leaf.message_type.full_name not in (_STRUCT_TYPES)
+                and leaf.message_type.full_name not in _STRUCT_TYPES
                 and not leaf.message_type.full_name.startswith("google.protobuf.")
             ):
                 raise BadField(key, "is a message: set its fields (key.subfield=...)")
             if leaf.is_repeated and leaf.message_type is None:
-                value: Any = [_scalar_json(leaf, v) for v in values]
+                parsed: Any = [_scalar_json(leaf, v) for v in values]
             elif len(values) > 1:
                 raise BadField(key, "given more than once")
             else:
-                value = _scalar_json(leaf, values[0])
-            _parse_into(request, _nest(names, value), key)
+                parsed = _scalar_json(leaf, values[0])
+            _parse_into(request, _nest(names, parsed), key)
 
     for field_path, text in path_vars.items():
         chain = _field_chain(desc, field_path)

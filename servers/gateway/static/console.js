@@ -22,6 +22,11 @@ function el(tag, attrs, ...kids) {
   }
   return n;
 }
+// replaceChildren without the null/false placeholders of optional parts.
+function fill(node, ...kids) {
+  node.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false));
+  return node;
+}
 const svgNS = "http://www.w3.org/2000/svg";
 function svg(tag, attrs, text) {
   const n = document.createElementNS(svgNS, tag);
@@ -112,12 +117,12 @@ async function routeFor(rpc) {
   return (await routes()).find((r) => r.rpc.endsWith(`/${rpc}`)) || null;
 }
 function showError(where, err) {
-  where.replaceChildren(
+  fill(where,
     el("div", { class: "error-box", id: "error" },
       `${err.status ? `HTTP ${err.status} · ` : ""}${err.reason || ""}${err.reason ? ": " : ""}${err.message}`));
 }
 function page(title, crumbs, ...body) {
-  main.replaceChildren(
+  fill(main,
     el("div", { class: "crumbs" }, ...crumbs),
     el("h1", { id: "title", text: title }),
     ...body,
@@ -144,7 +149,7 @@ async function viewWorkflows() {
     } while (token && workflows.length < 2000);
   } catch (err) { showError(body, err); return; }
   if (!workflows.length) {
-    body.replaceChildren(el("p", { class: "muted" }, "No workflows yet. Log a run (see the README) or run ", el("code", { text: "neuralops demo" }), "."));
+    fill(body, el("p", { class: "muted" }, "No workflows yet. Log a run (see the README) or run ", el("code", { text: "neuralops demo" }), "."));
     return;
   }
   const rows = workflows.map((w) => {
@@ -163,7 +168,7 @@ async function viewWorkflows() {
     countRuns(w.workflow_id, counts, failed, strip);
     return tr;
   });
-  body.replaceChildren(el("table", { id: "workflows" },
+  fill(body, el("table", { id: "workflows" },
     el("thead", {}, el("tr", {}, el("th", { text: "Workflow" }), el("th", { text: "Latest run" }), el("th", { text: "Status" }),
       el("th", { text: "When" }), el("th", { class: "num", text: "Runs" }), el("th", { class: "num", text: "Failed" }),
       el("th", { text: "Recent runs (newest right)" }))),
@@ -209,7 +214,7 @@ async function viewRuns(workflowId, params) {
     el("div", { id: "wf-facts", class: "facts" }), form, el("div", { id: "body" }, el("p", { class: "muted", text: "Loading…" })));
   api(`/workflows/${enc(workflowId)}`).then((r) => {
     const w = r.workflow || {};
-    document.getElementById("wf-facts").replaceChildren(
+    fill(document.getElementById("wf-facts"),
       el("div", {}, el("b", { text: "Latest run" }), w.latest_run_id ? el("a", { href: `#/runs/${enc(workflowId)}/${enc(w.latest_run_id)}`, class: "mono" }, w.latest_run_id) : "none"),
       el("div", {}, el("b", { text: "Latest status" }), w.latest_run_id ? badge(w.latest_run_status) : "—"),
       el("div", {}, el("b", { text: "Registered" }), when(w.created_at)),
@@ -248,7 +253,7 @@ async function viewRuns(workflowId, params) {
     hasThread ? el("td", { class: "mono" }, r.thread_id || "") : null,
     el("td", { title: when(r.created_at) }, when(r.created_at))));
   const back = tokens.slice(0, -1);
-  body.replaceChildren(
+  fill(body,
     runs.length ? el("table", { id: "runs" },
       el("thead", {}, el("tr", {}, el("th", { text: "Run" }), el("th", { text: "Status" }), el("th", { class: "num", text: "Duration" }),
         el("th", { class: "num", text: "Tokens" }), hasThread ? el("th", { text: "Thread" }) : null, el("th", { text: "Time" }))),
@@ -295,7 +300,10 @@ function renderTimeline(run, onPick) {
   const t1 = Math.max(...items.map((x) => x.t1), t0 + 1);
   const span = t1 - t0;
   const axis = el("div", { class: "tl-axis" });
-  for (let k = 0; k <= 4; k++) axis.append(el("span", { style: `left:${k * 25}%` }, ms(Math.round((span * k) / 4))));
+  for (let k = 0; k <= 4; k++) {
+    const shift = k === 0 ? "0" : k === 4 ? "-100%" : "-50%";
+    axis.append(el("span", { style: `left:${k * 25}%;transform:translateX(${shift})` }, ms(Math.round((span * k) / 4))));
+  }
   const groups = new Map();
   for (const it of items) {
     const path = it.n.path || "";
@@ -364,14 +372,14 @@ async function viewRun(wpk, runId) {
   const pick = (i) => {
     const n = nodes[i];
     for (const b of document.querySelectorAll(".tl-bar")) b.classList.toggle("selected", Number(b.dataset.index) === i);
-    detail.replaceChildren(
+    fill(detail,
       el("h2", { text: `Node ${n.name}${n.path ? ` (in ${n.path})` : ""}` }),
       n.error ? el("div", { class: "error-box", text: n.error }) : null,
       el("h2", { text: "Model and tool calls" }), callsTable(n.calls),
       jsonBlock("Input", n.input), jsonBlock("Output", n.output));
   };
   const totalTok = runTokens(run);
-  body.replaceChildren(
+  fill(body,
     el("div", { class: "facts", id: "run-facts" },
       el("div", {}, el("b", { text: "Status" }), badge(run.status)),
       el("div", {}, el("b", { text: "Duration" }), ms(run.duration_ms)),
@@ -413,7 +421,7 @@ async function viewSignals(params) {
   try { r = await api(`/signals${qs({ metric, page_size: 50, page_token: tokens[tokens.length - 1] || "" })}`); } catch (err) { showError(body, err); return; }
   const signals = r.signals || [];
   for (const s of signals) state.signals.set(s.id, s);
-  body.replaceChildren(
+  fill(body,
     signals.length ? el("table", { id: "signals" },
       el("thead", {}, el("tr", {}, el("th", { text: "Metric" }), el("th", { text: "Series" }), el("th", { class: "num", text: "Value" }),
         el("th", { class: "num", text: "Baseline" }), el("th", { class: "num", text: "Score" }), el("th", { text: "Method" }), el("th", { text: "Sample time" }))),
@@ -463,7 +471,8 @@ function plot(series, others, signal, episodes) {
     const v = y0 + ((y1 - y0) * k) / 4;
     s.append(svg("text", { x: L - 6, y: Y(v) + 4, "text-anchor": "end" }, Number(v).toPrecision(3)));
     const t = x0 + ((x1 - x0) * k) / 4;
-    s.append(svg("text", { x: X(t), y: H - 10, "text-anchor": "middle" }, new Date(t * 1000).toLocaleTimeString()));
+    const anchor = k === 0 ? "start" : k === 4 ? "end" : "middle";
+    s.append(svg("text", { x: X(t), y: H - 10, "text-anchor": anchor }, new Date(t * 1000).toLocaleTimeString()));
   }
   for (const o of others) {
     const p = o.values.filter(([, v]) => isFinite(Number(v))).map(([t, v]) => `${X(Number(t)).toFixed(1)},${Y(Number(v)).toFixed(1)}`).join(" ");
@@ -488,7 +497,7 @@ async function viewSignal(id) {
   if (!signal) { showError(body, { status: 404, reason: "SIGNAL_NOT_FOUND", message: `no signal ${id}` }); return; }
   document.getElementById("title").textContent = `Signal: ${signal.metric}`;
   const plotBox = el("div", { class: "plot", id: "plot" }, el("p", { class: "muted", text: "Loading the series from Prometheus…" }));
-  body.replaceChildren(
+  fill(body,
     el("div", { class: "facts", id: "signal-facts" },
       el("div", {}, el("b", { text: "Value" }), Number(signal.value).toPrecision(5)),
       el("div", {}, el("b", { text: "Baseline" }), Number(signal.baseline || 0).toPrecision(5)),
@@ -507,10 +516,10 @@ async function viewSignal(id) {
     const r = await api(`/api/series${qs({ query: signal.query, start: start.toFixed(3), end: end.toFixed(3), step })}`);
     const result = (r.data && r.data.result) || [];
     const mine = result.find((x) => sameSeries(x.metric, signal.labels));
-    if (!mine) { plotBox.replaceChildren(el("p", { class: "muted", text: "Prometheus has no data for this series in the window any more." })); return; }
+    if (!mine) { fill(plotBox, el("p", { class: "muted", text: "Prometheus has no data for this series in the window any more." })); return; }
     const others = result.filter((x) => x !== mine).slice(0, 20);
     const episodes = [...state.signals.values()].filter((e) => e.metric === signal.metric && sameSeries(mine.metric, e.labels));
-    plotBox.replaceChildren(plot(mine, others, signal, episodes),
+    fill(plotBox, plot(mine, others, signal, episodes),
       el("div", { class: "legend" }, el("i", { style: "background:#3b5bdb" }), "this series", el("i", { style: "background:#bac8ff" }), "other series of the query",
         el("i", { style: "background:#2f9e44" }), "baseline", el("i", { style: "background:#e03131;height:8px;width:8px;border-radius:4px" }), "the anomaly"));
   } catch (err) { showError(plotBox, err); }
