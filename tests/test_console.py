@@ -253,6 +253,10 @@ def test_workflow_to_runs_to_failed_timeline_to_signal(console: str, browser: We
         for r in top_rows
     ]
     assert lanes == [["classify", "search_kb"], ["search_tickets"]]
+    assert [r.find_element(By.CSS_SELECTOR, ".tl-label").text for r in top_rows] == [
+        "",
+        "∥ parallel",
+    ]
     bad = groups["research"].find_element(By.CSS_SELECTOR, ".tl-bar.failed")
     assert bad.get_attribute("data-node") == "summarize" and bad.text.startswith("✕ summarize")
     assert "selected" in _attr(bad, "class")

@@ -42,7 +42,8 @@ function statusName(s) {
 function badge(s) { const n = statusName(s); return el("span", { class: `badge ${n}`, text: n }); }
 function ms(v) {
   const x = Number(v || 0);
-  if (x < 1000) return `${x} ms`;
+  if (x < 1) return "<1 ms";
+  if (x < 1000) return `${Math.round(x)} ms`;
   if (x < 60000) return `${(x / 1000).toFixed(x < 10000 ? 2 : 1)} s`;
   return `${Math.floor(x / 60000)} min ${Math.round((x % 60000) / 1000)} s`;
 }
@@ -269,13 +270,15 @@ async function viewRuns(workflowId, params) {
 }
 
 // ---------- One run ----------
-function lanes(nodes) {
-  // Nodes that overlap in time get separate lanes, so parallel branches show side by side.
+function lanes(boxes) {
+  // Greedy lanes over what each node occupies on screen (its bar, and its label when the
+  // label sits beside a short bar): nodes that overlap in time always get separate lanes,
+  // so parallel branches show one above the other, and no two labels overlap.
   const ends = [];
-  return nodes.map((n) => {
-    let lane = ends.findIndex((e) => e <= n.t0);
+  return boxes.map((b) => {
+    let lane = ends.findIndex((e) => e <= b.a);
     if (lane < 0) { lane = ends.length; ends.push(0); }
-    ends[lane] = Math.max(n.t1, n.t0 + 1e-6);
+    ends[lane] = b.b + 0.5;
     return lane;
   });
 }
@@ -302,7 +305,7 @@ function renderTimeline(run, onPick) {
   const axis = el("div", { class: "tl-axis" });
   for (let k = 0; k <= 4; k++) {
     const shift = k === 0 ? "0" : k === 4 ? "-100%" : "-50%";
-    axis.append(el("span", { style: `left:${k * 25}%;transform:translateX(${shift})` }, ms(Math.round((span * k) / 4))));
+    axis.append(el("span", { style: `left:${k * 25}%;transform:translateX(${shift})` }, k === 0 ? "0" : ms(Math.round((span * k) / 4))));
   }
   const groups = new Map();
   for (const it of items) {
@@ -313,29 +316,46 @@ function renderTimeline(run, onPick) {
   const box = el("div", { class: "timeline", id: "timeline" }, axis);
   for (const [path, group] of groups) {
     group.sort((a, b) => a.t0 - b.t0 || a.i - b.i);
-    const laneOf = lanes(group);
+    const trackPx = Math.max(300, main.clientWidth - 220);
+    const geo = group.map((it) => {
+      const n = it.n;
+      const st = statusName(n.status);
+      const calls = (n.calls || []).length;
+      const tok = nodeTokens(n);
+      const width = Math.max(((it.t1 - it.t0) / span) * 100, 0.6);
+      const left = Math.min(((it.t0 - t0) / span) * 100, 100 - width);
+      const label = `${st === "failed" ? "✕ " : ""}${n.name} · ${ms(n.duration_ms)}${calls ? ` · ${calls} call${calls > 1 ? "s" : ""}` : ""}${tok ? ` · ${tok} tok` : ""}`;
+      const labelPct = ((label.length * 6.4 + 12) / trackPx) * 100;
+      const narrow = labelPct > width;
+      const outLeft = left + width + labelPct <= 100;
+      const a = narrow && !outLeft ? left - labelPct : left;
+      const b = narrow && outLeft ? left + width + labelPct : left + width;
+      return { it, n, st, width, left, label, narrow, outLeft, a, b };
+    });
+    const laneOf = lanes(geo);
     const nLanes = Math.max(...laneOf) + 1;
+    const overlapsBelow = (k) => geo.some((o, j) => laneOf[j] < laneOf[k] && o.it.t0 < geo[k].it.t1 && geo[k].it.t0 < o.it.t1);
     const g = el("div", { class: "tl-group", "data-path": path },
       el("div", { class: "tl-group-name" }, path ? `subgraph ${path}` : "graph"));
     for (let lane = 0; lane < nLanes; lane++) {
       const track = el("div", { class: "tl-track" });
-      group.forEach((it, k) => {
+      let parallel = false;
+      geo.forEach((x, k) => {
         if (laneOf[k] !== lane) return;
-        const n = it.n;
-        const st = statusName(n.status);
-        const calls = (n.calls || []).length;
-        const tok = nodeTokens(n);
-        const left = ((it.t0 - t0) / span) * 100;
-        const width = Math.max(((it.t1 - it.t0) / span) * 100, 0.4);
-        const label = `${st === "failed" ? "✕ " : ""}${n.name} · ${ms(n.duration_ms)}${calls ? ` · ${calls} call${calls > 1 ? "s" : ""}` : ""}${tok ? ` · ${tok} tok` : ""}`;
+        if (lane > 0 && overlapsBelow(k)) parallel = true;
         const bar = el("div", {
-          class: `tl-bar ${st}`, style: `left:${left}%;width:${width}%`, "data-node": n.name, "data-index": it.i,
-          title: `${n.name} (step ${n.step || 0}${path ? `, ${path}` : ""}): ${st}, ${ms(n.duration_ms)}${n.error ? `\n${n.error}` : ""}`,
-          onclick: () => onPick(it.i),
-        }, label);
+          class: `tl-bar ${x.st}`, style: `left:${x.left}%;width:${x.width}%`, "data-node": x.n.name, "data-index": x.it.i,
+          title: `${x.n.name} (step ${x.n.step || 0}${path ? `, ${path}` : ""}): ${x.st}, ${ms(x.n.duration_ms)}${x.n.error ? `\n${x.n.error}` : ""}`,
+          onclick: () => onPick(x.it.i),
+        }, x.narrow ? "" : x.label);
         track.append(bar);
+        if (x.narrow) {
+          // Too short to hold its label: the label sits beside the bar, where there is room.
+          const side = x.outLeft ? `left:${x.left + x.width + 0.3}%` : `right:${100 - x.left + 0.3}%`;
+          track.append(el("div", { class: `tl-out ${x.st}`, style: side, onclick: () => onPick(x.it.i) }, x.label));
+        }
       });
-      g.append(el("div", { class: "tl-row" }, el("div", { class: "tl-label" }, nLanes > 1 ? `branch ${lane + 1}` : ""), track));
+      g.append(el("div", { class: "tl-row" }, el("div", { class: "tl-label" }, parallel ? "∥ parallel" : ""), track));
     }
     box.append(g);
   }
