@@ -3,15 +3,22 @@ client the way curl would: routes, JSON mapping, status mapping and error bodies
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from neuralops.servers.app import App
 from neuralops.servers.config import Config
+from neuralops.servers.gateway.app import Gateway
+from neuralops.servers.gateway.server import HttpPortUnavailable, HttpServer
 
 from tests.conftest import ALL_ZERO, free_port
+from tests.procs import ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +182,50 @@ def test_unknown_routes_and_methods(http: httpx.Client) -> None:
     console = http.get("/")
     assert console.status_code == 200 and "NeuralOps console" in console.text
     assert http.get("/static/console.js").status_code == 200
+
+
+def test_acceptance_curls_against_neuralops_serve(tmp_path: Path) -> None:
+    """The product's two curl checks, verbatim apart from the port, on `neuralops serve`."""
+    port = free_port()
+    proc = ServerProcess(tmp_path / "serve", extra_env={"NEURALOPS_HTTP_PORT": str(port)}).start()
+    try:
+        assert f"HTTP/JSON and console on http://127.0.0.1:{port}/" in proc.log.read_text()
+        base = f"http://localhost:{port}"
+        body = json.dumps(_run("test-workflow", "r1", outputs={"text": "ok"}))
+        logged = _sh(f"curl -s -X POST {base}/runs -d '{body}'")
+        assert json.loads(logged)["created"] is True
+
+        def runs() -> list[dict[str, Any]]:
+            out = json.loads(_sh(f"curl -s {base}/workflows/test-workflow/runs | jq ."))
+            listed: list[dict[str, Any]] = out["runs"]
+            return listed
+
+        from tests.helpers import wait_for
+
+        assert wait_for(runs)[0]["run_id"] == "r1"
+        signals = json.loads(_sh(f"curl -s {base}/signals | jq ."))
+        assert signals == {"signals": [], "next_page_token": ""}
+    finally:
+        assert proc.stop() == 0
+
+
+def test_a_taken_http_port_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = HttpServer(Gateway({}), "127.0.0.1", port)
+        with pytest.raises(HttpPortUnavailable, match="NEURALOPS_HTTP_PORT"):
+            server.start()
+
+
+def _sh(command: str) -> str:
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
