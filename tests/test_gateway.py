@@ -7,11 +7,14 @@ import json
 import socket
 import subprocess
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
 from neuralops.servers.app import App
 from neuralops.servers.config import Config
 from neuralops.servers.gateway.app import Gateway
@@ -229,3 +232,48 @@ def _sh(command: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+class _TokenRegistry(registry_pb2_grpc.RegistryServiceServicer):
+    """A Registry that wants a bearer token, as the servers do when tokens are configured:
+    the gateway must pass the caller's header through, and map the refusal to 401."""
+
+    def GetWorkflow(
+        self, request: registry_pb2.GetWorkflowRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.GetWorkflowResponse:
+        metadata = dict(context.invocation_metadata())
+        if metadata.get("authorization") != "Bearer s3cret":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
+        return registry_pb2.GetWorkflowResponse(
+            workflow=registry_pb2.Workflow(
+                workflow_id=request.workflow_id, description=str(metadata.get("x-trace", ""))
+            )
+        )
+
+
+def test_authorization_travels_as_metadata_and_refusals_are_401() -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(_TokenRegistry(), server)  # type: ignore[abstract]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    gateway = Gateway({"neuralops.registry.v1.RegistryService": f"127.0.0.1:{port}"})
+    http_server = HttpServer(gateway, "127.0.0.1", free_port()).start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_server.port}", timeout=30) as client:
+            refused = client.get("/workflows/wf")
+            assert refused.status_code == 401
+            assert refused.json()["code"] == 16 and "bearer" in refused.json()["message"]
+            wrong = client.get("/workflows/wf", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            ok = client.get(
+                "/workflows/wf",
+                headers={"Authorization": "Bearer s3cret", "Grpc-Metadata-X-Trace": "t-1"},
+            )
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["workflow"]["description"] == "t-1"
+            # A service this gateway has no address for is 503, not a hang or a 500.
+            missing = client.get("/signals")
+            assert missing.status_code == 503 and missing.json()["status"] == "UNAVAILABLE"
+    finally:
+        http_server.stop()
+        server.stop(0)

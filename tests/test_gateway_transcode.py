@@ -77,6 +77,7 @@ def _demo_service() -> descriptor_pool.DescriptorPool:
         "PutThing": http_pb2.HttpRule(put="/things/{key.shelf}", body="note"),
         "MakeThing": http_pb2.HttpRule(post="/things:make", body="*"),
         "FileThing": http_pb2.HttpRule(get="/files/{path=**}"),
+        "ShelfOf": http_pb2.HttpRule(get="/shelf-of/{key.book}", response_body="shelf"),
     }
     for name, rule in rules.items():
         m = svc.method.add(
@@ -210,3 +211,12 @@ def test_our_contracts_annotate_the_documented_routes() -> None:
         ("POST", "/signals:probe"): "Probe",
     }.items():
         assert served.get(key) == rpc, key
+
+
+def test_response_body_and_json_mapping(table: RouteTable) -> None:
+    route, _ = _route(table, "GET", "/shelf-of/b")
+    reply = transcode.new_message(route.method.output_type)
+    reply.shelf = "top"  # type: ignore[attr-defined]
+    assert transcode.response_json(route, reply) == "top"
+    route, _ = _route(table, "GET", "/books/b")
+    assert transcode.response_json(route, reply) == {"shelf": "top", "book": ""}

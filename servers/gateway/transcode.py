@@ -172,7 +172,16 @@ def response_json(route: Route, response: message.Message) -> Any:
         for name in route.response_body.split("."):
             target = getattr(target, name)
         if not isinstance(target, message.Message):
-            return target if not hasattr(target, "__iter__") else list(target)
+            if isinstance(target, str | bytes | int | float | bool):
+                return target
+            return [
+                json_format.MessageToDict(
+                    m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                )
+                if isinstance(m, message.Message)
+                else m
+                for m in target
+            ]
     return json_format.MessageToDict(
         target,
         preserving_proto_field_name=True,

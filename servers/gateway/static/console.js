@@ -229,7 +229,12 @@ async function viewRuns(workflowId, params) {
     if (serverFilter) {
       const q = { wpk_id: workflowId, page_size: PAGE, page_token: token, status: status || null };
       if (threadField) q.thread_id = thread || null;
-      const r = await api(`${listRuns.path.replace(/\{[^}]+\}/g, "")}${qs(q)}`);
+      // The workflow id goes into the path when the route has it there, else the query.
+      const path = listRuns.path.replace(/\{([\w.]+)(=[^}]*)?\}/g, (m, f) => {
+        if (f === "wpk_id" || f === "workflow_id") { delete q.wpk_id; return enc(workflowId); }
+        return "";
+      });
+      const r = await api(`${path}${qs(q)}`);
       runs = r.runs || []; next = r.next_page_token || "";
     } else {
       // The registry listing has no status filter: walk its pages and keep the matches.
