@@ -182,6 +182,9 @@ def test_unknown_routes_and_methods(http: httpx.Client) -> None:
     assert {"method": "GET", "path": "/signals"} in [
         {"method": r["method"], "path": r["path"]} for r in routes
     ]
+    # The console's series pass-through needs PROM_URL, and a query.
+    no_prom = http.get("/api/series", params={"query": "up"})
+    assert no_prom.status_code == 400 and "PROM_URL" in no_prom.json()["message"]
     console = http.get("/")
     assert console.status_code == 200 and "NeuralOps console" in console.text
     assert http.get("/static/console.js").status_code == 200

@@ -176,6 +176,9 @@ class Gateway:
         }
         if "query" not in params:
             return JSONResponse(errors.bad_request("query", "required"), 400)
+        refused = await self._auth_refused(request)
+        if refused is not None:
+            return refused
         try:
             async with httpx.AsyncClient(timeout=self.prom_timeout_s) as client:
                 reply = await client.post(f"{self.prom_url}/api/v1/query_range", data=params)
@@ -188,6 +191,29 @@ class Gateway:
                 503,
             )
         return JSONResponse(data, reply.status_code if reply.status_code < 500 else 503)
+
+    async def _auth_refused(self, request: Request) -> Response | None:
+        """Series are as private as signals: the caller's credentials must pass Insight's
+        own auth (a one-row ListSignals through the same interceptors) first."""
+        from neuralops.insight.v1 import insight_pb2
+
+        service = insight_pb2.DESCRIPTOR.services_by_name["InsightService"].full_name
+        if service not in self.targets:
+            return None
+        try:
+            await run_in_threadpool(
+                self._call,
+                service,
+                f"/{service}/ListSignals",
+                insight_pb2.ListSignalsRequest(page_size=1),
+                insight_pb2.ListSignalsResponse,
+                _metadata(request),
+            )
+        except grpc.RpcError as exc:
+            status, body = errors.from_rpc_error(exc)
+            if status in (401, 403):
+                return JSONResponse(body, status)
+        return None
 
 
 async def _index(request: Request) -> Response:
