@@ -22,6 +22,8 @@ SERVER_MODULES = (
     "pymilvus",
     "openai",
     "prometheus_client",
+    "starlette",
+    "uvicorn",
 )
 
 HINT = 'install the server extra: pip install "neuralops[server]"'
