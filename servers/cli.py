@@ -7,8 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from neuralops.servers import localprom
 from neuralops.servers.app import SERVICES, App, PortUnavailable
-from neuralops.servers.config import Config
+from neuralops.servers.config import Config, ConfigError
 from neuralops.servers.db import open_database
 from neuralops.servers.errors import StorageUnavailable
 from neuralops.servers.migrate import MigrationError, applied, migrate
@@ -69,9 +70,19 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("neuralops")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neuralops", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"neuralops {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("migrate", help="apply database migrations (POSTGRES_DSN, else SQLite)")
@@ -98,10 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    config = Config.from_env()
     try:
+        config = Config.from_env()
         code: int = args.func(config, args)
-    except (StorageUnavailable, MigrationError, PortUnavailable) as exc:
+    except (
+        StorageUnavailable,
+        MigrationError,
+        PortUnavailable,
+        ConfigError,
+        localprom.DataDirBusy,
+    ) as exc:
         print(f"neuralops: {exc}", file=sys.stderr)
         return 2
     return code

@@ -21,6 +21,29 @@ SERVICE_NAMES = ("registry", "insight", "runhistory")
 _INHERITED_OFF = ("NEURALOPS_", "OPENAI", "PROM_URL", "POSTGRES_DSN", "MILVUS")
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies
+    (Linux ``prctl(PR_SET_PDEATHSIG)``). False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _child_dies_with_parent() -> None:
+    """preexec_fn for our children: they get SIGTERM when the process that started
+    them dies, even by SIGKILL, so none is left behind."""
+    die_with_parent(signal.SIGTERM)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,7 +93,12 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "a")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True
+            self.command,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=_child_dies_with_parent,  # noqa: PLW1509 - a prctl, nothing else
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
