@@ -56,8 +56,10 @@ reports: venv
 	.venv/bin/neuralops report
 
 # The main job: all three services, their metrics and a local Prometheus (Ctrl-C stops).
+# exec: no shell in between; make passes SIGTERM on, and if make itself dies the stack
+# follows (--stop-with-parent), so a supervisor can stop it all by make's pid.
 up: venv
-	.venv/bin/neuralops up
+	exec .venv/bin/neuralops up --stop-with-parent
 
 # The demo, against a running `make up`.
 demo:
