@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PROTOS := $(wildcard protos/neuralops/*/v1/*.proto)
 
-.PHONY: venv generate check-generated lint typecheck test bench reports up demo
+.PHONY: venv generate check-generated lint typecheck test bench reports up demo deploy-check
 
 venv:
 	bash scripts/bootstrap.sh
@@ -64,3 +64,8 @@ up: venv
 # The demo, against a running `make up`.
 demo:
 	.venv/bin/neuralops demo
+
+# Render deploy/kubernetes and check it against the Kubernetes schemas (shipped in the
+# kubernetes-validate package: no cluster, nothing fetched) and against the code.
+deploy-check: venv
+	$(PY) deploy/check.py

@@ -54,8 +54,8 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
     app = App(config, args.services)
     try:
+        start_metrics(config)  # first: a taken metrics port fails before anything starts
         app.start()
-        start_metrics(config)
         for name in app.services:
             print(
                 f"{app.running[name].parts.full_name} on {config.bind_host}:{app.port(name)}",

@@ -142,8 +142,8 @@ def cmd_up(config: Config, args: argparse.Namespace) -> int:
             )
     app = App(config)
     try:
+        start_metrics(config)  # first: a taken metrics port fails before anything starts
         app.start()
-        start_metrics(config)
         print(banner(app, config, prom), flush=True)
         print("ready", flush=True)
         wait_for_stop_signal()
