@@ -38,6 +38,46 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
         return False
 
 
+_FATAL = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _caught_signals(pid: int) -> int | None:
+    """The mask of signals ``pid`` has handlers for (``SigCgt`` in /proc), or None."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def follow_parent(interval_s: float = 0.5) -> bool:
+    """Make this process stop (SIGTERM to itself) when its parent dies, or when the
+    parent drops its handler for SIGINT/SIGTERM/SIGHUP/SIGQUIT — which is what GNU make
+    does when it gets one of them, before it waits for its children forever. So a
+    supervisor that signals make's pid stops us too. False where /proc is missing."""
+    parent = os.getppid()
+    start = _caught_signals(parent)
+    die_with_parent(signal.SIGTERM)
+    if start is None:
+        return False
+    watched = sum(1 << (s - 1) for s in _FATAL) & start
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            now = _caught_signals(parent)
+            if os.getppid() != parent or now is None or (now & watched) != watched:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    import threading
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+    return True
+
+
 def _child_dies_with_parent() -> None:
     """preexec_fn for our children: they get SIGTERM when the process that started
     them dies, even by SIGKILL, so none is left behind."""

@@ -20,7 +20,7 @@ from typing import Any
 from neuralops.servers import localprom
 from neuralops.servers.app import App, PortUnavailable
 from neuralops.servers.config import Config
-from neuralops.servers.processes import die_with_parent, free_port, grpcurl_path
+from neuralops.servers.processes import follow_parent, free_port, grpcurl_path
 
 log = logging.getLogger("neuralops")
 
@@ -115,7 +115,7 @@ def banner(app: App, config: Config, prom: localprom.LocalPrometheus | None) -> 
 
 
 def cmd_up(config: Config, args: argparse.Namespace) -> int:
-    if args.stop_with_parent and not die_with_parent(signal.SIGTERM):
+    if args.stop_with_parent and not follow_parent():
         log.warning("--stop-with-parent: not available on this system")
     prom: localprom.LocalPrometheus | None = None
     if not config.prom_url:
@@ -165,7 +165,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--stop-with-parent",
         action="store_true",
-        help="stop when the parent process dies (make up uses it, so killing make stops all)",
+        help="stop when the parent process dies or is being stopped by a signal "
+        "(make up uses it, so signalling make's pid stops everything)",
     )
     p.set_defaults(func=cmd_up)
 
