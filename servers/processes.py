@@ -6,6 +6,7 @@ in their own processes, with their own data directory and environment.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -24,18 +25,25 @@ _INHERITED_OFF = ("NEURALOPS_", "OPENAI", "PROM_URL", "POSTGRES_DSN", "MILVUS")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def _load_libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+# Loaded here, not in a forked child (preexec_fn), where loading could deadlock.
+_LIBC = _load_libc()
+
+
 def die_with_parent(sig: int = signal.SIGTERM) -> bool:
     """Ask the kernel to send ``sig`` to this process when its parent dies
     (Linux ``prctl(PR_SET_PDEATHSIG)``). False where that is not available."""
-    if not sys.platform.startswith("linux"):
+    if _LIBC is None:
         return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
+    return int(_LIBC.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
 
 
 _FATAL = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
