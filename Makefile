@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PROTOS := $(wildcard protos/neuralops/*/v1/*.proto)
 
-.PHONY: venv generate check-generated lint typecheck test bench reports up demo deploy-check
+.PHONY: venv generate check-generated lint typecheck test bench reports up demo screenshots deploy-check
 
 venv:
 	bash scripts/bootstrap.sh
@@ -64,6 +64,11 @@ up: venv
 # The demo, against a running `make up`.
 demo:
 	.venv/bin/neuralops demo
+
+# The console screenshots in the README (docs/screenshots/*.png), taken by the browser test
+# on its demo-like stack.
+screenshots: venv
+	NEURALOPS_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_console.py
 
 # Render deploy/kubernetes and check it against the Kubernetes schemas (shipped in the
 # kubernetes-validate package: no cluster, nothing fetched) and against the code.

@@ -124,7 +124,10 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
         client_call_details: grpc.ClientCallDetails,
         request: Any,
     ) -> Any:
-        metadata = [*(client_call_details.metadata or ()), self._header]
+        given = list(client_call_details.metadata or ())
+        if any(k == "authorization" for k, _ in given):  # an explicit one wins
+            return continuation(client_call_details, request)
+        metadata = [*given, self._header]
         details = _CallDetails(
             client_call_details.method,
             client_call_details.timeout,

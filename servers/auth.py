@@ -25,6 +25,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,9 @@ def client_security(config: Config) -> Security:
         return Security.from_files(config.outgoing_token, config.tls_ca, cert, key, tls=tls)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def forwarding_security(config: Config) -> Security:
+    """For calls made on a caller's behalf (the HTTP gateway): this process's TLS
+    settings, but no token of its own, so a caller without a token stays without one."""
+    return replace(client_security(config), token=None)

@@ -264,3 +264,26 @@ def test_exposed_without_auth_warns(caplog: pytest.LogCaptureFixture) -> None:
     caplog.clear()
     auth.warn_if_exposed(Config(bind_host="127.0.0.1"))
     assert caplog.text == ""
+
+
+def test_http_gateway_forwards_the_callers_token_and_lends_none(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.conftest import free_port
+
+    cfg = Config(
+        data_dir=tmp_path / "data",
+        metrics_port=0,
+        app_tokens=(APP_TOKEN,),
+        service_tokens=(SERVICE_TOKEN,),
+        client_token=SERVICE_TOKEN,  # the server's own token (NEURALOPS_TOKEN)
+    )
+    port = free_port()
+    app = App(cfg, ports={**ALL_ZERO, "http": port}).start()
+    try:
+        url = f"http://127.0.0.1:{port}/workflows"
+        assert httpx.get(url, timeout=10).status_code == 401
+        ok = httpx.get(url, headers={"authorization": f"Bearer {APP_TOKEN}"}, timeout=10)
+        assert ok.status_code == 200, ok.text
+    finally:
+        app.stop(grace=1)
