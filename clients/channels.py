@@ -7,12 +7,23 @@ the service: our write RPCs are idempotent, so a retry never duplicates a run.
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import grpc
 
 _lock = threading.Lock()
 _channels: dict[tuple[str, str, int], grpc.Channel] = {}
+
+
+def _forget_after_fork() -> None:
+    # A forked child must not use the parent's channels (or a lock held at fork time).
+    global _lock
+    _lock = threading.Lock()
+    _channels.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _service_config(service: str, attempts: int) -> str:
