@@ -203,6 +203,7 @@ def bad_disk_drill(
     spool_dir: Path,
     tmp: Path,
     postgres_dsn: str | None,
+    *,
     n: int = 600,
     max_memory_bytes: int = 64 * MIB,
     use_log_run: bool = False,
@@ -232,8 +233,12 @@ def bad_disk_drill(
             if use_log_run:
                 try:
                     log_run(
-                        {"wpk_id": "drill", "run_id": rid, "status": "completed",
-                         "outputs": {"text": "y" * 600}},
+                        {
+                            "wpk_id": "drill",
+                            "run_id": rid,
+                            "status": "completed",
+                            "outputs": {"text": "y" * 600},
+                        },
                         address=address,
                         timeout_s=0.5,
                     )
@@ -245,9 +250,7 @@ def bad_disk_drill(
         config = Config(postgres_dsn=postgres_dsn, data_dir=tmp / "srv", metrics_port=0)
         server = App(config, services=("runhistory",), ports={"runhistory": port}).start()
         try:
-            wait_until(
-                lambda: sender.stats()["held_now"] == 0 and sender.spool.pending() == 0, 60
-            )
+            wait_until(lambda: sender.stats()["held_now"] == 0 and sender.spool.pending() == 0, 60)
             sender.flush(30)
             got = len(stored(address, "drill", ids))
         finally:
@@ -355,7 +358,9 @@ def run(section: Section, dsn: str) -> None:
                 "1,000 runs, one with a NUL character (Postgres)",
                 f"{p.stored} stored, {len(p.dead)} dead-lettered "
                 f"({', '.join(f'{c}: {m[:60]}' for _, c, m in p.dead) or '-'}); spool empty after "
-                f"{p.spool_empty_s:.1f} s" if p.spool_empty_s is not None else "spool NOT empty",
+                f"{p.spool_empty_s:.1f} s"
+                if p.spool_empty_s is not None
+                else "spool NOT empty",
             )
             b = big_runs_drill(addr, tmp / "c2")
             section.add(
@@ -383,7 +388,9 @@ def run(section: Section, dsn: str) -> None:
                     f"(spooled {d.stats['spooled']}, held in memory {d.stats['held']})",
                 )
             with small_filesystem(tmp / "fsover") as fs:
-                d = bad_disk_drill(fs / "spool", tmp / "dover", schema_dsn, max_memory_bytes=64 * 1024)
+                d = bad_disk_drill(
+                    fs / "spool", tmp / "dover", schema_dsn, max_memory_bytes=64 * 1024
+                )
             section.add(
                 "same on the full tmpfs, memory bound 64 KB",
                 f"{d.stored} stored, {d.dropped} dropped and counted (policy: drop oldest)",
@@ -405,10 +412,10 @@ def run(section: Section, dsn: str) -> None:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="reports/delivery.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dsn = os.environ.get("POSTGRES_DSN") or "postgresql://postgres@127.0.0.1:5432/test"
     section = Section("Delivery drills (issue 9)", "python -m benchmarks.delivery")
     started = time.perf_counter()

@@ -76,7 +76,9 @@ class RunSender:
     ) -> None:
         self.address = address or default_address()
         self.spool = Spool(spool_dir, max_bytes=max_spool_bytes)
-        self.dead_letters = DeadLetters(dead_letter_dir or self.spool.directory.parent / "deadletter")
+        self.dead_letters = DeadLetters(
+            dead_letter_dir or self.spool.directory.parent / "deadletter"
+        )
         self.exporter: Exporter = exporter or GrpcExporter(self.address)
         self.counters = Counters()
         self._max_queue = max_queue
@@ -219,9 +221,10 @@ class RunSender:
             return self._send_isolating(batch[mid:])
         except Exception as exc:  # an exporter bug must not block delivery
             log.exception("neuralops: exporter failed")
-            err = ExportError(grpc.StatusCode.UNKNOWN, repr(exc), transient=False)
             if len(batch) == 1:
-                self._dead_letter(batch[0], err)
+                self._dead_letter(
+                    batch[0], ExportError(grpc.StatusCode.UNKNOWN, repr(exc), transient=False)
+                )
                 return []
             return self._send_isolating(batch[: len(batch) // 2]) + self._send_isolating(
                 batch[len(batch) // 2 :]

@@ -74,14 +74,14 @@ class Exporter(Protocol):
 
 def _retry_delay(exc: grpc.Call) -> float | None:
     try:
-        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        status = rpc_status.from_call(exc)
     except Exception:
         return None
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            return info.retry_delay.ToTimedelta().total_seconds()
+            return float(info.retry_delay.ToTimedelta().total_seconds())
     return None
 
 
@@ -111,7 +111,10 @@ class GrpcExporter:
                 raise ExportError(grpc.StatusCode.UNKNOWN, str(exc), transient=False) from None
             code, message = exc.code(), exc.details() or ""
             raise ExportError(
-                code, message, transient=is_transient(code, message), retry_after_s=_retry_delay(exc)
+                code,
+                message,
+                transient=is_transient(code, message),
+                retry_after_s=_retry_delay(exc),
             ) from None
         except ValueError as exc:  # e.g. a message protobuf cannot serialize
             raise ExportError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), transient=False) from None

@@ -8,6 +8,7 @@ so one bad record never hides the records written after it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -78,10 +79,8 @@ def append_records(path: Path, payloads: list[bytes]) -> int:
                 view = view[n:]
             os.fsync(fd)
         except OSError:
-            try:
+            with contextlib.suppress(OSError):  # the reader's framing copes with a torn tail
                 os.ftruncate(fd, before)
-            except OSError:
-                pass  # the reader's framing copes with the torn tail
             raise
     finally:
         os.close(fd)

@@ -18,7 +18,7 @@ import grpc
 import pytest
 from neuralops.clients import RunHistoryClient, log_run
 from neuralops.clients.deadletter import DeadLetters
-from neuralops.clients.delivery import MIB, RunSender, sender_for
+from neuralops.clients.delivery import RunSender, sender_for
 from neuralops.clients.exporter import is_transient
 from neuralops.clients.framing import frame
 from neuralops.clients.spool import Spool
@@ -92,7 +92,9 @@ def test_a_torn_record_is_skipped_and_the_records_around_it_replay(
         assert client.get_run("torn", rid).run_id == rid
 
 
-def test_spool_cap_drops_oldest_and_counts_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_spool_cap_drops_oldest_and_counts_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     sender = RunSender(
         f"localhost:{free_port()}", spool_dir=tmp_path / "spool", max_spool_bytes=40_000
     )
@@ -167,7 +169,12 @@ def test_spool_command_lists_retries_and_purges_dead_letters(
             "print('SERVER-MODULES', bad) if bad else None; sys.exit(rc)"
         )
         return subprocess.run(
-            [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-c", code, *args],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     st = spool_cmd("status", "--json")
@@ -191,6 +198,7 @@ def test_spool_command_lists_retries_and_purges_dead_letters(
     # The module form works too.
     mod = subprocess.run(
         [sys.executable, "-m", "neuralops.clients.spool", "status"],
+        check=False,
         env=env,
         capture_output=True,
         text=True,
@@ -211,6 +219,7 @@ def test_big_runs_from_8_threads_are_all_stored(runhistory: App, tmp_path: Path)
     assert r.stats["dead_lettered"] == 0
 
 
+@one_backend
 def test_a_40mb_run_does_not_hold_up_the_small_runs_after_it(
     runhistory: App, tmp_path: Path
 ) -> None:
@@ -231,7 +240,7 @@ def test_bad_spool_disk_during_an_outage_loses_nothing_within_the_memory_bound(
 ) -> None:
     with drills.small_filesystem(tmp_path / "fs", read_only=read_only) as fs:
         r = drills.bad_disk_drill(fs / "spool", tmp_path, config.postgres_dsn)
-    assert r.stored == r.submitted == 1000 and r.dropped == 0
+    assert r.stored == r.submitted == 600 and r.dropped == 0
     assert r.stats["held"] > 0  # the disk did refuse
     if not read_only:
         assert r.stats["spooled"] > 0  # ... after taking what fitted
@@ -243,7 +252,9 @@ def test_past_the_memory_bound_drops_are_counted_and_logged(
 ) -> None:
     caplog.set_level(logging.ERROR)
     with drills.small_filesystem(tmp_path / "fs", read_only=True) as fs:
-        r = drills.bad_disk_drill(fs / "spool", tmp_path, config.postgres_dsn, n=300, max_memory_bytes=20_000)
+        r = drills.bad_disk_drill(
+            fs / "spool", tmp_path, config.postgres_dsn, n=300, max_memory_bytes=20_000
+        )
     assert r.dropped > 0
     assert r.stored + r.dropped == r.submitted  # every run is stored or counted as dropped
     assert "dropped" in caplog.text and "drop oldest" in caplog.text
@@ -252,8 +263,10 @@ def test_past_the_memory_bound_drops_are_counted_and_logged(
 @only_postgres
 def test_log_run_never_raises_on_a_read_only_spool(config: Config, tmp_path: Path) -> None:
     with drills.small_filesystem(tmp_path / "fs", read_only=True) as fs:
-        r = drills.bad_disk_drill(fs / "spool", tmp_path, config.postgres_dsn, n=20, use_log_run=True)
-    assert r.log_run_errors == 0 and r.stored == 20
+        r = drills.bad_disk_drill(
+            fs / "spool", tmp_path, config.postgres_dsn, n=10, use_log_run=True
+        )
+    assert r.log_run_errors == 0 and r.stored == 10
 
 
 def test_log_run_raises_run_dropped_only_when_the_run_cannot_be_kept(tmp_path: Path) -> None:
@@ -265,7 +278,9 @@ def test_log_run_raises_run_dropped_only_when_the_run_cannot_be_kept(tmp_path: P
         sender = sender_for(address, spool_dir=ro / "spool", max_memory_bytes=100)
         try:
             with pytest.raises(RunDroppedError):
-                log_run({"wpk_id": "w", "run_id": "r", "outputs": {"t": "x" * 500}}, address=address)
+                log_run(
+                    {"wpk_id": "w", "run_id": "r", "outputs": {"t": "x" * 500}}, address=address
+                )
             assert sender.stats()["dropped"] == 1
         finally:
             sender.close()
@@ -276,8 +291,8 @@ def test_log_run_raises_run_dropped_only_when_the_run_cannot_be_kept(tmp_path: P
 
 @only_postgres
 def test_kill_9_while_the_server_hangs_loses_about_a_second(config: Config, tmp_path: Path) -> None:
-    r = drills.hung_server_drill(tmp_path, config.postgres_dsn, rate=200, hang_s=3.0)
-    assert r.submitted_during_hang > 300, "the client did not keep submitting"
+    r = drills.hung_server_drill(tmp_path, config.postgres_dsn, rate=200, hang_s=2.0)
+    assert r.submitted_during_hang > 200, "the client did not keep submitting"
     assert r.spooled_left == 0
     # The old sender lost every run of the hang; the bound is ~1 s (the deadline) plus
     # scheduling slack on a loaded machine.
