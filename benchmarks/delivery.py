@@ -17,6 +17,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,7 +84,8 @@ class PoisonResult:
 def poison_drill(address: str, client_dir: Path, n: int = 1000, bad: int = 20) -> PoisonResult:
     """``n`` runs, run ``bad`` with a NUL character in its output text."""
     sender = RunSender(address, spool_dir=client_dir / "spool", retry_s=0.2)
-    ids = [f"poison-{i:05d}" for i in range(n)]
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"poison-{tag}-{i:05d}" for i in range(n)]
     start = time.monotonic()
     try:
         for i, rid in enumerate(ids):
@@ -113,12 +115,13 @@ def big_runs_drill(
     address: str, client_dir: Path, threads: int = 8, per_thread: int = 20, mb: float = 1.0
 ) -> BigRunsResult:
     sender = RunSender(address, spool_dir=client_dir / "spool", retry_s=0.2, timeout_s=5)
-    ids = [f"big-{t}-{i}" for t in range(threads) for i in range(per_thread)]
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"big-{tag}-{t}-{i}" for t in range(threads) for i in range(per_thread)]
     size = int(mb * MIB)
 
     def work(t: int) -> None:
         for i in range(per_thread):
-            sender.submit(run_msg("drill", f"big-{t}-{i}", blob_bytes=size))
+            sender.submit(run_msg("drill", f"big-{tag}-{t}-{i}", blob_bytes=size))
 
     start = time.monotonic()
     try:
@@ -149,10 +152,11 @@ def huge_then_small_drill(
     address: str, client_dir: Path, huge_mb: int = 40, small: int = 20
 ) -> HugeResult:
     sender = RunSender(address, spool_dir=client_dir / "spool", retry_s=0.2)
-    ids = [f"after-huge-{i}" for i in range(small)]
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"after-huge-{tag}-{i}" for i in range(small)]
     try:
         start = time.monotonic()
-        sender.submit(run_msg("drill", "huge", blob_bytes=huge_mb * MIB))
+        sender.submit(run_msg("drill", f"huge-{tag}", blob_bytes=huge_mb * MIB))
         for rid in ids:
             sender.submit(run_msg("drill", rid))
         waited = wait_until(lambda: len(stored(address, "drill", ids)) == small, 30)
@@ -160,7 +164,7 @@ def huge_then_small_drill(
         sender.flush(30)
         dead = [(d.run.run_id, d.code, d.message) for d in sender.dead_letters.entries()]
         return HugeResult(
-            bool(stored(address, "drill", ["huge"])),
+            bool(stored(address, "drill", [f"huge-{tag}"])),
             dead,
             len(stored(address, "drill", ids)),
             small,
@@ -226,7 +230,7 @@ def bad_disk_drill(
         max_retry_s=0.5,
         max_memory_bytes=max_memory_bytes,
     )
-    ids = [f"disk-{i:05d}" for i in range(n)]
+    ids = [f"disk-{uuid.uuid4().hex[:8]}-{i:05d}" for i in range(n)]
     errors = 0
     try:
         for rid in ids:
@@ -283,12 +287,12 @@ CLIENT = """
 import sys, time
 from neuralops.clients.delivery import RunSender
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
-addr, spool, rate = sys.argv[1], sys.argv[2], float(sys.argv[3])
+addr, spool, rate, tag = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 sender = RunSender(addr, spool_dir=__import__("pathlib").Path(spool))
 start = time.monotonic()
 i = 0
 while True:
-    run = pb.Run(wpk_id="drill", run_id=f"hung-{i:06d}", status=pb.RUN_STATUS_COMPLETED)
+    run = pb.Run(wpk_id="drill", run_id=f"hung-{tag}-{i:06d}", status=pb.RUN_STATUS_COMPLETED)
     sender.submit(run)
     print(i, flush=True)
     i += 1
@@ -306,9 +310,10 @@ def hung_server_drill(
     server = ServerProcess(tmp / "srv", postgres_dsn=postgres_dsn, services="runhistory").start()
     address = server.address("runhistory")
     spool = tmp / "client-spool"
+    tag = uuid.uuid4().hex[:8]
     assert server.proc is not None
     client = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(CLIENT), address, str(spool), str(rate)],
+        [sys.executable, "-c", textwrap.dedent(CLIENT), address, str(spool), str(rate), tag],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -328,7 +333,7 @@ def hung_server_drill(
         with contextlib.suppress(ProcessLookupError):
             os.kill(server.proc.pid, signal.SIGCONT)
     try:
-        ids = [f"hung-{i:06d}" for i in range(submitted)]
+        ids = [f"hung-{tag}-{i:06d}" for i in range(submitted)]
         replayer = RunSender(address, spool_dir=spool, dead_letter_dir=tmp / "dl", timeout_s=5)
         try:
             replayer.flush(1)

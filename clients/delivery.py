@@ -160,6 +160,8 @@ class RunSender:
             if items:
                 try:
                     self._handle(items)
+                except Exception:  # the worker must survive anything
+                    log.exception("neuralops: sender failed on %d run(s)", len(items))
                 finally:
                     self._queue.settle(len(items))
             elif self._stop.is_set():

@@ -143,7 +143,7 @@ def test_a_nul_run_among_1000_on_postgres_blocks_nothing(runhistory: App, tmp_pa
     assert r.spool_empty_s is not None, "spool not empty within 30 s"
     if r.stored == 999:  # the server refuses the NUL run: it is a dead letter, with its reason
         ((run_id, code, message),) = r.dead
-        assert run_id == "poison-00020" and code and message
+        assert run_id.endswith("-00020") and code and message
     else:
         assert r.stored == 1000 and not r.dead
 
@@ -227,7 +227,11 @@ def test_a_40mb_run_does_not_hold_up_the_small_runs_after_it(
     assert r.small_stored == r.small_submitted
     if not r.huge_stored:
         ((run_id, code, message),) = r.dead
-        assert run_id == "huge" and code == "RESOURCE_EXHAUSTED" and "larger than max" in message
+        assert (
+            run_id.startswith("huge")
+            and code == "RESOURCE_EXHAUSTED"
+            and "larger than max" in message
+        )
 
 
 # ------------------------------------------------------------------- bad disks
