@@ -321,7 +321,8 @@ def hung_server_drill(
     reader = threading.Thread(target=lambda: lines.extend(client.stdout or []), daemon=True)
     reader.start()
     try:
-        time.sleep(before_s)
+        # Runs flow to a live server for ``before_s`` once the client has started.
+        wait_until(lambda: len(lines) >= before_s * rate, 60)
         os.kill(server.proc.pid, signal.SIGSTOP)
         at_stop = len(lines)
         time.sleep(hang_s)
