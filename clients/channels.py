@@ -162,6 +162,16 @@ def open_channel(
     return ch
 
 
+def _forget_after_fork() -> None:
+    # A forked child must not use the parent's channels (or a lock held at fork time).
+    global _lock
+    _lock = threading.Lock()
+    _channels.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _service_config(service: str, attempts: int) -> str:
     if attempts < 2:
         return json.dumps({})

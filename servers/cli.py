@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     from neuralops.servers import stack
 
     stack.add_commands(sub)
+
+    from neuralops.clients import spool_cli
+
+    p = sub.add_parser("spool", help="runs not yet delivered: spool and dead letters")
+    spool_cli.add_arguments(p)
+    p.set_defaults(func=lambda config, args: spool_cli.run(args))
     return parser
 
 
