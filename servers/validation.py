@@ -108,9 +108,11 @@ def _scalar(field: FieldDescriptor, value: Any, path: str, out: list[FieldViolat
         enum = field.enum_type
         if enum is not None and value not in enum.values_by_number:
             out.append(FieldViolation(path, f"is {value}, not a value of {enum.name}"))
-    elif field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
-        if not math.isfinite(value):
-            out.append(FieldViolation(path, "must be a finite number"))
+    elif field.type in (
+        FieldDescriptor.TYPE_DOUBLE,
+        FieldDescriptor.TYPE_FLOAT,
+    ) and not math.isfinite(value):
+        out.append(FieldViolation(path, "must be a finite number"))
 
 
 def _message(msg: Message, path: str, out: list[FieldViolation]) -> None:

@@ -24,7 +24,7 @@ _LAST_SECOND = v.MAX_TIMESTAMP_SECONDS
 
 
 def _seconds(duration: Any) -> float:
-    return float(duration.seconds) + duration.nanos / 1e9
+    return float(duration.seconds) + float(duration.nanos) / 1e9
 
 
 def _probe_range(request: Any) -> list[FieldViolation]:
