@@ -33,6 +33,10 @@ MAX_ATTEMPTS = 8
 MAX_PAUSE_S = 10.0  # longest wait between tries while a dependency is down
 
 
+class VectorStoreUnavailable(Unavailable):
+    """The Milvus server cannot be reached (the runs wait without spending attempts)."""
+
+
 class Embedder:
     """Text to vectors with the real ``openai`` client (any compatible endpoint)."""
 
@@ -90,11 +94,11 @@ class VectorIndex:
                 if self._ready:  # a restarted Milvus server keeps collections unloaded
                     client.load_collection(COLLECTION)
             except Exception as exc:
-                raise Unavailable(f"Milvus at {self._uri} unavailable: {exc}") from exc
+                raise VectorStoreUnavailable(f"Milvus at {self._uri} unavailable: {exc}") from exc
             self._client = client
         return self._client
 
-    def _failed(self, exc: Exception) -> Unavailable:
+    def _failed(self, exc: Exception) -> VectorStoreUnavailable:
         """Drop the client after a failed call (the next call reconnects)."""
         client, self._client = self._client, None
         try:
@@ -102,7 +106,7 @@ class VectorIndex:
                 client.close()
         except Exception:
             log.debug("closing a failed Milvus client", exc_info=True)
-        return Unavailable(f"Milvus at {self._uri} unavailable: {exc}")
+        return VectorStoreUnavailable(f"Milvus at {self._uri} unavailable: {exc}")
 
     def _ensure(self, dim: int) -> None:
         from pymilvus import DataType, MilvusClient
@@ -206,7 +210,7 @@ class EmbeddingService:
                     for d, v in zip(due, vectors, strict=True)
                 ]
             )
-        except Unavailable as exc:
+        except VectorStoreUnavailable as exc:
             # The runs are fine; the service behind them is not: keep their attempts.
             self._pause = min(MAX_PAUSE_S, max(0.5, self._pause * 2))
             self._paused_until = time.monotonic() + self._pause
