@@ -1,7 +1,9 @@
 """MILVUS_ENDPOINT against a real Milvus server process (the `milvus` package's binary).
 
 Embeddings go through the real openai client to tests/openai_server.py; the vectors
-go to the Milvus server over gRPC."""
+go to the Milvus server over gRPC. The server is killed (SIGKILL) while embeddings
+are pending: SearchRuns answers UNAVAILABLE, nothing is lost, and the pending runs
+are embedded once it is back."""
 
 from __future__ import annotations
 
@@ -90,3 +92,37 @@ def test_runs_are_embedded_into_the_milvus_server_and_searchable(milvus_stack: A
     hits = stub.SearchRuns(pb.SearchRunsRequest(text="invoice refund", wpk_id="srv", limit=2)).hits
     assert [h.run_id for h in hits] == ["r3", "r1"]
     assert hits[0].text == texts["r3"]
+
+
+def test_milvus_server_killed_while_embeddings_pending_loses_nothing(
+    milvus_stack: App, milvus: MilvusProcess
+) -> None:
+    stub = _stub(milvus_stack)
+    stub.LogRun(pb.LogRunRequest(run=_run("drill", "before", "stored before the crash")))
+    wait_for(lambda: _done(stub, "drill", ["before"]), timeout=60)
+
+    milvus.kill()
+    try:
+        pending = [f"p{i}" for i in range(20)]
+        reply = stub.BatchLogRuns(
+            pb.BatchLogRunsRequest(
+                runs=[_run("drill", r, f"pending invoice number {r}") for r in pending]
+            )
+        )
+        assert all(r.created for r in reply.results)  # storing never waits for Milvus
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SearchRuns(pb.SearchRunsRequest(text="invoice", wpk_id="drill"), timeout=60)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        states = {
+            stub.GetRun(pb.GetRunRequest(wpk_id="drill", run_id=r)).run.embedding_status
+            for r in pending
+        }
+        assert pb.EMBEDDING_STATUS_DONE not in states
+    finally:
+        milvus.start()
+
+    wait_for(lambda: _done(stub, "drill", pending), timeout=90)
+    hits = stub.SearchRuns(
+        pb.SearchRunsRequest(text="pending invoice number p7", wpk_id="drill", limit=25)
+    ).hits
+    assert {h.run_id for h in hits} == {*pending, "before"}

@@ -89,7 +89,10 @@ class VectorIndex:
             from pymilvus import MilvusClient
 
             try:
-                client = MilvusClient(self._uri)
+                # A server connection of our own: pymilvus' shared one can stay broken
+                # after the server restarts, so each reconnect starts afresh.
+                server = self._uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+                client = MilvusClient(self._uri, **({"dedicated": True} if server else {}))
                 self._ready = client.has_collection(COLLECTION)
                 if self._ready:  # a restarted Milvus server keeps collections unloaded
                     client.load_collection(COLLECTION)
@@ -148,6 +151,9 @@ class VectorIndex:
                     limit=limit,
                     filter=flt,
                     output_fields=["wpk_id", "run_id", "text"],
+                    # A run marked DONE is searchable at once, also on a Milvus server
+                    # (whose default, Bounded, may lag a few seconds behind upserts).
+                    consistency_level="Strong",
                 )
             except Unavailable:
                 raise
