@@ -15,7 +15,6 @@ from milvus import MilvusServer, MilvusServerConfig, __version__, _initialize_da
 
 from tests.conftest import free_port
 
-
 _PARTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
 
 
