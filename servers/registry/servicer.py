@@ -19,6 +19,7 @@ from neuralops.servers.convert import (
 from neuralops.servers.errors import InvalidArgument
 from neuralops.servers.registry.model import RunNotice, Workflow
 from neuralops.servers.registry.service import Registry
+from neuralops.servers.registry.validation import validate
 
 _RUN = "RUN_STATUS_"
 
@@ -52,6 +53,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def CreateWorkflow(
         self, request: pb.CreateWorkflowRequest, context: grpc.ServicerContext
     ) -> pb.CreateWorkflowResponse:
+        validate(request)
         w = request.workflow
         wf = Workflow(
             workflow_id=w.workflow_id,
@@ -64,6 +66,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def GetWorkflow(
         self, request: pb.GetWorkflowRequest, context: grpc.ServicerContext
     ) -> pb.GetWorkflowResponse:
+        validate(request)
         return pb.GetWorkflowResponse(
             workflow=workflow_message(self._registry.get(request.workflow_id))
         )
@@ -71,6 +74,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def ListWorkflows(
         self, request: pb.ListWorkflowsRequest, context: grpc.ServicerContext
     ) -> pb.ListWorkflowsResponse:
+        validate(request)
         page, token = self._registry.list_workflows(request.page_size, request.page_token)
         return pb.ListWorkflowsResponse(
             workflows=[workflow_message(w) for w in page], next_page_token=token
@@ -79,6 +83,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def ListWorkflowRuns(
         self, request: pb.ListWorkflowRunsRequest, context: grpc.ServicerContext
     ) -> pb.ListWorkflowRunsResponse:
+        validate(request)
         page, token = self._registry.runs(
             request.workflow_id, request.page_size, request.page_token
         )
@@ -98,6 +103,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def NotifyRun(
         self, request: pb.NotifyRunRequest, context: grpc.ServicerContext
     ) -> pb.NotifyRunResponse:
+        validate(request)
         if not request.HasField("created_at"):
             raise InvalidArgument.one("created_at", "is required")
         if request.id:
