@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PROTOS := $(wildcard protos/neuralops/*/v1/*.proto)
 
-.PHONY: venv generate check-generated lint typecheck test bench reports up demo screenshots
+.PHONY: venv generate check-generated lint typecheck test bench reports up demo screenshots deploy-check
 
 venv:
 	bash scripts/bootstrap.sh
@@ -58,8 +58,10 @@ reports: venv
 	.venv/bin/neuralops report
 
 # The main job: all three services, their metrics and a local Prometheus (Ctrl-C stops).
+# exec: no shell in between; make passes SIGTERM on, and if make itself dies the stack
+# follows (--stop-with-parent), so a supervisor can stop it all by make's pid.
 up: venv
-	.venv/bin/neuralops up
+	exec .venv/bin/neuralops up --stop-with-parent
 
 # The demo, against a running `make up`.
 demo:
@@ -69,3 +71,8 @@ demo:
 # on its demo-like stack.
 screenshots: venv
 	NEURALOPS_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_console.py
+
+# Render deploy/kubernetes and check it against the Kubernetes schemas (shipped in the
+# kubernetes-validate package: no cluster, nothing fetched) and against the code.
+deploy-check: venv
+	$(PY) deploy/check.py

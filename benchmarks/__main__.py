@@ -14,7 +14,9 @@ from benchmarks.common import Section, machine
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=["hook", "registry", "insight"], action="append")
+    parser.add_argument(
+        "--only", choices=["hook", "registry", "insight", "delivery"], action="append"
+    )
     parser.add_argument(
         "--runs", type=int, default=1_000_000, help="total runs for the registry benchmark"
     )
@@ -24,6 +26,12 @@ def main() -> None:
     only = set(args.only or ["hook", "registry", "insight"])
     sections = []
     started = time.perf_counter()
+    if "delivery" in (args.only or ["delivery"]):
+        # The delivery drills write their own report, reports/delivery.md.
+        from benchmarks import delivery
+
+        delivery.main([])
+        only.discard("delivery")
     if "hook" in only:
         s = Section("LangGraph hook (issue 3)", "python -m benchmarks --only hook")
         print(s.title, flush=True)

@@ -16,6 +16,7 @@ from neuralops.clients.errors import (
     InvalidArgumentError,
     NeuralOpsError,
     NotFoundError,
+    RunDroppedError,
     UnavailableError,
 )
 from neuralops.clients.runhistory import LogResult, RunHistoryClient
@@ -28,6 +29,7 @@ __all__ = [
     "LogResult",
     "NeuralOpsError",
     "NotFoundError",
+    "RunDroppedError",
     "RunHistoryClient",
     "UnavailableError",
     "log_run",
@@ -43,20 +45,32 @@ def log_run(
 
     ``run_obj`` is the seed's dict: ``{'wpk_id', 'run_id', 'inputs', 'outputs',
     'status', 'node_logs', 'duration_ms'}``; a malformed one raises
-    :class:`InvalidArgumentError` naming the key. When RunHistory cannot be reached
-    the run is written to the local spool (fsynced) and delivered later by this or
-    the next process; the call still returns the run id.
+    :class:`InvalidArgumentError` naming the key. When RunHistory cannot take it now
+    (unreachable, deadline, overloaded) the run is kept for later delivery by this or
+    the next process: in the local spool (fsynced), or in the sender's bounded memory
+    buffer if the spool's disk refuses; the call still returns the run id. It raises
+    :class:`RunDroppedError` only when the run could not be kept either, and the
+    server's own refusal (e.g. :class:`InvalidArgumentError`) otherwise.
     """
     from neuralops.clients.delivery import sender_for
+    from neuralops.clients.exporter import is_transient
 
     msg = run_message(run_obj)
     sender = sender_for(address)
     try:
         RunHistoryClient(sender.address, timeout_s=timeout_s).log_run(msg)
-    except UnavailableError as exc:
-        sender.keep([msg])
+    except NeuralOpsError as exc:
+        if not is_transient(exc.code, exc.message):
+            raise
+        if not sender.keep([msg]):
+            raise RunDroppedError(
+                exc.code,
+                f"run {msg.run_id} could not be delivered ({exc.message}) nor kept "
+                "(spool not writable, memory bound full)",
+                reason="RUN_DROPPED",
+            ) from exc
         log.warning(
-            "RunHistory unavailable (%s): run %s spooled for later delivery",
+            "RunHistory cannot take runs now (%s): run %s kept for later delivery",
             exc.message,
             msg.run_id,
         )

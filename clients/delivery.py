@@ -1,39 +1,57 @@
-"""Background delivery of runs: a bounded queue, batches, a spool when the service is away.
+"""Background delivery of runs: a run is delivered, or kept aside with its reason.
 
-The graph's thread only calls :meth:`RunSender.submit`, which never blocks and never
-raises: it puts the run on a bounded in-memory queue, or, if that is full, appends it
-to the spool. One sender thread per process batches the queue into ``BatchLogRuns``.
-When the service cannot be reached, batches go to the spool, and the sender replays
-the spool when the service answers again (idempotency makes replays safe). At
-interpreter exit whatever is still queued is delivered, or spooled.
+The parts, split like OpenTelemetry's ``BatchSpanProcessor``:
+
+- :class:`~neuralops.clients.batching.BatchQueue`: the graph's thread only calls
+  :meth:`RunSender.submit`, which never blocks and never raises;
+- one worker thread per sender (here) builds runs and sends them in batches bounded
+  by count and bytes, through an :class:`~neuralops.clients.exporter.Exporter`
+  (``BatchLogRuns`` over gRPC by default), with a short deadline (1 s + 1 s per
+  8 MiB by default);
+- :class:`~neuralops.clients.spool.Spool`: runs the service cannot take *now*
+  (transient failure) are fsynced there and replayed when it answers again;
+- :class:`~neuralops.clients.deadletter.DeadLetters`: a batch the server refuses for
+  good is split in halves until the refused runs are alone; each such run is kept
+  there with the status and message, counted, logged once, and never retried
+  automatically (``neuralops spool retry`` does it on demand).
+
+When the spool cannot be written (full, read-only, no permission) runs are held in
+memory, bounded by ``max_memory_bytes``, and both the service and the disk are
+retried; past the bound the **oldest** held runs are dropped, each one counted
+(``stats()["dropped"]``) and logged. A sender is safe across ``fork()``: the child
+starts its own worker and connection on first use.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import queue
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
-from neuralops.clients import channels
-from neuralops.clients.runhistory import SERVICE, default_address
-from neuralops.clients.spool import Spool
+from neuralops.clients.batching import BatchQueue, Item, chunks
+from neuralops.clients.deadletter import DeadLetters
+from neuralops.clients.exporter import Exporter, ExportError, GrpcExporter
+from neuralops.clients.runhistory import default_address
+from neuralops.clients.spool import DEFAULT_MAX_BYTES, Spool
+from neuralops.clients.stats import Counters
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
-from neuralops.runhistory.v1 import runhistory_pb2_grpc
+
+__all__ = ["Item", "RunSender", "Senders", "sender_for"]
 
 log = logging.getLogger(__name__)
 
-# The only answer that means "never send this again": the server validated the run
-# and refused it. Anything else (UNAVAILABLE, CANCELLED by a server shutting down,
-# DEADLINE_EXCEEDED, INTERNAL, even UNIMPLEMENTED from a wrong server) keeps the run.
-_REFUSED = grpc.StatusCode.INVALID_ARGUMENT
+MIB = 1024 * 1024
 
-Item = pb.Run | Callable[[], pb.Run]
+
+def _size(run: pb.Run) -> int:
+    return run.ByteSize()
 
 
 class RunSender:
@@ -44,230 +62,445 @@ class RunSender:
         address: str | None = None,
         *,
         spool_dir: Path | None = None,
+        dead_letter_dir: Path | None = None,
+        exporter: Exporter | None = None,
         max_queue: int = 10_000,
         batch_size: int = 200,
-        timeout_s: float = 5.0,
+        batch_bytes: int = 4 * MIB,
+        timeout_s: float = 1.0,
+        bytes_per_s: float = 8 * MIB,
         retry_s: float = 1.0,
         max_retry_s: float = 15.0,
+        max_memory_bytes: int = 64 * MIB,
+        max_spool_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.address = address or default_address()
-        self.spool = Spool(spool_dir)
-        self._queue: queue.Queue[Item] = queue.Queue(maxsize=max_queue)
+        self.spool = Spool(spool_dir, max_bytes=max_spool_bytes)
+        self.dead_letters = DeadLetters(
+            dead_letter_dir or self.spool.directory.parent / "deadletter"
+        )
+        self.exporter: Exporter = exporter or GrpcExporter(self.address)
+        self.counters = Counters()
+        self._max_queue = max_queue
         self._batch_size = batch_size
+        self._batch_bytes = batch_bytes
         self._timeout_s = timeout_s
+        self._bytes_per_s = bytes_per_s
         self._retry_s = retry_s
         self._max_retry_s = max_retry_s
-        # One attempt per call here: the sender does its own backoff and spooling.
-        self._stub = runhistory_pb2_grpc.RunHistoryServiceStub(
-            channels.channel(self.address, SERVICE, attempts=1)
-        )
-        self._stop = threading.Event()
-        self._idle = threading.Condition()
-        self._inflight = 0
+        self._max_memory_bytes = max_memory_bytes
+        self._start()
+        atexit.register(self.close)
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._queue = BatchQueue(self._max_queue)
+        self._lock = threading.Lock()
+        self._held: deque[pb.Run] = deque()
+        self._held_bytes = 0
+        self._held_retrying = 0
+        self._next_held_try = 0.0
+        self._disk_error: str | None = None
         self._down_until = 0.0
-        self._backoff = retry_s
+        self._down_since = 0.0
+        self._backoff = self._retry_s
         self._spool_dirty = True  # replay whatever earlier processes left
-        self.delivered = 0
-        self.spooled = 0
+        self._closed = False
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="neuralops-sender", daemon=True)
         self._thread.start()
-        atexit.register(self.close)
+
+    def _ensure_process(self) -> None:
+        """In a forked child the parent's worker does not exist: start a fresh one
+        (its own lock, queue, channel and spool file) on first use."""
+        if self._pid != os.getpid():
+            self.spool.after_fork()
+            self.exporter.reset()
+            self.counters.after_fork()
+            self._start()
+
+    # ---------------------------------------------------------------- counters
+
+    @property
+    def delivered(self) -> int:
+        return self.counters.get("delivered")
+
+    @property
+    def spooled(self) -> int:
+        return self.counters.get("spooled")
+
+    def stats(self) -> dict[str, int]:
+        """Counts by outcome (see :mod:`neuralops.clients.stats`) plus the runs now
+        queued and now held in memory."""
+        out = self.counters.snapshot()
+        out["queued_now"] = self._queue.qsize()
+        out["held_now"] = len(self._held) + self._held_retrying
+        return out
 
     # -------------------------------------------------------------- graph side
 
     def submit(self, item: Item) -> None:
         """Hand over a run (or a function building it, run on the sender thread).
-        Never blocks, never raises."""
+        Never blocks on the network, never raises."""
         try:
-            with self._idle:
-                self._inflight += 1
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self._spill([item])
+            self._ensure_process()
+            if self._closed:
+                log.warning("neuralops: run submitted after close(); delivering it now")
+                self._handle([item])
+            elif not self._queue.put(item):
+                self._keep(self._build([item]))  # queue full: straight to the spool
         except Exception:
-            log.exception("neuralops: could not queue a run")
+            log.exception("neuralops: could not take a run")
 
-    # -------------------------------------------------------------- sender side
+    # ------------------------------------------------------------ worker side
 
-    def _build(self, items: list[Item]) -> list[pb.Run]:
+    def _run(self) -> None:
+        while True:
+            items = self._queue.take(self._batch_size, 0.1)
+            if items:
+                try:
+                    self._handle(items)
+                except Exception:  # the worker must survive anything
+                    log.exception("neuralops: sender failed on %d run(s)", len(items))
+                finally:
+                    self._queue.settle(len(items))
+            elif self._stop.is_set():
+                return
+            self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        try:
+            if self._held and time.monotonic() >= self._next_held_try:
+                self._next_held_try = time.monotonic() + self._retry_s
+                self._retry_held()
+            if self._spool_dirty and not self._down():
+                self._replay()
+        except Exception:
+            log.exception("neuralops: sender housekeeping failed")
+
+    def _build(self, items: Iterable[Item]) -> list[pb.Run]:
         runs = []
         for item in items:
             try:
                 runs.append(item() if callable(item) else item)
             except Exception:
+                self.counters.add("dropped")
                 log.exception("neuralops: could not build a run record; it is dropped")
         return runs
 
-    def _spill(self, items: list[Item], runs: list[pb.Run] | None = None) -> None:
-        try:
-            built = runs if runs is not None else self._build(items)
-            self.spool.append(built)
-            self.spooled += len(built)
-            self._spool_dirty = True
-        except Exception:
-            log.exception("neuralops: could not spool %d runs", len(items))
-        finally:
-            self._settle(len(items))
+    def _handle(self, items: Sequence[Item]) -> None:
+        runs = self._build(items)
+        self._keep(runs if self._down() else self._send(runs))
 
-    def _settle(self, n: int) -> None:
-        with self._idle:
-            self._inflight -= n
-            self._idle.notify_all()
+    def _deadline(self, runs: Sequence[pb.Run]) -> float:
+        return self._timeout_s + sum(map(_size, runs)) / self._bytes_per_s
 
-    def _send(self, runs: list[pb.Run]) -> bool:
-        """True when delivered; False when the service is away (caller spools)."""
-        if not runs:
-            return True
+    def _send(self, runs: Sequence[pb.Run]) -> list[pb.Run]:
+        """Send in bounded batches; returns the runs left undelivered by a transient
+        failure (the caller keeps them). Refused runs are dead-lettered."""
+        batches = list(chunks(runs, self._batch_bytes, self._batch_size, _size))
+        for i, batch in enumerate(batches):
+            left = batch if self._down() else self._send_isolating(batch)
+            if left:
+                return left + [r for b in batches[i + 1 :] for r in b]
+        return []
+
+    def _send_isolating(self, batch: list[pb.Run]) -> list[pb.Run]:
         try:
-            self._stub.BatchLogRuns(pb.BatchLogRunsRequest(runs=runs), timeout=self._timeout_s)
-        except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-            if code != _REFUSED:
-                self._mark_down(code)
-                return False
-            if len(runs) > 1:
-                # One bad run fails a batch: deliver the others one by one.
-                return all(self._send([r]) for r in runs)
+            self.exporter.export(batch, self._deadline(batch))
+        except ExportError as err:
+            if err.transient:
+                self._mark_down(err)
+                return batch
+            if len(batch) == 1:
+                self._dead_letter(batch[0], err)
+                return []
+            # Refused for good: halve until the refused runs are alone.
+            mid = len(batch) // 2
+            left = self._send_isolating(batch[:mid])
+            if left:
+                return left + batch[mid:]
+            return self._send_isolating(batch[mid:])
+        except Exception as exc:  # an exporter bug must not block delivery
+            log.exception("neuralops: exporter failed")
+            if len(batch) == 1:
+                self._dead_letter(
+                    batch[0], ExportError(grpc.StatusCode.UNKNOWN, repr(exc), transient=False)
+                )
+                return []
+            return self._send_isolating(batch[: len(batch) // 2]) + self._send_isolating(
+                batch[len(batch) // 2 :]
+            )
+        self.counters.add("delivered", len(batch))
+        self.counters.add("batches")
+        self._mark_up()
+        return []
+
+    def _dead_letter(self, run: pb.Run, err: ExportError) -> None:
+        try:
+            self.dead_letters.add(run, err.code.name, err.message)
+        except OSError as exc:
+            self.counters.add("dropped")
             log.error(
-                "neuralops: RunHistory refused a run (%s): %s",
-                code.name,
-                exc.details() if isinstance(exc, grpc.Call) else exc,
+                "neuralops: run %s/%s refused (%s) and the dead-letter store cannot be "
+                "written (%s): the run is dropped",
+                run.wpk_id,
+                run.run_id,
+                err,
+                exc,
             )
-            return True
-        self.delivered += len(runs)
-        self._down_until = 0.0
-        self._backoff = self._retry_s
-        return True
+            return
+        self.counters.add("dead_lettered")
+        log.error(
+            "neuralops: RunHistory refused run %s/%s for good (%s: %.300s); kept in %s "
+            "(`neuralops spool status`), not retried automatically",
+            run.wpk_id,
+            run.run_id,
+            err.code.name,
+            err.message,
+            self.dead_letters.directory,
+        )
 
-    def _mark_down(self, code: grpc.StatusCode) -> None:
-        if self._down_until == 0.0:
+    def _down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _mark_down(self, err: ExportError) -> None:
+        if self._down_since == 0.0:
+            self._down_since = time.monotonic()
             log.warning(
-                "neuralops: RunHistory at %s unavailable (%s); spooling runs",
+                "neuralops: RunHistory at %s cannot take runs now (%s); spooling them",
                 self.address,
-                code.name,
+                err,
             )
-        self._down_until = time.monotonic() + self._backoff
+        wait = max(self._backoff, err.retry_after_s or 0.0)
+        self._down_until = time.monotonic() + wait
         self._backoff = min(self._max_retry_s, self._backoff * 2)
 
-    def _replay(self) -> None:
-        # Cleared before the claim: a run spooled while this replay runs sets it again,
-        # so it is not left waiting for the next process.
-        self._spool_dirty = False
-        left = self.spool.claim()
+    def _mark_up(self) -> None:
+        if self._down_since:
+            log.info(
+                "neuralops: RunHistory at %s answers again after %.1f s",
+                self.address,
+                time.monotonic() - self._down_since,
+            )
+        self._down_since = 0.0
+        self._down_until = 0.0
+        self._backoff = self._retry_s
+
+    # ------------------------------------------------------ spool and memory
+
+    def _keep(self, runs: list[pb.Run]) -> bool:
+        """Spool runs, or hold them in memory if the disk refuses. False when one of
+        *these* runs had to be dropped (memory bound)."""
+        if not runs:
+            return True
+        if not self._held:  # while runs are held the disk is retried on a timer
+            try:
+                dropped = self.spool.append(runs)
+            except OSError as exc:
+                self._disk_failed(exc)
+            else:
+                self._disk_ok()
+                self.counters.add("spooled", len(runs))
+                self.counters.add("dropped", dropped)
+                self._spool_dirty = True
+                return True
+        return self._hold(runs)
+
+    def _disk_failed(self, exc: OSError) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if self._disk_error is None:
+            log.error(
+                "neuralops: spool %s cannot be written (%s); holding runs in memory "
+                "(up to %d bytes, then dropping the oldest) and retrying",
+                self.spool.directory,
+                text,
+                self._max_memory_bytes,
+            )
+        self._disk_error = text
+
+    def _disk_ok(self) -> None:
+        if self._disk_error is not None:
+            log.info("neuralops: spool %s writable again", self.spool.directory)
+        self._disk_error = None
+
+    def _hold(self, runs: list[pb.Run], front: bool = False) -> bool:
+        ids = {id(r) for r in runs}
+        lost_mine = False
+        dropped = 0
+        with self._lock:
+            if front:
+                self._held.extendleft(reversed(runs))
+            else:
+                self._held.extend(runs)
+            self._held_bytes += sum(map(_size, runs))
+            while self._held and self._held_bytes > self._max_memory_bytes:
+                old = self._held.popleft()
+                self._held_bytes -= _size(old)
+                dropped += 1
+                lost_mine = lost_mine or id(old) in ids
+        if not front:
+            self.counters.add("held", len(runs))
+        if dropped:
+            self.counters.add("dropped", dropped)
+            log.error(
+                "neuralops: %d run(s) dropped: the spool cannot be written and the memory "
+                "bound (%d bytes) is full (policy: drop oldest)",
+                dropped,
+                self._max_memory_bytes,
+            )
+        return not lost_mine
+
+    def _retry_held(self) -> None:
+        with self._lock:
+            runs = list(self._held)
+            self._held.clear()
+            self._held_bytes = 0
+            self._held_retrying = len(runs)
         try:
-            while left and self._replay_file(left[0]):
-                Spool.done(left.pop(0))
+            left = runs if self._down() else self._send(runs)
+            if not left:
+                return
+            try:
+                dropped = self.spool.append(left)
+            except OSError as exc:
+                self._disk_failed(exc)
+                self._hold(left, front=True)
+            else:
+                self._disk_ok()
+                self.counters.add("spooled", len(left))
+                self.counters.add("dropped", dropped)
+                self._spool_dirty = True
         finally:
-            # The service went away again (or reading failed): give every file back.
-            for path in left:
+            self._held_retrying = 0
+
+    def _replay(self) -> None:
+        # Cleared before the claim: a run spooled while this replay runs sets it again.
+        self._spool_dirty = False
+        files = self.spool.claim()
+        for i, path in enumerate(files):
+            if self._down():
+                for rest in files[i:]:
+                    self.spool.release(rest)
+                self._spool_dirty = True
+                return
+            try:
+                finished = self._replay_file(path)
+            except OSError as exc:  # unreadable file: the next ones still go
+                log.error("neuralops: cannot read spool file %s: %s", path, exc)
                 self.spool.release(path)
-            if left:
+                continue
+            if finished:
+                self.spool.done(path)
+            else:
+                self.spool.release(path)
                 self._spool_dirty = True
 
     def _replay_file(self, path: Path) -> bool:
-        batch: list[pb.Run] = []
-        for run in Spool.read(path):
-            batch.append(run)
-            if len(batch) >= self._batch_size:
-                if not self._send(batch):
-                    return False
-                batch = []
-        return self._send(batch)
+        """Send one spooled file; False if a transient failure stopped it (the file is
+        kept whole; the server is idempotent, so runs already sent are not doubled)."""
+        from neuralops.clients.framing import ReadStats
 
-    def _drain(self, first: Item) -> list[Item]:
-        items = [first]
-        while len(items) < self._batch_size:
+        stats = ReadStats()
+        runs = list(Spool.read(path, stats))
+        self.counters.add("damaged", stats.skipped)
+        step = max(1, self._batch_size)
+        for start in range(0, len(runs), step):
+            self._pump()  # fresh runs are not kept waiting behind a long replay
+            part = runs[start : start + step]
+            before = self.delivered
+            left = self._send(part)
+            self.counters.add("replayed", self.delivered - before)
+            if left:
+                return False
+        return True
+
+    def _pump(self) -> None:
+        if threading.current_thread() is not self._thread:
+            return
+        items = self._queue.take(self._batch_size, 0)
+        if items:
             try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return items
+                self._handle(items)
+            finally:
+                self._queue.settle(len(items))
 
-    def _run(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                first = None
-            if first is None:
-                if self._stop.is_set():
-                    return
-                if self._spool_dirty and time.monotonic() >= self._down_until:
-                    self._replay_safely()
-                continue
-            items = self._drain(first)
-            runs = self._build(items)
-            if time.monotonic() < self._down_until:
-                self._spill(items, runs)
-                continue
-            if self._spool_dirty:
-                self._replay_safely()
-            if time.monotonic() >= self._down_until and self._send(runs):
-                self._settle(len(items))
-            else:
-                self._spill(items, runs)
+    # ---------------------------------------------------------------- control
 
-    def _replay_safely(self) -> None:
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every submitted run is delivered, spooled, held or dead-lettered."""
+        self._ensure_process()
+        return self._queue.wait_settled(timeout_s)
+
+    def keep(self, runs: list[pb.Run]) -> bool:
+        """Keep runs now (spool, or memory if the disk refuses) for later delivery by
+        this or a later process. False when one of them had to be dropped."""
+        self._ensure_process()
+        return self._keep(list(runs))
+
+    def replay_now(self) -> None:
+        """Replay the spool on the caller's thread (tests, CLI)."""
+        self._ensure_process()
+        self._down_until = 0.0
         try:
             self._replay()
         except Exception:
             log.exception("neuralops: spool replay failed")
 
-    # ---------------------------------------------------------------- control
-
-    def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every submitted run is delivered or spooled."""
-        deadline = time.monotonic() + timeout_s
-        with self._idle:
-            while self._inflight > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-        return True
-
-    def keep(self, runs: list[pb.Run]) -> None:
-        """Spool runs now (durably) for later delivery by this or a later process."""
-        self.spool.append(runs)
-        self.spooled += len(runs)
-        self._spool_dirty = True
-
-    def replay_now(self) -> None:
-        """Replay the spool on the caller's thread (tests, CLI)."""
-        self._down_until = 0.0
-        self._spool_dirty = True
-        self._replay_safely()
-
     def close(self, timeout_s: float = 5.0) -> None:
-        """Deliver what is queued (or spool it) and stop the thread."""
-        if self._stop.is_set():
+        """Deliver what is queued (or spool it) and stop the worker. Runs submitted
+        later are delivered synchronously (or spooled)."""
+        if self._pid != os.getpid() or self._closed:
             return
+        self._closed = True
+        atexit.unregister(self.close)
         self.flush(timeout_s)
         self._stop.set()
         self._thread.join(timeout_s)
-        if self._spool_dirty and time.monotonic() >= self._down_until:
-            self._replay_safely()
-        leftovers: list[Item] = []
-        while True:
-            try:
-                leftovers.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        leftovers = self._queue.take_all()
         if leftovers:
-            self._spill(leftovers)
+            self._handle(leftovers)
+            self._queue.settle(len(leftovers))
+        if self._held:
+            self._next_held_try = 0.0
+            self._retry_held()
+        if self._spool_dirty and not self._down():
+            self.replay_now()
+        if self._held:
+            log.error(
+                "neuralops: %d run(s) still in memory at close (spool not writable, "
+                "service not reachable): they are lost",
+                len(self._held),
+            )
 
 
-_senders: dict[str, RunSender] = {}
-_senders_lock = threading.Lock()
+class Senders:
+    """Senders by address. The module holds one explicit default instance; a forked
+    child starts with none (it must not use the parent's threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_address: dict[str, RunSender] = {}
+
+    def get(self, address: str | None = None, **kwargs: Any) -> RunSender:
+        addr = address or default_address()
+        with self._lock:
+            s = self._by_address.get(addr)
+            if s is None or s._closed:
+                s = RunSender(addr, **kwargs)
+                self._by_address[addr] = s
+            return s
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._by_address = {}
+
+
+DEFAULT = Senders()
+os.register_at_fork(after_in_child=DEFAULT.after_fork_in_child)
 
 
 def sender_for(address: str | None = None, **kwargs: Any) -> RunSender:
     """The process-wide sender for an address (started on first use, which also
     replays runs an earlier process left in the spool)."""
-    addr = address or default_address()
-    with _senders_lock:
-        s = _senders.get(addr)
-        if s is None or s._stop.is_set():
-            s = RunSender(addr, **kwargs)
-            _senders[addr] = s
-        return s
+    return DEFAULT.get(address, **kwargs)

@@ -62,6 +62,12 @@ class UnavailableError(NeuralOpsError, ConnectionError):
     """The service, or one it depends on, cannot be reached (retrying may help)."""
 
 
+class RunDroppedError(NeuralOpsError):
+    """``log_run`` could not deliver the run *and* could not keep it: the spool cannot
+    be written and the sender's memory bound is full. The run is lost (counted in
+    ``RunSender.stats()["dropped"]``)."""
+
+
 _KINDS: dict[grpc.StatusCode, type[NeuralOpsError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,

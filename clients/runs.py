@@ -87,7 +87,8 @@ def _struct(value: Any, field: str) -> struct_pb2.Struct:
 def _status(value: Any, field: str) -> pb.RunStatus.ValueType:
     text = str(value).lower().removeprefix("run_status_")
     if text not in STATUSES:
-        raise _fail(field, f"must be one of {', '.join(STATUSES)}; got {value!r}")
+        names = ", ".join(f"{s} (RUN_STATUS_{s.upper()})" for s in STATUSES)
+        raise _fail(field, f"must be one of {names}; got {value!r}")
     return pb.RunStatus.Value("RUN_STATUS_" + text.upper())
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from neuralops.servers import metrics, outbox, reflection
+from neuralops.servers import auth, metrics, outbox, reflection
 from neuralops.servers.config import Config
 from neuralops.servers.db import Database, open_database
 from neuralops.servers.gateway.server import HttpServer
@@ -32,8 +32,8 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 class PortUnavailable(OSError):
     """A server could not listen where it was told to."""
 
-    def __init__(self, address: str, service: str) -> None:
-        var = f"NEURALOPS_{service.upper()}_ADDR"
+    def __init__(self, address: str, service: str, var: str | None = None) -> None:
+        var = var or f"NEURALOPS_{service.upper()}_ADDR"
         super().__init__(
             f"{service} cannot listen on {address}: the port is taken or not ours (set {var})"
         )
@@ -63,15 +63,24 @@ class RunningService:
 
 
 def create_server(
-    parts: ServiceParts, address: str, *, max_workers: int = 16
+    parts: ServiceParts,
+    address: str,
+    *,
+    max_workers: int = 16,
+    config: Config | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """A server for one service with health and reflection, bound but not started."""
+    """A server for one service with health and reflection, bound but not started.
+    ``config`` brings TLS (NEURALOPS_TLS_*) and tokens (NEURALOPS_*_TOKENS)."""
+    cfg = config or Config()
+    credentials = auth.server_credentials(cfg)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=parts.name),
-        interceptors=[ServiceInterceptor()],
+        interceptors=[*auth.server_interceptors(cfg), ServiceInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # One server per port: a second one must fail to bind, not share the traffic.
+            ("grpc.so_reuseport", 0),
         ],
     )
     parts.register(server)
@@ -81,7 +90,10 @@ def create_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable(server, (parts.full_name, health.SERVICE_NAME))
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:  # grpcio's "Failed to bind to address ..."
         raise PortUnavailable(address, parts.name) from exc
     return server, port, health_servicer
@@ -123,6 +135,7 @@ class App:
         from neuralops.servers.runhistory.factory import build_runhistory
 
         cfg = self.config
+        auth.warn_if_exposed(cfg)
         self.db = open_database(
             cfg.postgres_dsn,
             cfg.sqlite_path,
@@ -146,7 +159,9 @@ class App:
                 )
                 parts = build_runhistory(cfg, self.db, registry_addr, self._relay_backoff_s)
             port = self._ports.get(name, cfg.listen_port(name))
-            server, bound, health_servicer = create_server(parts, f"{cfg.bind_host}:{port}")
+            server, bound, health_servicer = create_server(
+                parts, f"{cfg.bind_host}:{port}", config=cfg
+            )
             server.start()
             for worker in parts.workers:
                 worker.start()
@@ -177,7 +192,12 @@ class App:
         }
         for svc in self.running.values():
             targets[svc.parts.full_name] = svc.address
-        gateway = Gateway(targets, prom_url=cfg.prom_url, prom_timeout_s=cfg.prom_timeout_s)
+        gateway = Gateway(
+            targets,
+            prom_url=cfg.prom_url,
+            prom_timeout_s=cfg.prom_timeout_s,
+            security=auth.forwarding_security(cfg),
+        )
         self.http = HttpServer(gateway, cfg.bind_host, port).start()
 
     def _backlog(self) -> int:

@@ -7,8 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from neuralops.servers import localprom
 from neuralops.servers.app import SERVICES, App, PortUnavailable
-from neuralops.servers.config import Config
+from neuralops.servers.config import Config, ConfigError
 from neuralops.servers.db import open_database
 from neuralops.servers.errors import StorageUnavailable
 from neuralops.servers.gateway.server import HttpPortUnavailable
@@ -54,8 +55,8 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
     app = App(config, args.services)
     try:
+        start_metrics(config)  # first: a taken metrics port fails before anything starts
         app.start()
-        start_metrics(config)
         for name in app.services:
             print(
                 f"{app.running[name].parts.full_name} on {config.bind_host}:{app.port(name)}",
@@ -74,9 +75,19 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("neuralops")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neuralops", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"neuralops {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("migrate", help="apply database migrations (POSTGRES_DSN, else SQLite)")
@@ -97,16 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
     from neuralops.servers import stack
 
     stack.add_commands(sub)
+
+    from neuralops.clients import spool_cli
+
+    p = sub.add_parser("spool", help="runs not yet delivered: spool and dead letters")
+    spool_cli.add_arguments(p)
+    p.set_defaults(func=lambda config, args: spool_cli.run(args))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    config = Config.from_env()
     try:
+        config = Config.from_env()
         code: int = args.func(config, args)
-    except (StorageUnavailable, MigrationError, PortUnavailable, HttpPortUnavailable) as exc:
+    except (
+        StorageUnavailable,
+        MigrationError,
+        PortUnavailable,
+        HttpPortUnavailable,
+        ConfigError,
+        localprom.DataDirBusy,
+    ) as exc:
         print(f"neuralops: {exc}", file=sys.stderr)
         return 2
     return code

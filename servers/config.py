@@ -17,6 +17,30 @@ DEFAULT_RUNHISTORY_ADDR = "localhost:8002"
 DEFAULT_DATA_DIR = ".neuralops"
 
 
+class ConfigError(ValueError):
+    """A setting that cannot be used (the message names the variable)."""
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def read_secrets(name: str, value: str | None) -> tuple[str, ...]:
+    """Secrets from a variable: comma-separated values, or ``@/path/to/file`` holding
+    them (comma- or newline-separated; lines starting with # are comments)."""
+    if not value:
+        return ()
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+        lines = [ln for ln in text.splitlines() if not ln.strip().startswith("#")]
+        value = ",".join(lines)
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 def _port(addr: str) -> int:
     return int(addr.rsplit(":", 1)[1])
 
@@ -44,6 +68,18 @@ class Config:
     db_pool_size: int = 10
     db_timeout_s: float = 5.0
     prom_timeout_s: float = 10.0
+    # Transport security and auth (README "Security"); all off by default.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    app_tokens: tuple[str, ...] = field(default=(), repr=False)
+    service_tokens: tuple[str, ...] = field(default=(), repr=False)
+    public_health: bool = True
+    # What this process's own outgoing calls (the outbox relay) present.
+    client_token: str | None = field(default=None, repr=False)
+    tls_ca: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -68,6 +104,19 @@ class Config:
             bind_host=get("NEURALOPS_BIND_HOST") or "127.0.0.1",
             metrics_port=int(get("NEURALOPS_METRICS_PORT") or 9464),
             prometheus_port=int(get("NEURALOPS_PROMETHEUS_PORT") or 9090),
+            tls_cert=_path(get("NEURALOPS_TLS_CERT")),
+            tls_key=_path(get("NEURALOPS_TLS_KEY")),
+            tls_client_ca=_path(get("NEURALOPS_TLS_CLIENT_CA")),
+            app_tokens=read_secrets("NEURALOPS_APP_TOKENS", get("NEURALOPS_APP_TOKENS")),
+            service_tokens=read_secrets(
+                "NEURALOPS_SERVICE_TOKENS", get("NEURALOPS_SERVICE_TOKENS")
+            ),
+            public_health=(get("NEURALOPS_AUTH_PUBLIC_HEALTH") or "1").lower()
+            not in ("0", "false", "no", "off"),
+            client_token=(read_secrets("NEURALOPS_TOKEN", get("NEURALOPS_TOKEN")) or (None,))[0],
+            tls_ca=_path(get("NEURALOPS_TLS_CA")),
+            tls_client_cert=_path(get("NEURALOPS_TLS_CLIENT_CERT")),
+            tls_client_key=_path(get("NEURALOPS_TLS_CLIENT_KEY")),
             http_port=int(get("NEURALOPS_HTTP_PORT") or 8080),
         )
 
@@ -86,6 +135,20 @@ class Config:
     @property
     def embeddings_enabled(self) -> bool:
         return self.openai_key is not None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.app_tokens or self.service_tokens)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def outgoing_token(self) -> str | None:
+        """The token this process sends to the other services: NEURALOPS_TOKEN, else
+        the first service token (the services call each other with the service role)."""
+        return self.client_token or (self.service_tokens[0] if self.service_tokens else None)
 
     def listen_port(self, service: str) -> int:
         """The port a service listens on, taken from its client address."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
+from neuralops.clients.channels import open_channel
 from neuralops.clients.delivery import sender_for
 from neuralops.clients.enums import RUN_STATUS
 from neuralops.clients.example import ReviewRejected, build_graph
@@ -27,6 +28,7 @@ from neuralops.insight.v1 import insight_pb2 as ipb
 from neuralops.insight.v1 import insight_pb2_grpc
 from neuralops.registry.v1 import registry_pb2 as rpb
 from neuralops.registry.v1 import registry_pb2_grpc
+from neuralops.servers import auth
 from neuralops.servers.config import Config
 from tqdm import tqdm
 
@@ -46,7 +48,8 @@ class DemoResult:
     failed: int
     stored: dict[str, int]
     latest: dict[str, tuple[str, str]]
-    signals: list[tuple[str, str]]
+    signals: list[tuple[str, str]]  # raised by this run
+    earlier: int = 0  # signals on the same metric that were stored before this run
 
 
 def _wait_ready(channel: grpc.Channel, what: str, timeout_s: float = 10.0) -> None:
@@ -80,9 +83,10 @@ def run_demo(
     seed: int = 7,
     quiet: bool = False,
 ) -> DemoResult:
-    rh_channel = grpc.insecure_channel(config.runhistory_addr)
-    reg_channel = grpc.insecure_channel(config.registry_addr)
-    ins_channel = grpc.insecure_channel(config.insight_addr)
+    security = auth.client_security(config)
+    rh_channel = open_channel(config.runhistory_addr, security)
+    reg_channel = open_channel(config.registry_addr, security)
+    ins_channel = open_channel(config.insight_addr, security)
     for ch, what in (
         (rh_channel, "RunHistory"),
         (reg_channel, "Registry"),
@@ -91,6 +95,9 @@ def run_demo(
         _wait_ready(ch, f"{what}")
     reg = registry_pb2_grpc.RegistryServiceStub(reg_channel)
     insight = insight_pb2_grpc.InsightServiceStub(ins_channel)
+    before = _signal_ids(insight)
+    # Progress bars only on a terminal: piped or logged, they are one long line of noise.
+    quiet = quiet or not sys.stdout.isatty()
 
     sender = sender_for(config.runhistory_addr)
     hook = RunHistoryCallback(sender=sender)
@@ -122,7 +129,9 @@ def run_demo(
     bar.close()
     sender.flush(30)
 
-    signals = _probe_until_signal(insight, quiet=quiet)
+    signals = [
+        (w, hint) for sid, w, hint in _probe_until_signal(insight, quiet=quiet) if sid not in before
+    ]
     time.sleep(1.5)  # the outbox relay links the last runs within a second
     stored, latest = {}, {}
     for w in WORKFLOWS:
@@ -132,12 +141,32 @@ def run_demo(
             wf.latest_run_id,
             RUN_STATUS.text(wf.latest_run_status),
         )
-    return DemoResult(runs, failed, stored, latest, signals)
+    return DemoResult(runs, failed, stored, latest, signals, len(before))
+
+
+def _signal_ids(insight: insight_pb2_grpc.InsightServiceStub) -> set[str]:
+    """Ids of the run-duration signals already stored (from earlier demos)."""
+    ids: set[str] = set()
+    token = ""
+    while True:
+        try:
+            page = insight.ListSignals(
+                ipb.ListSignalsRequest(metric=DURATION_QUERY, page_size=1000, page_token=token),
+                timeout=10,
+            )
+        except grpc.RpcError as exc:
+            raise SystemExit(
+                f"neuralops demo: ListSignals failed: {exc.code().name}: {exc.details()}"
+            ) from None
+        ids.update(s.id for s in page.signals)
+        token = page.next_page_token
+        if not token:
+            return ids
 
 
 def _probe_until_signal(
     insight: insight_pb2_grpc.InsightServiceStub, *, quiet: bool, timeout_s: float = 15.0
-) -> list[tuple[str, str]]:
+) -> list[tuple[str, str, str]]:
     """Probe run durations once a second until the slow run shows (Prometheus scrapes
     every second), then list the stored signals."""
     req = ipb.ProbeRequest(
@@ -163,7 +192,7 @@ def _probe_until_signal(
     listed = insight.ListSignals(
         ipb.ListSignalsRequest(metric=DURATION_QUERY, page_size=10), timeout=10
     )
-    return [(s.labels.get("wpk_id", s.metric), s.hint) for s in listed.signals]
+    return [(s.id, s.labels.get("wpk_id", s.metric), s.hint) for s in listed.signals]
 
 
 def summary(r: DemoResult) -> str:
@@ -174,8 +203,10 @@ def summary(r: DemoResult) -> str:
     ]
     for w, n in r.stored.items():
         lines.append(f"  {w:<16} {n:>5} runs   latest: {r.latest[w][0]} ({r.latest[w][1]})")
-    lines += ["", f"Signals raised ({len(r.signals)}):"]
+    lines += ["", f"Signals raised by this run ({len(r.signals)}):"]
     lines += [f"  [{w}] {hint}" for w, hint in r.signals] or ["  none"]
+    if r.earlier:
+        lines.append(f"({r.earlier} signals from earlier runs were already stored; not counted.)")
     return "\n".join(lines)
 
 

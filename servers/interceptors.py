@@ -17,10 +17,17 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from neuralops.servers import errors, metrics
+from neuralops.servers.validation import clip
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "neuralops.dev"
+# Error texts are cut to these lengths, so no caller input (a 10 KB id, a long
+# query) can push the status past gRPC's header limit.
+MAX_MESSAGE = 300
+MAX_DESCRIPTION = 200
+MAX_FIELD = 100
+MAX_DETAILS_BYTES = 3000  # serialized google.rpc.Status; the header limit is 8 KiB
 
 _CODES: list[tuple[type[errors.DomainError], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -49,22 +56,32 @@ def rich_status(exc: errors.DomainError, service: str) -> grpc.Status:
         )
     )
     details.append(info)
+    message = clip(exc.message, MAX_MESSAGE)
     if isinstance(exc, errors.InvalidArgument):
-        bad = any_pb2.Any()
-        bad.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in exc.violations
-                ]
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(
+                field=clip(v.field, MAX_FIELD), description=clip(v.description, MAX_DESCRIPTION)
             )
-        )
+            for v in exc.violations[:20]
+        ]
+        while True:  # keep the first violations that fit the header budget
+            bad = any_pb2.Any()
+            bad.Pack(error_details_pb2.BadRequest(field_violations=violations))
+            size = sum(len(d.SerializeToString()) for d in (*details, bad))
+            if size <= MAX_DETAILS_BYTES or len(violations) <= 1:
+                break
+            violations.pop()
         details.append(bad)
     return rpc_status.to_status(
-        status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message, details=details)
+        status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     )
+
+
+class _Undecodable:
+    """Stands for a request whose bytes did not parse."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
@@ -83,11 +100,28 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if not service.startswith("neuralops."):
             return handler
         behavior = handler.unary_unary
+        deserialize = handler.request_deserializer
+
+        def safe_deserialize(data: bytes) -> Any:
+            # grpcio answers INTERNAL when the deserializer raises; a request that
+            # is not a valid message is the caller's error, reported in `wrapped`.
+            try:
+                return deserialize(data) if deserialize is not None else data
+            except Exception as exc:
+                return _Undecodable(str(exc))
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, _Undecodable):
+                    raise errors.InvalidArgument.one(
+                        "request",
+                        "is not a valid protobuf message: invalid UTF-8 in a string field,"
+                        " nesting deeper than protobuf's limit of 100, or malformed bytes"
+                        f" ({clip(request.error)})",
+                        reason="MALFORMED_REQUEST",
+                    )
                 return behavior(request, context)
             except errors.DomainError as exc:
                 code = status_code(exc)
@@ -104,6 +138,6 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=safe_deserialize,
             response_serializer=handler.response_serializer,
         )

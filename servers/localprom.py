@@ -7,13 +7,20 @@ blocks by ``promtool tsdb create-blocks-from openmetrics``.
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
+from neuralops.servers.processes import die_with_parent
+
+log = logging.getLogger(__name__)
 
 Sample = tuple[float, float]  # (unix seconds, value)
 Series = tuple[str, dict[str, str], list[Sample]]
@@ -21,6 +28,48 @@ Series = tuple[str, dict[str, str], list[Sample]]
 
 class PrometheusMissing(RuntimeError):
     pass
+
+
+class DataDirBusy(OSError):
+    """Another process of ours runs a Prometheus on this data directory."""
+
+    def __init__(self, root: Path, holder: str) -> None:
+        super().__init__(
+            f"the Prometheus data directory {root} is in use by another neuralops "
+            f"({holder}); stop that one, or set NEURALOPS_DATA_DIR (or PROM_URL)"
+        )
+
+
+def _alive_prometheus(pid: int, data: Path) -> bool:
+    """True if ``pid`` is a running Prometheus on ``data`` (so not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    want = f"--storage.tsdb.path={data}".encode()
+    return "prometheus" in Path(os.fsdecode(cmdline[0])).name and want in cmdline
+
+
+def stop_leftover(root: Path, data: Path, timeout: float = 20.0) -> int | None:
+    """Stop a Prometheus an earlier run of ours left on ``data`` (pid file in ``root``);
+    returns its pid, or None when there was none."""
+    pid_file = root / "prometheus.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not _alive_prometheus(pid, data):
+        pid_file.unlink(missing_ok=True)
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive_prometheus(pid, data):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline += timeout
+        time.sleep(0.1)
+    pid_file.unlink(missing_ok=True)
+    return pid
 
 
 def available() -> bool:
@@ -75,7 +124,27 @@ class LocalPrometheus:
         self.config = root / "prometheus.yml"
         self.config.write_text(f"global:\n  scrape_interval: {scrape_interval}\n{jobs}")
         self.log = root / "prometheus.log"
+        self.pid_file = root / "prometheus.pid"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._lock: int | None = None
+
+    def _take_lock(self) -> None:
+        """Hold ``root/lock`` while this Prometheus runs: one per data directory."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown pid"
+            os.close(fd)
+            raise DataDirBusy(self.root, f"pid {holder}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock = fd
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing drops the flock
+            self._lock = None
 
     def plant(self, series: Iterable[Series]) -> None:
         """Write series into TSDB blocks (before :meth:`start`)."""
@@ -88,6 +157,17 @@ class LocalPrometheus:
         )
 
     def start(self, timeout: float = 60.0) -> LocalPrometheus:
+        self._take_lock()
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> LocalPrometheus:
+        leftover = stop_leftover(self.root, self.data)
+        if leftover is not None:
+            log.warning("stopped Prometheus pid %d left running by an earlier run", leftover)
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             [
@@ -100,7 +180,10 @@ class LocalPrometheus:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
+            # ... and it gets SIGTERM if we die without stopping it (even by SIGKILL).
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - a prctl, nothing else
         )
+        self.pid_file.write_text(f"{self.proc.pid}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -111,7 +194,6 @@ class LocalPrometheus:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        self.stop()
         raise RuntimeError(f"prometheus not ready after {timeout:g}s; see {self.log}")
 
     def stop(self) -> None:
@@ -122,3 +204,6 @@ class LocalPrometheus:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc is not None:
+            self.pid_file.unlink(missing_ok=True)
+        self._release_lock()

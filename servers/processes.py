@@ -6,6 +6,7 @@ in their own processes, with their own data directory and environment.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -19,6 +20,76 @@ from typing import Any
 
 SERVICE_NAMES = ("registry", "insight", "runhistory")
 _INHERITED_OFF = ("NEURALOPS_", "OPENAI", "PROM_URL", "POSTGRES_DSN", "MILVUS")
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+# Loaded here, not in a forked child (preexec_fn), where loading could deadlock.
+_LIBC = _load_libc()
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies
+    (Linux ``prctl(PR_SET_PDEATHSIG)``). False where that is not available."""
+    if _LIBC is None:
+        return False
+    return int(_LIBC.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
+
+
+_FATAL = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _caught_signals(pid: int) -> int | None:
+    """The mask of signals ``pid`` has handlers for (``SigCgt`` in /proc), or None."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def follow_parent(interval_s: float = 0.5) -> bool:
+    """Make this process stop (SIGTERM to itself) when its parent dies, or when the
+    parent drops its handler for SIGINT/SIGTERM/SIGHUP/SIGQUIT — which is what GNU make
+    does when it gets one of them, before it waits for its children forever. So a
+    supervisor that signals make's pid stops us too. False where /proc is missing."""
+    parent = os.getppid()
+    start = _caught_signals(parent)
+    die_with_parent(signal.SIGTERM)
+    if start is None:
+        return False
+    watched = sum(1 << (s - 1) for s in _FATAL) & start
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            now = _caught_signals(parent)
+            if os.getppid() != parent or now is None or (now & watched) != watched:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    import threading
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+    return True
+
+
+def _child_dies_with_parent() -> None:
+    """preexec_fn for our children: they get SIGTERM when the process that started
+    them dies, even by SIGKILL, so none is left behind."""
+    die_with_parent(signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -71,7 +142,12 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "a")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True
+            self.command,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=_child_dies_with_parent,  # noqa: PLW1509 - a prctl, nothing else
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

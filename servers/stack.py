@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import socket
 import sys
@@ -17,9 +18,9 @@ import threading
 from typing import Any
 
 from neuralops.servers import localprom
-from neuralops.servers.app import App
+from neuralops.servers.app import App, PortUnavailable
 from neuralops.servers.config import Config
-from neuralops.servers.processes import free_port
+from neuralops.servers.processes import follow_parent, free_port, grpcurl_path
 
 log = logging.getLogger("neuralops")
 
@@ -34,7 +35,7 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def wait_for_stop_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
+    """Block until SIGINT, SIGTERM or SIGHUP (the terminal closed)."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -43,6 +44,7 @@ def wait_for_stop_signal() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     stop.wait()
 
 
@@ -50,14 +52,43 @@ def start_metrics(config: Config) -> None:
     from prometheus_client import start_http_server
 
     if config.metrics_port:
-        start_http_server(config.metrics_port, addr=config.bind_host)
+        try:
+            start_http_server(config.metrics_port, addr=config.bind_host)
+        except OSError:
+            raise PortUnavailable(
+                f"{config.bind_host}:{config.metrics_port}", "metrics", "NEURALOPS_METRICS_PORT"
+            ) from None
         log.info("metrics on http://%s:%d/metrics", config.bind_host, config.metrics_port)
+
+
+def _grpcurl_command() -> str:
+    try:
+        found = grpcurl_path()
+    except FileNotFoundError:
+        return "grpcurl"
+    return "grpcurl" if shutil.which("grpcurl") == found else found
+
+
+def grpcurl_flags(config: Config) -> str:
+    """The grpcurl flags this stack needs (TLS CA, client certificate, token header);
+    the token itself is never printed."""
+    flags = []
+    if not config.tls_enabled:
+        flags.append("-plaintext")
+    else:
+        flags.append(f"-cacert {config.tls_ca or '$NEURALOPS_TLS_CA'}")
+        if config.tls_client_ca is not None:
+            flags.append("-cert $NEURALOPS_TLS_CLIENT_CERT -key $NEURALOPS_TLS_CLIENT_KEY")
+    if config.auth_enabled:
+        flags.append("-H 'authorization: Bearer '\"$NEURALOPS_TOKEN\"")
+    return " ".join(flags)
 
 
 def banner(app: App, config: Config, prom: localprom.LocalPrometheus | None) -> str:
     host = config.bind_host
     rh, reg, ins = (f"localhost:{app.port(s)}" for s in ("runhistory", "registry", "insight"))
     storage = app.db.describe() if app.db else "?"
+    grpcurl, flags = _grpcurl_command(), grpcurl_flags(config)
     lines = [
         "NeuralOps is up.",
         f"  Registry    {host}:{app.port('registry')}   neuralops.registry.v1.RegistryService",
@@ -75,10 +106,10 @@ def banner(app: App, config: Config, prom: localprom.LocalPrometheus | None) -> 
         f"  embeddings  {'on, vectors in ' + config.milvus_uri if config.embeddings_enabled else 'off (set OPENAI_KEY to turn on)'}",
         "",
         "Try:",
-        f"  grpcurl -plaintext {rh} list",
-        f"""  grpcurl -plaintext -d '{{"run":{{"wpk_id":"test-workflow","run_id":"r1","status":"RUN_STATUS_COMPLETED","outputs":{{"text":"ok"}},"duration_ms":123}}}}' {rh} neuralops.runhistory.v1.RunHistoryService/LogRun""",
-        f"""  grpcurl -plaintext -d '{{"workflow_id":"test-workflow"}}' {reg} neuralops.registry.v1.RegistryService/GetWorkflow""",
-        f"""  grpcurl -plaintext -d '{{"query":"up","threshold":2}}' {ins} neuralops.insight.v1.InsightService/Probe""",
+        f"  {grpcurl} {flags} {rh} list",
+        f"""  {grpcurl} {flags} -d '{{"run":{{"wpk_id":"test-workflow","run_id":"r1","status":"RUN_STATUS_COMPLETED","outputs":{{"text":"ok"}},"duration_ms":123}}}}' {rh} neuralops.runhistory.v1.RunHistoryService/LogRun""",
+        f"""  {grpcurl} {flags} -d '{{"workflow_id":"test-workflow"}}' {reg} neuralops.registry.v1.RegistryService/GetWorkflow""",
+        f"""  {grpcurl} {flags} -d '{{"query":"up","threshold":2}}' {ins} neuralops.insight.v1.InsightService/Probe""",
         "  .venv/bin/neuralops demo        # runs the example workflow through the hook, then probes",
         "",
         "Ctrl-C stops everything.",
@@ -87,6 +118,8 @@ def banner(app: App, config: Config, prom: localprom.LocalPrometheus | None) -> 
 
 
 def cmd_up(config: Config, args: argparse.Namespace) -> int:
+    if args.stop_with_parent and not follow_parent():
+        log.warning("--stop-with-parent: not available on this system")
     prom: localprom.LocalPrometheus | None = None
     if not config.prom_url:
         if localprom.available():
@@ -112,8 +145,8 @@ def cmd_up(config: Config, args: argparse.Namespace) -> int:
             )
     app = App(config)
     try:
+        start_metrics(config)  # first: a taken metrics port fails before anything starts
         app.start()
-        start_metrics(config)
         print(banner(app, config, prom), flush=True)
         print("ready", flush=True)
         wait_for_stop_signal()
@@ -131,6 +164,12 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("up", help="run all services, their metrics and a local Prometheus")
     p.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight calls get on shutdown"
+    )
+    p.add_argument(
+        "--stop-with-parent",
+        action="store_true",
+        help="stop when the parent process dies or is being stopped by a signal "
+        "(make up uses it, so signalling make's pid stops everything)",
     )
     p.set_defaults(func=cmd_up)
 

@@ -394,7 +394,7 @@ def test_killed_process_replays_its_spool_on_the_next_start(config: Config, tmp_
         client = RunHistoryClient(server.address("runhistory"))
         assert wait_for(lambda: _exists(client, "killed-1"))
         assert _exists(client, "next-1")
-        assert not list((tmp_path / "client" / "spool").glob("*.jsonl*"))
+        assert not list((tmp_path / "client" / "spool").glob("runs-*"))
     finally:
         server.stop()
 

@@ -28,12 +28,12 @@ def test_appended_runs_read_back_in_order(tmp_path: Path) -> None:
 
 
 def test_a_live_writers_file_is_not_claimed_but_a_dead_ones_is(tmp_path: Path) -> None:
-    live = tmp_path / f"runs-{os.getppid()}-1-x.jsonl"  # our parent: alive, not us
-    dead = tmp_path / "runs-999999999-1-y.jsonl"
+    live = tmp_path / f"runs-{os.getppid()}-1-x.spool"  # our parent: alive, not us
+    dead = tmp_path / "runs-999999999-1-y.spool"
     for p in (live, dead):
         p.write_text("")
     claimed = Spool(tmp_path).claim()
-    assert [p.name for p in claimed] == [f"runs-999999999-1-y.jsonl.replaying-{os.getpid()}"]
+    assert [p.name for p in claimed] == [f"runs-999999999-1-y.spool.replaying-{os.getpid()}"]
     assert live.exists()
 
 
@@ -45,9 +45,9 @@ def test_failed_replay_gives_every_claimed_file_back(tmp_path: Path) -> None:
         for p in tmp_path.glob("*.replaying-*"):
             sender.spool.release(p)
         sender.keep(_runs("b", 2))
-        assert len(list(tmp_path.glob("*.jsonl"))) == 2
+        assert len(list(tmp_path.glob("*.spool"))) == 2
         sender.replay_now()  # the service is down: nothing delivered
-        assert sorted(p.suffix for p in tmp_path.iterdir()) == [".jsonl", ".jsonl"]
+        assert sorted(p.suffix for p in tmp_path.iterdir()) == [".spool", ".spool"]
         assert sender.spool.pending() == 4
     finally:
         sender.close()

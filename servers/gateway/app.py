@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import httpx
 from google.protobuf import descriptor, message
-from neuralops.clients.channels import channel
+from neuralops.clients.channels import Security, channel
 from neuralops.servers.gateway import errors, transcode
 from neuralops.servers.gateway.routes import RouteTable, routes_of
 from starlette.applications import Starlette
@@ -73,7 +73,10 @@ class Gateway:
         services: Iterable[descriptor.ServiceDescriptor] | None = None,
         prom_url: str | None = None,
         prom_timeout_s: float = 10.0,
+        security: Security | None = None,
     ) -> None:
+        # TLS to the gRPC servers, but no token of its own: the caller's is forwarded.
+        self.security = security or Security()
         descs = list(services) if services is not None else service_descriptors()
         self.targets = dict(targets)
         self.table = RouteTable(r for svc in descs for r in routes_of(svc))
@@ -88,7 +91,9 @@ class Gateway:
         out: type[message.Message],
         metadata: list[tuple[str, str]],
     ) -> message.Message:
-        stub = channel(self.targets[route_service], route_service).unary_unary(
+        stub = channel(
+            self.targets[route_service], route_service, security=self.security
+        ).unary_unary(
             path,
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=out.FromString,

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 from neuralops.servers.errors import InvalidArgument, Unavailable
 from neuralops.servers.insight.scoring import FloatArray
+from neuralops.servers.insight.validation import sample_pairs
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class PrometheusClient:
                 continue
             # Prometheus sends [[unix_seconds, "value"], ...]; numpy parses the strings
             # ("NaN", "+Inf" included) in one go.
-            pairs = np.asarray(raw, dtype=np.float64)
+            pairs = sample_pairs(raw, i)
             k = np.rint((pairs[:, 0] - t0) / step_s).astype(np.int64)
             keep = (k >= 0) & (k < n) & np.isfinite(pairs[:, 1])
             values[i, k[keep]] = pairs[keep, 1]

@@ -12,6 +12,7 @@ from neuralops.insight.v1 import insight_pb2_grpc
 from neuralops.servers.convert import from_timestamp, to_timestamp
 from neuralops.servers.insight.model import ProbeSpec, Signal
 from neuralops.servers.insight.service import Insight
+from neuralops.servers.insight.validation import validate
 
 
 class Method(StrEnum):
@@ -53,6 +54,7 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
         self._insight = insight
 
     def Probe(self, request: pb.ProbeRequest, context: grpc.ServicerContext) -> pb.ProbeResponse:
+        validate(request)
         spec = ProbeSpec(
             query=request.query,
             threshold=request.threshold or 3.0,
@@ -90,6 +92,7 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
     def ListSignals(
         self, request: pb.ListSignalsRequest, context: grpc.ServicerContext
     ) -> pb.ListSignalsResponse:
+        validate(request)
         page, token = self._insight.list_signals(
             request.page_size,
             request.page_token,

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import grpc
 from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
+from neuralops.servers import auth
 from neuralops.servers.app import ServiceParts
 from neuralops.servers.config import Config
 from neuralops.servers.db import Database
@@ -20,7 +21,10 @@ def build_registry(
 ) -> ServiceParts:
     """``runhistory_addr``: where RunHistory answers (default ``config.runhistory_addr``);
     a callable when it is started in the same process and its port is known later."""
-    runs = RunHistoryRuns(runhistory_addr or config.runhistory_addr)
+    # The Registry's own calls carry this server's service credentials (as the relay's do).
+    runs = RunHistoryRuns(
+        runhistory_addr or config.runhistory_addr, security=auth.client_security(config)
+    )
     servicer = RegistryServicer(Registry(RegistryStore(db), runs))
 
     def register(server: grpc.Server) -> None:

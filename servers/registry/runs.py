@@ -56,16 +56,20 @@ class RunHistoryRuns:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         attempts: int = 3,
+        security: channels.Security | None = None,
     ) -> None:
         self._address = address if callable(address) else (lambda: address)
         self._timeout_s = timeout_s
         self._attempts = attempts
+        self._security = security
 
     def _stub(self) -> runhistory_pb2_grpc.RunHistoryServiceStub:
         # One shared channel per address (clients.channels): retries UNAVAILABLE with
         # backoff; GetRun and ListRuns are reads, safe to retry.
         return runhistory_pb2_grpc.RunHistoryServiceStub(
-            channels.channel(self._address(), SERVICE, attempts=self._attempts)
+            channels.channel(
+                self._address(), SERVICE, attempts=self._attempts, security=self._security
+            )
         )
 
     def stored_run(self, workflow_id: str, run_id: str) -> RunNotice | None:

@@ -9,6 +9,7 @@ from neuralops.registry.v1 import registry_pb2_grpc
 from neuralops.servers.convert import from_struct, to_struct, to_timestamp
 from neuralops.servers.registry.model import Workflow
 from neuralops.servers.registry.service import Registry
+from neuralops.servers.registry.validation import validate
 
 
 def workflow_message(wf: Workflow) -> pb.Workflow:
@@ -32,6 +33,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def CreateWorkflow(
         self, request: pb.CreateWorkflowRequest, context: grpc.ServicerContext
     ) -> pb.CreateWorkflowResponse:
+        validate(request)
         w = request.workflow
         wf = Workflow(
             workflow_id=w.workflow_id,
@@ -44,6 +46,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def GetWorkflow(
         self, request: pb.GetWorkflowRequest, context: grpc.ServicerContext
     ) -> pb.GetWorkflowResponse:
+        validate(request)
         return pb.GetWorkflowResponse(
             workflow=workflow_message(self._registry.get(request.workflow_id))
         )
@@ -51,6 +54,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def ListWorkflows(
         self, request: pb.ListWorkflowsRequest, context: grpc.ServicerContext
     ) -> pb.ListWorkflowsResponse:
+        validate(request)
         page, token = self._registry.list_workflows(request.page_size, request.page_token)
         return pb.ListWorkflowsResponse(
             workflows=[workflow_message(w) for w in page], next_page_token=token
@@ -59,6 +63,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def ListWorkflowRuns(
         self, request: pb.ListWorkflowRunsRequest, context: grpc.ServicerContext
     ) -> pb.ListWorkflowRunsResponse:
+        validate(request)
         page, token = self._registry.runs(
             request.workflow_id, request.page_size, request.page_token, request.thread_id
         )
@@ -79,6 +84,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def NotifyRun(
         self, request: pb.NotifyRunRequest, context: grpc.ServicerContext
     ) -> pb.NotifyRunResponse:
+        validate(request)
         # Only the ids are taken from the request: the Registry reads the run itself
         # from RunHistory (its status, created_at and row id are ignored here).
         result = self._registry.notify(request.workflow_id, request.run_id)

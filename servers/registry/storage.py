@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
+from neuralops.servers import textcodec
 from neuralops.servers.db import Database, Row, as_datetime, json_value, utcnow
 from neuralops.servers.registry.model import NotifyResult, RunNotice, Workflow
 
@@ -16,9 +15,9 @@ _COLUMNS = (
 def _workflow(row: Row) -> Workflow:
     return Workflow(
         workflow_id=row["id"],
-        name=row["name"],
-        description=row["description"],
-        metadata=json_value(row["metadata"]),
+        name=textcodec.unescape(row["name"]),
+        description=textcodec.unescape(row["description"]),
+        metadata=textcodec.restore(json_value(row["metadata"])),
         latest_run_id=row["latest_run_id"] or "",
         latest_run_status=row["latest_run_status"] or "",
         latest_run_at=as_datetime(row["latest_run_at"]),
@@ -40,9 +39,9 @@ class RegistryStore:
                 f" ON CONFLICT (id) DO NOTHING RETURNING {_COLUMNS}",
                 (
                     wf.workflow_id,
-                    wf.name or wf.workflow_id,
-                    wf.description,
-                    json.dumps(wf.metadata),
+                    textcodec.escape(wf.name or wf.workflow_id),
+                    textcodec.escape(wf.description),
+                    textcodec.dumps(wf.metadata),
                     now,
                     now,
                 ),

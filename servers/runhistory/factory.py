@@ -6,7 +6,7 @@ import logging
 
 import grpc
 from neuralops.runhistory.v1 import runhistory_pb2, runhistory_pb2_grpc
-from neuralops.servers import metrics
+from neuralops.servers import auth, metrics
 from neuralops.servers.app import ServiceParts
 from neuralops.servers.config import Config
 from neuralops.servers.db import Database
@@ -45,7 +45,12 @@ def build_runhistory(
             "embeddings skipped: OPENAI_KEY / OPENAI_API_KEY not set (SearchRuns answers FAILED_PRECONDITION)"
         )
 
-    relay = OutboxRelay(db, registry_addr, max_backoff_s=relay_backoff_s)
+    relay = OutboxRelay(
+        db,
+        registry_addr,
+        max_backoff_s=relay_backoff_s,
+        security=auth.client_security(config),
+    )
     relay_worker = Worker("outbox-relay", relay.step, idle_s=1.0)
     workers.append(relay_worker)
     closers.append(relay.close)

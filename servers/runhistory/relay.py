@@ -11,6 +11,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import grpc
+from neuralops.clients.channels import Security, open_channel
 from neuralops.clients.enums import RUN_STATUS
 from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
 from neuralops.servers import metrics, outbox
@@ -32,9 +33,11 @@ class OutboxRelay:
         batch: int = 200,
         timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
+        security: Security | None = None,
     ) -> None:
         self._db = db
-        self._channel = grpc.insecure_channel(registry_addr)
+        # Token and TLS from the server's config (servers.auth.client_security).
+        self._channel = open_channel(registry_addr, security or Security())
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._batch = batch
         self._timeout_s = timeout_s

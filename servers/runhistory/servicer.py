@@ -18,6 +18,7 @@ from neuralops.servers.runhistory.model import (
     StoredRun,
 )
 from neuralops.servers.runhistory.service import RunHistory
+from neuralops.servers.runhistory.validation import validate
 
 _RUN = "RUN_STATUS_"
 _EMB = "EMBEDDING_STATUS_"
@@ -199,16 +200,19 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
         self._history = history
 
     def LogRun(self, request: pb.LogRunRequest, context: grpc.ServicerContext) -> pb.LogRunResponse:
+        validate(request)
         (result,) = self._history.log_runs([new_run(request.run)], "run")
         return _result(result)
 
     def BatchLogRuns(
         self, request: pb.BatchLogRunsRequest, context: grpc.ServicerContext
     ) -> pb.BatchLogRunsResponse:
+        validate(request)
         results = self._history.log_runs([new_run(r) for r in request.runs], "runs")
         return pb.BatchLogRunsResponse(results=[_result(r) for r in results])
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
+        validate(request)
         return pb.GetRunResponse(
             run=run_message(self._history.get_run(request.wpk_id, request.run_id))
         )
@@ -236,6 +240,7 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
     def SearchRuns(
         self, request: pb.SearchRunsRequest, context: grpc.ServicerContext
     ) -> pb.SearchRunsResponse:
+        validate(request)
         hits = self._history.search(request.text, request.wpk_id, request.limit)
         return pb.SearchRunsResponse(
             hits=[

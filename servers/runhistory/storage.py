@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from neuralops.servers import outbox
+from neuralops.servers import outbox, textcodec
 from neuralops.servers.db import Database, Row, as_datetime, json_value, utcnow
 from neuralops.servers.runhistory import context
 from neuralops.servers.runhistory.model import LogResult, NewRun, RunFilter, RunSummary, StoredRun
@@ -42,7 +41,7 @@ class DueEmbedding:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return textcodec.dumps(value)
 
 
 def stored_run(row: Row) -> StoredRun:
@@ -51,12 +50,12 @@ def stored_run(row: Row) -> StoredRun:
         id=str(row["id"]),
         wpk_id=row["wpk_id"],
         run_id=row["run_id"],
-        inputs=json_value(row["inputs"]),
-        outputs=json_value(row["outputs"]),
+        inputs=textcodec.restore(json_value(row["inputs"])),
+        outputs=textcodec.restore(json_value(row["outputs"])),
         status=row["status"],
         duration_ms=int(row["duration_ms"]),
-        node_logs=json_value(row["node_logs"]),
-        error=row["error"],
+        node_logs=textcodec.restore(json_value(row["node_logs"])),
+        error=textcodec.unescape(row["error"]),
         created_at=created,
         updated_at=updated,
         embedding_status=row["embedding_status"],
@@ -91,7 +90,7 @@ class RunStore:
                     run.status,
                     run.duration_ms,
                     _dumps(run.node_logs),
-                    run.error,
+                    textcodec.escape(run.error),
                     at,
                     at,
                     "pending" if embed else "skipped",

@@ -27,6 +27,12 @@ if _version_not_supported:
 
 class InsightServiceStub:
     """InsightService turns Prometheus series into stored anomaly signals.
+
+    Queries and filters must not contain NUL; a Probe range that would reach
+    before 1970 (evaluation_time back by lookback, or by step times points),
+    a Duration or Timestamp outside protobuf's range, an undefined enum number
+    or a NaN/infinite number answer INVALID_ARGUMENT naming the field, as does
+    a Prometheus reply whose values are not numbers (field `query`).
     """
 
     def __init__(self, channel):
@@ -49,6 +55,12 @@ class InsightServiceStub:
 
 class InsightServiceServicer:
     """InsightService turns Prometheus series into stored anomaly signals.
+
+    Queries and filters must not contain NUL; a Probe range that would reach
+    before 1970 (evaluation_time back by lookback, or by step times points),
+    a Duration or Timestamp outside protobuf's range, an undefined enum number
+    or a NaN/infinite number answer INVALID_ARGUMENT naming the field, as does
+    a Prometheus reply whose values are not numbers (field `query`).
     """
 
     def Probe(self, request, context):
@@ -98,6 +110,12 @@ def add_InsightServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class InsightService:
     """InsightService turns Prometheus series into stored anomaly signals.
+
+    Queries and filters must not contain NUL; a Probe range that would reach
+    before 1970 (evaluation_time back by lookback, or by step times points),
+    a Duration or Timestamp outside protobuf's range, an undefined enum number
+    or a NaN/infinite number answer INVALID_ARGUMENT naming the field, as does
+    a Prometheus reply whose values are not numbers (field `query`).
     """
 
     @staticmethod

@@ -27,7 +27,14 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class InsightServiceStub:
-    """InsightService turns Prometheus series into stored anomaly signals."""
+    """InsightService turns Prometheus series into stored anomaly signals.
+
+    Queries and filters must not contain NUL; a Probe range that would reach
+    before 1970 (evaluation_time back by lookback, or by step times points),
+    a Duration or Timestamp outside protobuf's range, an undefined enum number
+    or a NaN/infinite number answer INVALID_ARGUMENT naming the field, as does
+    a Prometheus reply whose values are not numbers (field `query`).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -52,7 +59,14 @@ class InsightServiceStub:
 
 @_typing.type_check_only
 class InsightServiceAsyncStub(InsightServiceStub):
-    """InsightService turns Prometheus series into stored anomaly signals."""
+    """InsightService turns Prometheus series into stored anomaly signals.
+
+    Queries and filters must not contain NUL; a Probe range that would reach
+    before 1970 (evaluation_time back by lookback, or by step times points),
+    a Duration or Timestamp outside protobuf's range, an undefined enum number
+    or a NaN/infinite number answer INVALID_ARGUMENT naming the field, as does
+    a Prometheus reply whose values are not numbers (field `query`).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Probe: _aio.UnaryUnaryMultiCallable[_insight_pb2.ProbeRequest, _insight_pb2.ProbeResponse]  # type: ignore[assignment]
@@ -73,7 +87,14 @@ class InsightServiceAsyncStub(InsightServiceStub):
     """
 
 class InsightServiceServicer(metaclass=_abc_1.ABCMeta):
-    """InsightService turns Prometheus series into stored anomaly signals."""
+    """InsightService turns Prometheus series into stored anomaly signals.
+
+    Queries and filters must not contain NUL; a Probe range that would reach
+    before 1970 (evaluation_time back by lookback, or by step times points),
+    a Duration or Timestamp outside protobuf's range, an undefined enum number
+    or a NaN/infinite number answer INVALID_ARGUMENT naming the field, as does
+    a Prometheus reply whose values are not numbers (field `query`).
+    """
 
     @_abc_1.abstractmethod
     def Probe(

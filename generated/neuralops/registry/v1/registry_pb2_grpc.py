@@ -28,6 +28,13 @@ if _version_not_supported:
 class RegistryServiceStub:
     """RegistryService holds workflow metadata and links each workflow to its runs.
     A workflow is identified by `workflow_id`, which is RunHistory's `wpk_id`.
+
+    Ids (`workflow_id`, NotifyRun's `run_id`) are required on every RPC that
+    takes them, at most 200 characters, without NUL; NotifyRun's `id` is a
+    UUID. Free text (`name`, `description`, `metadata`) follows RunHistory's
+    text rule: NUL is stored as U+2400 and read back exactly as sent. Malformed
+    input (undefined enum numbers, Timestamps outside 0001-9999, NaN in a
+    Struct, forged page tokens) answers INVALID_ARGUMENT naming the field.
     """
 
     def __init__(self, channel):
@@ -66,6 +73,13 @@ class RegistryServiceStub:
 class RegistryServiceServicer:
     """RegistryService holds workflow metadata and links each workflow to its runs.
     A workflow is identified by `workflow_id`, which is RunHistory's `wpk_id`.
+
+    Ids (`workflow_id`, NotifyRun's `run_id`) are required on every RPC that
+    takes them, at most 200 characters, without NUL; NotifyRun's `id` is a
+    UUID. Free text (`name`, `description`, `metadata`) follows RunHistory's
+    text rule: NUL is stored as U+2400 and read back exactly as sent. Malformed
+    input (undefined enum numbers, Timestamps outside 0001-9999, NaN in a
+    Struct, forged page tokens) answers INVALID_ARGUMENT naming the field.
     """
 
     def CreateWorkflow(self, request, context):
@@ -154,6 +168,13 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 class RegistryService:
     """RegistryService holds workflow metadata and links each workflow to its runs.
     A workflow is identified by `workflow_id`, which is RunHistory's `wpk_id`.
+
+    Ids (`workflow_id`, NotifyRun's `run_id`) are required on every RPC that
+    takes them, at most 200 characters, without NUL; NotifyRun's `id` is a
+    UUID. Free text (`name`, `description`, `metadata`) follows RunHistory's
+    text rule: NUL is stored as U+2400 and read back exactly as sent. Malformed
+    input (undefined enum numbers, Timestamps outside 0001-9999, NaN in a
+    Struct, forged page tokens) answers INVALID_ARGUMENT naming the field.
     """
 
     @staticmethod

@@ -29,6 +29,13 @@ GRPC_VERSION: str
 class RegistryServiceStub:
     """RegistryService holds workflow metadata and links each workflow to its runs.
     A workflow is identified by `workflow_id`, which is RunHistory's `wpk_id`.
+
+    Ids (`workflow_id`, NotifyRun's `run_id`) are required on every RPC that
+    takes them, at most 200 characters, without NUL; NotifyRun's `id` is a
+    UUID. Free text (`name`, `description`, `metadata`) follows RunHistory's
+    text rule: NUL is stored as U+2400 and read back exactly as sent. Malformed
+    input (undefined enum numbers, Timestamps outside 0001-9999, NaN in a
+    Struct, forged page tokens) answers INVALID_ARGUMENT naming the field.
     """
 
     @_typing.overload
@@ -64,6 +71,13 @@ class RegistryServiceStub:
 class RegistryServiceAsyncStub(RegistryServiceStub):
     """RegistryService holds workflow metadata and links each workflow to its runs.
     A workflow is identified by `workflow_id`, which is RunHistory's `wpk_id`.
+
+    Ids (`workflow_id`, NotifyRun's `run_id`) are required on every RPC that
+    takes them, at most 200 characters, without NUL; NotifyRun's `id` is a
+    UUID. Free text (`name`, `description`, `metadata`) follows RunHistory's
+    text rule: NUL is stored as U+2400 and read back exactly as sent. Malformed
+    input (undefined enum numbers, Timestamps outside 0001-9999, NaN in a
+    Struct, forged page tokens) answers INVALID_ARGUMENT naming the field.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -95,6 +109,13 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """RegistryService holds workflow metadata and links each workflow to its runs.
     A workflow is identified by `workflow_id`, which is RunHistory's `wpk_id`.
+
+    Ids (`workflow_id`, NotifyRun's `run_id`) are required on every RPC that
+    takes them, at most 200 characters, without NUL; NotifyRun's `id` is a
+    UUID. Free text (`name`, `description`, `metadata`) follows RunHistory's
+    text rule: NUL is stored as U+2400 and read back exactly as sent. Malformed
+    input (undefined enum numbers, Timestamps outside 0001-9999, NaN in a
+    Struct, forged page tokens) answers INVALID_ARGUMENT naming the field.
     """
 
     @_abc_1.abstractmethod

@@ -480,9 +480,13 @@ class Run(_message.Message):
     id: _builtins.str
     """Server-assigned row id (UUID). Output only."""
     wpk_id: _builtins.str
-    """Workflow id (the registry's workflow_id). Required, at most 200 characters."""
+    """Workflow id (the registry's workflow_id). Required, at most 200
+    characters, no NUL.
+    """
     run_id: _builtins.str
-    """Caller's run id, unique within the workflow. Required, at most 200 characters."""
+    """Caller's run id, unique within the workflow. Required, at most 200
+    characters, no NUL.
+    """
     status: Global___RunStatus.ValueType
     """How the run ended. Required (not UNSPECIFIED)."""
     duration_ms: _builtins.int
@@ -859,9 +863,9 @@ class GetRunRequest(_message.Message):
     WPK_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     wpk_id: _builtins.str
-    """Workflow id. Required."""
+    """Workflow id. Required, at most 200 characters."""
     run_id: _builtins.str
-    """Run id. Required."""
+    """Run id. Required, at most 200 characters."""
     def __init__(
         self,
         *,

@@ -32,6 +32,20 @@ class RunHistoryServiceStub:
     Writes are idempotent on (wpk_id, run_id): a retried or replayed run returns
     the id of the row stored first and never creates a second row. A run is
     committed before the reply is sent.
+
+    Text rule (the same on Postgres and SQLite): free text (Struct keys and
+    values, `error`, node names and texts) may hold any Unicode, NUL (U+0000)
+    included, and reads back exactly as sent. It is stored with NUL as U+2400
+    (SYMBOL FOR NULL), and a literal U+2400 or U+241B preceded by U+241B
+    (SYMBOL FOR ESCAPE), so the stored rows stay readable in SQL; GetRun
+    restores it. Ids (`wpk_id`, `run_id`) must not contain NUL.
+
+    Every malformed request answers INVALID_ARGUMENT with a
+    google.rpc.BadRequest naming the field: an enum number not defined here, a
+    Timestamp outside years 0001-9999 or with nanos outside 0-999,999,999, a
+    NaN or infinite number in a Struct, a Struct nested more than 32 levels,
+    an id longer than 200 characters, bytes that are not a valid message.
+    Error messages repeat at most a short, truncated part of the input.
     """
 
     @_typing.overload
@@ -73,6 +87,20 @@ class RunHistoryServiceAsyncStub(RunHistoryServiceStub):
     Writes are idempotent on (wpk_id, run_id): a retried or replayed run returns
     the id of the row stored first and never creates a second row. A run is
     committed before the reply is sent.
+
+    Text rule (the same on Postgres and SQLite): free text (Struct keys and
+    values, `error`, node names and texts) may hold any Unicode, NUL (U+0000)
+    included, and reads back exactly as sent. It is stored with NUL as U+2400
+    (SYMBOL FOR NULL), and a literal U+2400 or U+241B preceded by U+241B
+    (SYMBOL FOR ESCAPE), so the stored rows stay readable in SQL; GetRun
+    restores it. Ids (`wpk_id`, `run_id`) must not contain NUL.
+
+    Every malformed request answers INVALID_ARGUMENT with a
+    google.rpc.BadRequest naming the field: an enum number not defined here, a
+    Timestamp outside years 0001-9999 or with nanos outside 0-999,999,999, a
+    NaN or infinite number in a Struct, a Struct nested more than 32 levels,
+    an id longer than 200 characters, bytes that are not a valid message.
+    Error messages repeat at most a short, truncated part of the input.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -110,6 +138,20 @@ class RunHistoryServiceServicer(metaclass=_abc_1.ABCMeta):
     Writes are idempotent on (wpk_id, run_id): a retried or replayed run returns
     the id of the row stored first and never creates a second row. A run is
     committed before the reply is sent.
+
+    Text rule (the same on Postgres and SQLite): free text (Struct keys and
+    values, `error`, node names and texts) may hold any Unicode, NUL (U+0000)
+    included, and reads back exactly as sent. It is stored with NUL as U+2400
+    (SYMBOL FOR NULL), and a literal U+2400 or U+241B preceded by U+241B
+    (SYMBOL FOR ESCAPE), so the stored rows stay readable in SQL; GetRun
+    restores it. Ids (`wpk_id`, `run_id`) must not contain NUL.
+
+    Every malformed request answers INVALID_ARGUMENT with a
+    google.rpc.BadRequest naming the field: an enum number not defined here, a
+    Timestamp outside years 0001-9999 or with nanos outside 0-999,999,999, a
+    NaN or infinite number in a Struct, a Struct nested more than 32 levels,
+    an id longer than 200 characters, bytes that are not a valid message.
+    Error messages repeat at most a short, truncated part of the input.
     """
 
     @_abc_1.abstractmethod

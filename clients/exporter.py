@@ -1,0 +1,120 @@
+"""The transport behind the sender: an :class:`Exporter` sends one batch of runs.
+
+Like OpenTelemetry's ``SpanExporter`` the protocol is small, so the queue, the spool
+and the failure policy do not know about gRPC, and a test or another transport can
+stand in. Every failure is classified once, here:
+
+- **transient** (the service may answer differently later): UNAVAILABLE,
+  DEADLINE_EXCEEDED, CANCELLED, ABORTED, and RESOURCE_EXHAUSTED from server load
+  (e.g. an in-flight byte budget; its ``google.rpc.RetryInfo`` delay is honoured);
+- **permanent** (the server would answer the same again): a message larger than the
+  client's or the server's limit (gRPC reports it as RESOURCE_EXHAUSTED with
+  "larger than max"), INVALID_ARGUMENT, INTERNAL, UNKNOWN, UNIMPLEMENTED, and the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from neuralops.clients import channels
+from neuralops.clients.runhistory import SERVICE
+from neuralops.runhistory.v1 import runhistory_pb2 as pb
+from neuralops.runhistory.v1 import runhistory_pb2_grpc
+
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+def too_large(message: str) -> bool:
+    """gRPC's own words for a message over a size limit (either side)."""
+    text = message.lower()
+    return "larger than max" in text or "message too large" in text
+
+
+def is_transient(code: grpc.StatusCode, message: str) -> bool:
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and too_large(message):
+        return False
+    return code in TRANSIENT_CODES
+
+
+@dataclass
+class ExportError(Exception):
+    """A batch was not stored. ``transient`` says whether sending it again later may work."""
+
+    code: grpc.StatusCode
+    message: str
+    transient: bool
+    retry_after_s: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+class Exporter(Protocol):
+    """Sends runs; returns when all are stored, raises :class:`ExportError` otherwise."""
+
+    def export(self, runs: Sequence[pb.Run], timeout_s: float) -> None: ...
+
+    def reset(self) -> None:
+        """Drop connections (called in a forked child before first use)."""
+        ...
+
+
+def _retry_delay(exc: grpc.Call) -> float | None:
+    try:
+        status = rpc_status.from_call(exc)
+    except Exception:
+        return None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.ToTimedelta().total_seconds())
+    return None
+
+
+class GrpcExporter:
+    """``BatchLogRuns`` on RunHistory, one attempt per call (the sender does its own
+    backoff and spooling)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._stub: runhistory_pb2_grpc.RunHistoryServiceStub | None = None
+
+    def reset(self) -> None:
+        self._stub = None
+
+    def _get_stub(self) -> runhistory_pb2_grpc.RunHistoryServiceStub:
+        if self._stub is None:
+            self._stub = runhistory_pb2_grpc.RunHistoryServiceStub(
+                channels.channel(self.address, SERVICE, attempts=1)
+            )
+        return self._stub
+
+    def export(self, runs: Sequence[pb.Run], timeout_s: float) -> None:
+        try:
+            self._get_stub().BatchLogRuns(pb.BatchLogRunsRequest(runs=runs), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if not isinstance(exc, grpc.Call):
+                raise ExportError(grpc.StatusCode.UNKNOWN, str(exc), transient=False) from None
+            code, message = exc.code(), exc.details() or ""
+            raise ExportError(
+                code,
+                message,
+                transient=is_transient(code, message),
+                retry_after_s=_retry_delay(exc),
+            ) from None
+        except ValueError as exc:  # e.g. a message protobuf cannot serialize
+            raise ExportError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), transient=False) from None

@@ -1,0 +1,195 @@
+"""Malformed input answers INVALID_ARGUMENT naming the field, on both backends; NUL in
+free text reads back exactly as sent (the text rule in the protos)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from neuralops.insight.v1 import insight_pb2, insight_pb2_grpc
+from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
+from neuralops.runhistory.v1 import runhistory_pb2 as pb
+from neuralops.runhistory.v1 import runhistory_pb2_grpc
+from neuralops.servers.app import App
+from neuralops.servers.config import Config
+
+from tests.helpers import field_violations
+
+
+def _rh(app: App) -> runhistory_pb2_grpc.RunHistoryServiceStub:
+    return runhistory_pb2_grpc.RunHistoryServiceStub(
+        grpc.insecure_channel(app.address("runhistory"))
+    )
+
+
+def _reg(app: App) -> registry_pb2_grpc.RegistryServiceStub:
+    return registry_pb2_grpc.RegistryServiceStub(grpc.insecure_channel(app.address("registry")))
+
+
+def _invalid(call: object, request: object) -> list[str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call(request)  # type: ignore[operator]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    return field_violations(err.value)
+
+
+def test_nul_in_free_text_reads_back_exactly(stack: App) -> None:
+    stub = _rh(stack)
+    inputs = struct_pb2.Struct()
+    inputs.update({"k\x00ey": "a\x00b \u2400 \u241b \u241b\u2400", "list": ["\x00", 1.5]})
+    run = pb.Run(
+        wpk_id="w",
+        run_id="nul",
+        status=pb.RUN_STATUS_FAILED,
+        inputs=inputs,
+        error="boom\x00",
+        node_logs=[pb.NodeLog(name="node\x00", error="\x00\u2400")],
+    )
+    assert stub.LogRun(pb.LogRunRequest(run=run)).created
+    got = stub.GetRun(pb.GetRunRequest(wpk_id="w", run_id="nul")).run
+    assert got.inputs == run.inputs
+    assert got.error == run.error
+    assert got.node_logs[0].name == "node\x00"
+    assert got.node_logs[0].error == "\x00\u2400"
+
+    reg = _reg(stack)
+    wf = registry_pb2.Workflow(workflow_id="wf-nul", name="n\x00", description="\u2400")
+    reg.CreateWorkflow(registry_pb2.CreateWorkflowRequest(workflow=wf))
+    back = reg.GetWorkflow(registry_pb2.GetWorkflowRequest(workflow_id="wf-nul")).workflow
+    assert (back.name, back.description) == ("n\x00", "\u2400")
+
+
+def test_ids_are_checked_on_every_rpc(stack: App) -> None:
+    stub, reg = _rh(stack), _reg(stack)
+    long = "x" * 10_240
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetRun(pb.GetRunRequest(wpk_id=long, run_id="r"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(err.value) == ["wpk_id"]
+    assert len(err.value.details() or "") < 400  # the id is not echoed
+    assert _invalid(stub.GetRun, pb.GetRunRequest(wpk_id="w\x00", run_id="r")) == ["wpk_id"]
+    assert "wpk_id" in _invalid(stub.SearchRuns, pb.SearchRunsRequest(text="x", wpk_id=long))
+    notify = registry_pb2.NotifyRunRequest(
+        workflow_id=long,
+        run_id="r\x00",
+        id="00000000-0000-0000-0000-000000000001",
+        status=pb.RUN_STATUS_COMPLETED,
+    )
+    notify.created_at.GetCurrentTime()
+    assert _invalid(reg.NotifyRun, notify) == ["workflow_id", "run_id"]
+    assert _invalid(
+        reg.ListWorkflowRuns, registry_pb2.ListWorkflowRunsRequest(workflow_id=long)
+    ) == ["workflow_id"]
+
+
+def test_malformed_values_name_their_field(stack: App) -> None:
+    stub = _rh(stack)
+    bad_enum = pb.Run(wpk_id="w", run_id="e", status=99)  # type: ignore[arg-type]
+    assert _invalid(stub.LogRun, pb.LogRunRequest(run=bad_enum)) == ["run.status"]
+    outputs = struct_pb2.Struct()
+    outputs.update({"x": math.nan, "y": [math.inf]})
+    nan_run = pb.Run(wpk_id="w", run_id="n", status=pb.RUN_STATUS_COMPLETED, outputs=outputs)
+    assert sorted(_invalid(stub.LogRun, pb.LogRunRequest(run=nan_run))) == [
+        "run.outputs.x",
+        "run.outputs.y[0]",
+    ]
+    node = pb.NodeLog(name="a")
+    node.start_time.seconds = 253_402_300_800  # year 10000
+    node.end_time.nanos = -1
+    run = pb.Run(wpk_id="w", run_id="t", status=pb.RUN_STATUS_COMPLETED, node_logs=[node])
+    assert _invalid(stub.BatchLogRuns, pb.BatchLogRunsRequest(runs=[run])) == [
+        "runs[0].node_logs[0].start_time",
+        "runs[0].node_logs[0].end_time",
+    ]
+    deep = struct_pb2.Struct()
+    cur = deep
+    for _ in range(33):
+        cur = cur.fields["k"].struct_value
+    run = pb.Run(wpk_id="w", run_id="d", status=pb.RUN_STATUS_COMPLETED, inputs=deep)
+    assert _invalid(stub.LogRun, pb.LogRunRequest(run=run))[0].startswith("run.inputs.k")
+    raw = grpc.insecure_channel(stack.address("runhistory")).unary_unary(
+        "/neuralops.runhistory.v1.RunHistoryService/GetRun", None, None
+    )
+    assert _invalid(raw, b"\x0a\x03\xed\xa0\x80") == ["request"]  # a lone surrogate
+
+
+def _token(obj: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+
+def test_forged_page_tokens_are_refused(stack: App) -> None:
+    reg = _reg(stack)
+    reg.CreateWorkflow(
+        registry_pb2.CreateWorkflowRequest(workflow=registry_pb2.Workflow(workflow_id="w"))
+    )
+    for token in (
+        _token({"s": "runs:w", "t": "not a time", "i": "00000000-0000-0000-0000-000000000001"}),
+        _token({"s": "runs:w", "t": "2024-01-01T00:00:00+00:00", "i": "not-a-uuid"}),
+        _token({"s": "workflows", "a": "\x00"}),
+    ):
+        for call, req in (
+            (
+                reg.ListWorkflowRuns,
+                registry_pb2.ListWorkflowRunsRequest(workflow_id="w", page_token=token),
+            ),
+            (reg.ListWorkflows, registry_pb2.ListWorkflowsRequest(page_token=token)),
+        ):
+            assert _invalid(call, req) == ["page_token"]
+
+
+@pytest.fixture
+def garbage_prometheus() -> Iterator[str]:
+    """A PromQL-compatible endpoint answering values that are not numbers (a broken
+    store; a real Prometheus never does this, so this one boundary is a stand-in)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.dumps(
+                {
+                    "status": "success",
+                    "data": {
+                        "resultType": "matrix",
+                        "result": [
+                            {"metric": {"__name__": "m"}, "values": [[1.0, "abc"], [2.0, "1"]]}
+                        ],
+                    },
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_probe_overflow_and_non_numeric_prometheus(config: Config, garbage_prometheus: str) -> None:
+    app = App(
+        config.with_(prom_url=garbage_prometheus), services=("insight",), ports={"insight": 0}
+    ).start()
+    try:
+        stub = insight_pb2_grpc.InsightServiceStub(grpc.insecure_channel(app.address("insight")))
+        req = insight_pb2.ProbeRequest(query="m")
+        req.step.seconds = 315_576_000_000
+        assert _invalid(stub.Probe, req) == ["step"]
+        req = insight_pb2.ProbeRequest(query="m")
+        req.evaluation_time.seconds = 253_402_300_800
+        assert _invalid(stub.Probe, req) == ["evaluation_time"]
+        assert _invalid(stub.Probe, insight_pb2.ProbeRequest(query="m\x00")) == ["query"]
+        assert _invalid(stub.Probe, insight_pb2.ProbeRequest(query="m")) == ["query"]
+    finally:
+        app.stop(grace=1)
