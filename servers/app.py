@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from neuralops.servers import metrics, outbox, reflection
+from neuralops.servers.budget import BudgetInterceptor, InflightBudget
 from neuralops.servers.config import Config
 from neuralops.servers.db import Database, open_database
 from neuralops.servers.interceptors import ServiceInterceptor
@@ -62,12 +63,17 @@ class RunningService:
 
 
 def create_server(
-    parts: ServiceParts, address: str, *, max_workers: int = 16
+    parts: ServiceParts,
+    address: str,
+    *,
+    max_workers: int = 16,
+    budget: InflightBudget | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A server for one service with health and reflection, bound but not started."""
+    budget_first = [BudgetInterceptor(budget)] if budget is not None else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=parts.name),
-        interceptors=[ServiceInterceptor()],
+        interceptors=[*budget_first, ServiceInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -108,6 +114,8 @@ class App:
         self._relay_backoff_s = relay_backoff_s
         self.db: Database | None = None
         self.running: dict[str, RunningService] = {}
+        # One budget for every call of the process, whichever service it is for.
+        self.budget = InflightBudget(config.max_inflight_bytes, max_message_bytes=MAX_MESSAGE_BYTES)
 
     def port(self, service: str) -> int:
         return self.running[service].port
@@ -144,7 +152,9 @@ class App:
                 )
                 parts = build_runhistory(cfg, self.db, registry_addr, self._relay_backoff_s)
             port = self._ports.get(name, cfg.listen_port(name))
-            server, bound, health_servicer = create_server(parts, f"{cfg.bind_host}:{port}")
+            server, bound, health_servicer = create_server(
+                parts, f"{cfg.bind_host}:{port}", budget=self.budget
+            )
             server.start()
             for worker in parts.workers:
                 worker.start()

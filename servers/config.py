@@ -41,6 +41,8 @@ class Config:
     db_pool_size: int = 10
     db_timeout_s: float = 5.0
     prom_timeout_s: float = 10.0
+    # Request bytes all calls of a process may hold at once (servers/budget.py).
+    max_inflight_bytes: int = 128 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -65,6 +67,7 @@ class Config:
             bind_host=get("NEURALOPS_BIND_HOST") or "127.0.0.1",
             metrics_port=int(get("NEURALOPS_METRICS_PORT") or 9464),
             prometheus_port=int(get("NEURALOPS_PROMETHEUS_PORT") or 9090),
+            max_inflight_bytes=int(get("NEURALOPS_MAX_INFLIGHT_BYTES") or 128 * 1024 * 1024),
         )
 
     def with_(self, **changes: object) -> Config:
