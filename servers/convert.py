@@ -52,6 +52,10 @@ def _value(v: struct_pb2.Value) -> Any:
     kind = _which(v, "kind")
     if kind == "string_value":
         return v.string_value
+    return _other(v, kind)
+
+
+def _other(v: struct_pb2.Value, kind: str | None) -> Any:
     if kind == "number_value":
         x = v.number_value
         if math.isfinite(x):
@@ -60,16 +64,24 @@ def _value(v: struct_pb2.Value) -> Any:
     if kind == "bool_value":
         return v.bool_value
     if kind == "struct_value":
-        return {k: _value(x) for k, x in v.struct_value.fields.items()}
+        return from_struct(v.struct_value)
     if kind == "list_value":
-        return [_value(x) for x in v.list_value.values]
+        # A slice is a plain list; iterating the container itself goes through
+        # Python-level Sequence.__iter__.
+        return [_value(x) for x in v.list_value.values[:]]
     return None
 
 
 def from_struct(s: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as a dict (numbers stay floats, as in ``MessageToDict``). Raises
     :class:`NotJson` on NaN or Infinity."""
-    return {k: _value(v) for k, v in s.fields.items()}
+    fields = s.fields
+    out: dict[str, Any] = {}
+    for k in fields:
+        v = fields[k]
+        kind = _which(v, "kind")
+        out[k] = v.string_value if kind == "string_value" else _other(v, kind)
+    return out
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -129,7 +141,7 @@ def _single_converter(fd: FieldDescriptor) -> _Convert:
     if full == "google.protobuf.Value":
         return _value
     if full == "google.protobuf.ListValue":
-        return lambda lv: [_value(x) for x in lv.values]
+        return lambda lv: [_value(x) for x in lv.values[:]]
     if full == "google.protobuf.Timestamp":
         return timestamp_text
     if full == "google.protobuf.Duration":
@@ -143,19 +155,32 @@ def _field_converter(fd: FieldDescriptor) -> _Convert:
         return conv
     if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
         value_conv = _single_converter(fd.message_type.fields_by_name["value"])
-        conv = lambda m: {str(k): value_conv(v) for k, v in m.items()}  # noqa: E731
+        conv = lambda m: {str(k): value_conv(m[k]) for k in m}  # noqa: E731
     elif fd.is_repeated:
         one = _single_converter(fd)
-        conv = lambda xs: [one(x) for x in xs]  # noqa: E731
+        conv = lambda xs: [one(x) for x in xs[:]]  # noqa: E731
     else:
         conv = _single_converter(fd)
     _field_converters[fd] = conv
     return conv
 
 
+_tables: dict[Descriptor, dict[FieldDescriptor, tuple[str, _Convert]]] = {}
+
+
 def message_dict(message: Message) -> dict[str, Any]:
     """The set fields of ``message`` as a JSON-ready dict keyed by proto field names."""
-    return {fd.name: _field_converter(fd)(value) for fd, value in message.ListFields()}
+    table = _tables.get(message.DESCRIPTOR)
+    if table is None:
+        desc = message.DESCRIPTOR
+        table = _tables[desc] = {fd: (fd.name, _field_converter(fd)) for fd in desc.fields}
+    out: dict[str, Any] = {}
+    for fd, value in message.ListFields():
+        entry = table.get(fd)
+        if entry is None:  # an extension
+            entry = (fd.name, _field_converter(fd))
+        out[entry[0]] = entry[1](value)
+    return out
 
 
 def _enum_names_back(d: dict[str, Any], desc: Descriptor) -> dict[str, Any]:

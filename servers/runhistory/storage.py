@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +14,9 @@ from neuralops.servers.db import Database, Row, as_datetime, json_value, utcnow
 from neuralops.servers.runhistory.model import LogResult, NewRun, StoredRun
 
 NOTIFY_TOPIC = "registry.notify_run"
+# Column text per insert statement, at most (a larger batch takes several, in one
+# transaction); batches of ordinary runs fit in one.
+CHUNK_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,15 +54,16 @@ def _pg_insert_sql() -> str:
     write an outbox row per new run, and answer every run's id in the same round trip
     (new rows from the insert, known ones from the table)."""
     names = [c.name for c in RUN_COLUMNS]
+    # %b: binary parameters (psycopg escapes text arrays element by element otherwise).
     arrays = ", ".join(
-        f"%s::{'text' if c.pg_type == 'jsonb' else c.pg_type}[]" for c in RUN_COLUMNS
+        f"%b::{'text' if c.pg_type == 'jsonb' else c.pg_type}[]" for c in RUN_COLUMNS
     )
     values = ", ".join(
         f"b.{c.name}::jsonb" if c.pg_type == "jsonb" else f"b.{c.name}" for c in RUN_COLUMNS
     )
     return f"""
 WITH b AS (
-    SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::boolean[], {arrays})
+    SELECT * FROM unnest(%b::uuid[], %b::timestamptz[], %b::boolean[], {arrays})
         AS b(id, at, embed, {", ".join(names)})
 ), ins AS (
     INSERT INTO workflow_runs (id, {", ".join(names)}, {", ".join(_SERVER_COLUMNS[1:])})
@@ -70,14 +74,16 @@ WITH b AS (
     ON CONFLICT (wpk_id, run_id) DO NOTHING
     RETURNING id, wpk_id, run_id, status, created_at
 ), notes AS (
+    -- One notice per workflow: its newest new run (NotifyRun keeps only the newest).
     INSERT INTO outbox (id, topic, payload, created_at, next_attempt_at)
-    SELECT gen_random_uuid(), %s, jsonb_build_object(
+    SELECT DISTINCT ON (ins.wpk_id) gen_random_uuid(), %s, jsonb_build_object(
                'id', ins.id, 'workflow_id', ins.wpk_id, 'run_id', ins.run_id,
                'status', ins.status,
                'created_at', to_char(ins.created_at AT TIME ZONE 'UTC',
                                      'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')),
            %s, %s
     FROM ins
+    ORDER BY ins.wpk_id, ins.created_at DESC
 )
 SELECT b.id AS new_id, ins.id IS NOT NULL AS created,
        COALESCE(ins.id, old.id) AS id, COALESCE(ins.created_at, old.created_at) AS created_at
@@ -139,8 +145,10 @@ class _Batch:
 
 
 class RunStore:
-    """Runs in ``workflow_runs``; every new run also gets an outbox row, in the same
-    transaction, so the registry hears of it even if this process dies right after."""
+    """Runs in ``workflow_runs``. Every batch that stores new runs also writes, in the
+    same transaction, one outbox row per workflow naming its newest new run, so the
+    registry hears of it even if this process dies right after (NotifyRun is monotonic:
+    the older runs of the batch could change nothing there)."""
 
     def __init__(self, db: Database, *, embeddings_enabled: bool) -> None:
         self._db = db
@@ -193,10 +201,15 @@ class RunStore:
     def _insert_postgres(self, batch: _Batch) -> list[tuple[str, bool, datetime]]:
         unique = batch.unique
         now = utcnow()
-        params: list[Any] = [batch.ids, batch.stamps, batch.embed]
-        params += [[c.value(r) for r in unique] for c in RUN_COLUMNS]
-        params += [NOTIFY_TOPIC, now, now]
-        rows = self._db.statement(_PG_INSERT, params)
+        chunks = self._pg_chunks(batch, now)
+        first = next(chunks)
+        if first[0] is None:  # the whole batch in one statement: one round trip
+            rows = self._db.statement(_PG_INSERT, first[1])
+        else:
+            with self._db.transaction() as tx:
+                rows = tx.execute(_PG_INSERT, first[1])
+                for _, params in chunks:
+                    rows += tx.execute(_PG_INSERT, params)
         by_id = {str(r["new_id"]): r for r in rows}
         out: list[tuple[str, bool, datetime]] = []
         late: list[int] = []
@@ -215,6 +228,35 @@ class RunStore:
                     (row,) = tx.execute(_FIND, (unique[i].wpk_id, unique[i].run_id))
                     out[i] = (str(row["id"]), False, as_datetime(row["created_at"]) or now)
         return out
+
+    def _pg_chunks(self, batch: _Batch, now: datetime) -> Iterator[tuple[int | None, list[Any]]]:
+        """Statement parameters for up to CHUNK_BYTES of column text at a time, so a
+        large batch never holds all its JSON (nor grows each pooled connection's send
+        buffer) at once. Yields (next start or None when this chunk ends the batch,
+        parameters)."""
+        unique, start = batch.unique, 0
+        while start < len(unique):
+            columns: list[list[Any]] = [[] for _ in RUN_COLUMNS]
+            size, end = 0, start
+            while end < len(unique) and (end == start or size < CHUNK_BYTES):
+                for values, c in zip(columns, RUN_COLUMNS, strict=True):
+                    v = c.value(unique[end])
+                    if isinstance(v, str):
+                        size += len(v)
+                    values.append(v)
+                end += 1
+            params: list[Any] = [
+                batch.ids[start:end],
+                batch.stamps[start:end],
+                batch.embed[start:end],
+                *columns,
+                NOTIFY_TOPIC,
+                now,
+                now,
+            ]
+            del columns
+            yield (end if end < len(unique) else None), params
+            start = end
 
     def _insert_sqlite(self, batch: _Batch) -> list[tuple[str, bool, datetime]]:
         unique = batch.unique
@@ -241,21 +283,17 @@ class RunStore:
                     out.append((found, True, at))
                 else:
                     out.append((found, False, as_datetime(row["created_at"]) or at))
-            outbox.enqueue(
-                tx,
-                NOTIFY_TOPIC,
-                [
-                    {
+            newest: dict[str, dict[str, Any]] = {}
+            for r, (row_id, created, at) in zip(unique, out, strict=True):
+                if created:  # later runs of a batch are newer: the last one stays
+                    newest[r.wpk_id] = {
                         "id": row_id,
                         "workflow_id": r.wpk_id,
                         "run_id": r.run_id,
                         "status": r.status,
                         "created_at": at.isoformat(),
                     }
-                    for r, (row_id, created, at) in zip(unique, out, strict=True)
-                    if created
-                ],
-            )
+            outbox.enqueue(tx, NOTIFY_TOPIC, list(newest.values()))
         return out
 
     def get(self, wpk_id: str, run_id: str) -> StoredRun | None:
