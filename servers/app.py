@@ -77,6 +77,9 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # No BDP window growth: a call's message is then pulled only once its handler
+            # asks for it, so calls the byte budget turns away are not read into memory.
+            ("grpc.http2.bdp_probe", 0),
         ],
     )
     parts.register(server)

@@ -40,11 +40,22 @@ _MIN_ESTIMATE = 16 * 1024
 _TRIM_AFTER = 1024 * 1024
 
 
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_FROM = 128 * 1024
+
+
 def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim, after fixing the mmap threshold: glibc otherwise raises it
+    to the largest block freed so far (up to 32 MB), so after one large request every
+    later large buffer comes from the heap and stays there. No-op off glibc."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
         trim = libc.malloc_trim if libc is not None else None
+        if libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_FROM)
+            libc.mallopt(_M_TRIM_THRESHOLD, 4 * _MMAP_FROM)
     except (OSError, AttributeError):
         trim = None
     if trim is None:
