@@ -123,7 +123,7 @@ def _throughput(
     section: Section, channel: grpc.Channel, floor_dsn: str, rounds: int = 6, per_round: int = 8
 ) -> None:
     batch = 200
-    call = channel.unary_unary(SERVICE + "BatchLogRuns")
+    call = _raw(channel, SERVICE + "BatchLogRuns")
     service_s = floor_s = 0.0
     runs_n = rounds * per_round * batch
     with psycopg.connect(floor_dsn) as conn:
@@ -219,8 +219,8 @@ def _unary(
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         floor_channel = grpc.insecure_channel(f"localhost:{port}")
-        floor = floor_channel.unary_unary(FLOOR_METHOD)
-        log_run = channel.unary_unary(SERVICE + "LogRun")
+        floor = _raw(floor_channel, FLOOR_METHOD)
+        log_run = _raw(channel, SERVICE + "LogRun")
         service_s: list[float] = []
         floor_s: list[float] = []
         for r in range(-1, rounds):
@@ -289,7 +289,7 @@ def _burst(
                 server.address("runhistory"),
                 options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
             )
-            call = channel.unary_unary(SERVICE + "BatchLogRuns")
+            call = _raw(channel, SERVICE + "BatchLogRuns")
             call(_big_request("warm", 1, 1000), timeout=30)
             time.sleep(1.0)
             base = _rss_mb(pid)
@@ -309,7 +309,7 @@ def _burst(
                         call(req, timeout=300)
                         return
                     except grpc.RpcError as exc:
-                        if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
+                        if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                             raise
                         refused[0] += 1
                         time.sleep(_retry_delay(exc))
@@ -321,7 +321,10 @@ def _burst(
             took = time.perf_counter() - t0
             done.set()
             sampler.join()
-            after = {s: (_sleep_until(t0 + took + s), _rss_mb(pid))[1] for s in (1, 3, 5)}
+            after = {}
+            for s in (1, 3, 5):
+                _sleep_until(t0 + took + s)
+                after[s] = _rss_mb(pid)
             channel.close()
         finally:
             server.stop()
@@ -342,6 +345,11 @@ def _burst(
     )
 
 
+def _raw(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
+    """A call taking and giving bytes: both sides of a comparison send the same bytes."""
+    return channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+
 def _sleep_until(t: float) -> None:
     time.sleep(max(0.0, t - time.perf_counter()))
 
@@ -351,7 +359,7 @@ def _retry_delay(exc: grpc.RpcError) -> float:
     for detail in status.details if status else []:
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
-            return info.retry_delay.ToTimedelta().total_seconds()
+            return float(info.retry_delay.ToTimedelta().total_seconds())
     return 1.0
 
 

@@ -60,7 +60,7 @@ def _malloc_trim() -> Callable[[], None]:
         trim = None
     if trim is None:
         return lambda: None
-    return lambda: trim(0)  # type: ignore[no-any-return]
+    return lambda: trim(0)
 
 
 class InflightBudget:

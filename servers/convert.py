@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 M = TypeVar("M", bound=Message)
@@ -111,7 +111,7 @@ def text_enum(text: str, prefix: str) -> str:
     return prefix + text.upper()
 
 
-def enum_prefix(enum: EnumDescriptor) -> str:
+def enum_prefix(enum: Any) -> str:
     """``RunStatus`` -> ``RUN_STATUS_`` (buf's ENUM_VALUE_PREFIX rule)."""
     name = enum.name
     return "".join("_" + c if c.isupper() and i else c for i, c in enumerate(name)).upper() + "_"
@@ -120,17 +120,17 @@ def enum_prefix(enum: EnumDescriptor) -> str:
 # ------------------------------------------------------------- messages as dicts
 
 _Convert = Callable[[Any], Any]
-_converters: dict[str, list[tuple[str, _Convert]]] = {}
-_field_converters: dict[FieldDescriptor, _Convert] = {}
+# Keyed by descriptors (typed Any: the upb runtime's classes are not the stubs').
+_field_converters: dict[Any, _Convert] = {}
 
 
-def _enum_converter(enum: EnumDescriptor) -> _Convert:
+def _enum_converter(enum: Any) -> _Convert:
     prefix = enum_prefix(enum)
     names = {v.number: enum_text(v.name, prefix) for v in enum.values}
     return lambda n: names.get(n, n)
 
 
-def _single_converter(fd: FieldDescriptor) -> _Convert:
+def _single_converter(fd: Any) -> _Convert:
     if fd.type == FieldDescriptor.TYPE_ENUM:
         return _enum_converter(fd.enum_type)
     if fd.type != FieldDescriptor.TYPE_MESSAGE:
@@ -149,7 +149,7 @@ def _single_converter(fd: FieldDescriptor) -> _Convert:
     return message_dict
 
 
-def _field_converter(fd: FieldDescriptor) -> _Convert:
+def _field_converter(fd: Any) -> _Convert:
     conv = _field_converters.get(fd)
     if conv is not None:
         return conv
@@ -165,7 +165,7 @@ def _field_converter(fd: FieldDescriptor) -> _Convert:
     return conv
 
 
-_tables: dict[Descriptor, dict[FieldDescriptor, tuple[str, _Convert]]] = {}
+_tables: dict[Any, dict[Any, tuple[str, _Convert]]] = {}
 
 
 def message_dict(message: Message) -> dict[str, Any]:
@@ -183,7 +183,7 @@ def message_dict(message: Message) -> dict[str, Any]:
     return out
 
 
-def _enum_names_back(d: dict[str, Any], desc: Descriptor) -> dict[str, Any]:
+def _enum_names_back(d: dict[str, Any], desc: Any) -> dict[str, Any]:
     """Lowercase enum names (how :func:`message_dict` stores them) back to full names,
     recursively, so ``json_format.ParseDict`` accepts them."""
     out = dict(d)

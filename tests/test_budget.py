@@ -40,13 +40,13 @@ def _writes_blocked(config: Config) -> Iterator[None]:
             yield
             conn.rollback()
     else:
-        conn = sqlite3.connect(config.sqlite_path, isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
+        lite = sqlite3.connect(config.sqlite_path, isolation_level=None)
+        lite.execute("BEGIN IMMEDIATE")
         try:
             yield
         finally:
-            conn.execute("ROLLBACK")
-            conn.close()
+            lite.execute("ROLLBACK")
+            lite.close()
 
 
 def test_budget_refuses_past_its_bytes_and_admits_a_call_alone() -> None:
