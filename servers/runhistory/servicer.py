@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers.convert import enum_text, from_struct, text_enum, to_struct, to_timestamp
+from neuralops.servers.convert import (
+    NotJson,
+    dict_message,
+    from_struct,
+    message_dict,
+    text_enum,
+    to_struct,
+    to_timestamp,
+)
+from neuralops.servers.errors import InvalidArgument
 from neuralops.servers.runhistory.model import LogResult, NewRun, StoredRun
 from neuralops.servers.runhistory.service import RunHistory
 from neuralops.servers.runhistory.validation import validate
@@ -17,28 +25,42 @@ _RUN = "RUN_STATUS_"
 _EMB = "EMBEDDING_STATUS_"
 
 
+_STATUS_TEXT = {v.number: v.name.removeprefix(_RUN).lower() for v in pb.RunStatus.DESCRIPTOR.values}
+
+
+def _status_text(number: int) -> str:
+    # An unknown number (a newer client) reads as a status validation refuses.
+    return _STATUS_TEXT.get(number, str(number))
+
+
 def _node_dict(node: pb.NodeLog) -> dict[str, Any]:
-    d = json_format.MessageToDict(node, preserving_proto_field_name=True)
-    d["status"] = enum_text(pb.RunStatus.Name(node.status), _RUN)
+    d = message_dict(node)
+    # Always present, also when zero (proto3 leaves defaults out of ListFields).
+    d["status"] = _status_text(node.status)
     d["duration_ms"] = node.duration_ms
     return d
 
 
 def _node_message(d: dict[str, Any]) -> pb.NodeLog:
-    d = dict(d)
-    d["status"] = text_enum(str(d.get("status", "unspecified")), _RUN)
-    return json_format.ParseDict(d, pb.NodeLog(), ignore_unknown_fields=True)
+    return dict_message(d, pb.NodeLog())
 
 
-def new_run(run: pb.Run) -> NewRun:
+def new_run(run: pb.Run, field: str = "run") -> NewRun:
+    """The run as domain values: one walk over the decoded message, no JSON round trip."""
+    try:
+        inputs = from_struct(run.inputs)
+        outputs = from_struct(run.outputs)
+        node_logs = [_node_dict(n) for n in run.node_logs]
+    except NotJson as exc:
+        raise InvalidArgument.one(field, str(exc)) from None
     return NewRun(
         wpk_id=run.wpk_id,
         run_id=run.run_id,
-        status=enum_text(pb.RunStatus.Name(run.status), _RUN),
-        inputs=from_struct(run.inputs),
-        outputs=from_struct(run.outputs),
+        status=_status_text(run.status),
+        inputs=inputs,
+        outputs=outputs,
         duration_ms=run.duration_ms,
-        node_logs=[_node_dict(n) for n in run.node_logs],
+        node_logs=node_logs,
         error=run.error,
     )
 
@@ -77,7 +99,8 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
         self, request: pb.BatchLogRunsRequest, context: grpc.ServicerContext
     ) -> pb.BatchLogRunsResponse:
         validate(request)
-        results = self._history.log_runs([new_run(r) for r in request.runs], "runs")
+        runs = [new_run(r, f"runs[{i}]") for i, r in enumerate(request.runs)]
+        results = self._history.log_runs(runs, "runs")
         return pb.BatchLogRunsResponse(results=[_result(r) for r in results])
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
