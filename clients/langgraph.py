@@ -75,6 +75,8 @@ _CANCELLED = ("GeneratorExit", "CancelledError", "KeyboardInterrupt")
 # Metadata LangGraph/LangChain add themselves; the rest is the caller's.
 _INTERNAL_META = ("langgraph_", "checkpoint_", "ls_", "__")
 _SEEN_RUN_IDS = 10_000
+# Wall time from the monotonic clock: one clock read per callback instead of two.
+_WALL_OFFSET = time.time() - time.perf_counter()
 
 
 def _status_of(error: BaseException | None) -> str:
@@ -93,7 +95,7 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:4000]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Call:
     kind: str
     id: uuid.UUID
@@ -111,7 +113,7 @@ class _Call:
     calls: list[_Call] = field(default_factory=list)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Node:
     name: str
     ns: str
@@ -127,7 +129,7 @@ class _Node:
     calls: list[_Call] = field(default_factory=list)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Run:
     wpk_id: str
     run_id: str
@@ -244,7 +246,7 @@ class RunHistoryCallback(_Base):
                 if isinstance(where, _Call) and where.kind != "chain":
                     # A chain or graph run inside a tool or model call: a nested CHAIN call.
                     name = kwargs.get("name") or (serialized or {}).get("name") or "chain"
-                    call = _Call("chain", run_id, str(name), now, time.time())
+                    call = _Call("chain", run_id, str(name), now, now + _WALL_OFFSET)
                     call.input = inputs if self._capture_calls else None
                     where.calls.append(call)
                     self._calls[run_id] = call
@@ -311,7 +313,7 @@ class RunHistoryCallback(_Base):
             step=int(meta.get("langgraph_step", 0)),
             attempt=attempt,
             start=now,
-            started_at=time.time(),
+            started_at=now + _WALL_OFFSET,
             input=inputs if self._capture else None,
         )
         self._nodes[run_id] = node
@@ -363,7 +365,7 @@ class RunHistoryCallback(_Base):
             if root is None:
                 return  # a model or tool used outside any recorded graph run
             self._owner[run_id] = root
-            call = _Call(kind, run_id, name, now, time.time(), meta=meta, params=params)
+            call = _Call(kind, run_id, name, now, now + _WALL_OFFSET, meta=meta, params=params)
             if self._capture_calls:
                 call.input = inputs
             where = self._where.get(parent_run_id) if parent_run_id is not None else None
