@@ -414,3 +414,59 @@ def test_stream_left_open_at_exit_is_recorded_as_cancelled(runhistory: App, tmp_
     run = _client(runhistory).get_run("open", run_id)
     assert run.status == pb.RUN_STATUS_CANCELLED
     assert [n.name for n in run.node_logs] == ["a"]
+
+
+def test_streamed_model_retriever_and_nested_chain_calls_in_an_async_run(
+    runhistory: App, sender: RunSender
+) -> None:
+    import asyncio
+
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=8))
+    store.add_documents([Document("refunds take 5 days"), Document("invoices are monthly")])
+    retriever = store.as_retriever(search_kwargs={"k": 1})
+    streamer = GenericFakeChatModel(messages=iter([AIMessage("hello streamed world")]))
+    summary = ChatPromptTemplate.from_messages([("human", "{q}")]) | GenericFakeChatModel(
+        messages=iter([AIMessage("summary")])
+    )
+
+    @tool
+    def summarise(q: str) -> str:
+        """Summarise with an LCEL chain."""
+        return str(summary.invoke({"q": q}).content)
+
+    async def work(s: Team) -> dict[str, Any]:
+        docs = await retriever.ainvoke("refund")
+        text = "".join([str(c.content) async for c in streamer.astream("hi")])
+        await summarise.ainvoke({"q": docs[0].page_content})
+        return {"log": [text]}
+
+    g: Any = StateGraph(Team)
+    g.add_node("work", work)
+    g.add_edge(START, "work")
+    g.add_edge("work", END)
+    run_id = str(uuid.uuid4())
+    asyncio.run(
+        g.compile(name="calls").ainvoke(
+            {"log": []}, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+        )
+    )
+    run = _stored(runhistory, sender, "calls", run_id)
+    (node,) = run.node_logs
+    kinds = [c.kind for c in node.calls]
+    assert kinds == [pb.CALL_KIND_RETRIEVER, pb.CALL_KIND_MODEL, pb.CALL_KIND_TOOL]
+    found, streamed, tool_call = node.calls
+    assert to_python(found.input) == {"query": "refund"}
+    assert len(to_python(found.output)["documents"]) == 1
+    assert streamed.HasField("time_to_first_token_ms")
+    assert to_python(streamed.output)["message"]["content"] == "hello streamed world"
+    # The tool's LCEL chain is a CHAIN call holding the model call it made.
+    (chain,) = tool_call.calls
+    assert chain.kind == pb.CALL_KIND_CHAIN
+    assert [c.kind for c in chain.calls] == [pb.CALL_KIND_MODEL]
+    assert (run.usage.model_calls, run.usage.tool_calls, run.usage.retriever_calls) == (2, 1, 1)
