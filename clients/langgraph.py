@@ -584,6 +584,10 @@ class RunHistoryCallback(_Base):
             return
         if isinstance(outputs, dict) and "__interrupt__" in outputs:
             run.interrupted = True
+            # Also what LangGraph returned (older LangGraph has no on_interrupt); ids dedupe.
+            found = outputs["__interrupt__"]
+            if isinstance(found, list | tuple):
+                run.interrupts.extend(found)
         status = "interrupted" if run.interrupted else outcome
         error_text = _error_text(error) if error is not None and status == "failed" else ""
         self._submit(run, outputs, status, now, error_text)
