@@ -152,6 +152,7 @@ def _spawn(arm: str, graph_name: str, n: int, address: str, spool: Path) -> dict
 def run(
     section: Section, n: int = 0, sustained: int = 20000, postgres_dsn: str | None = None
 ) -> None:
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp) / "srv", services="all", postgres_dsn=postgres_dsn)
         try:
@@ -160,6 +161,11 @@ def run(
             _sustained(section, server, Path(tmp), sustained)
         finally:
             server.stop()
+    # Latency ratios mean little on a machine busy with other work: say how busy it was.
+    section.add(
+        "load average (1 min) before / after",
+        f"{load_before:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+    )
     section.notes.append(
         "Latency: each arm in its own process (bare graph, a do-nothing LangChain callback, "
         "RunHistoryCallback with node, model and tool capture on), the RunHistory server in "
