@@ -150,6 +150,18 @@ class _Run:
 Container = _Node | _Call | None
 
 
+def _key(run_id: Any) -> Any:
+    """A run id as a dict key: its 128-bit int (cheap to hash; a UUID's __hash__ is
+    Python code). A run id given as text (``config["run_id"]`` may be a str) maps to
+    the same key as its UUID; text that is not a UUID is its own key."""
+    if type(run_id) is uuid.UUID:
+        return run_id.int
+    try:
+        return uuid.UUID(str(run_id)).int
+    except ValueError:
+        return str(run_id)
+
+
 def _path(ns: str) -> str:
     """``"sub:1f..|inner:2a.."`` -> ``"sub"`` (parent namespaces, task ids dropped)."""
     parts = [p.split(":", 1)[0] for p in ns.split("|") if p]
@@ -193,11 +205,11 @@ class RunHistoryCallback(_Base):
         self._run_budget = run_budget_bytes
         self._max_nodes = max_node_logs
         self._lock = threading.Lock()
-        self._runs: dict[uuid.UUID, _Run] = {}
-        self._owner: dict[uuid.UUID, uuid.UUID] = {}  # any tracked run -> its root run
-        self._where: dict[uuid.UUID, Container] = {}  # tracked run -> where its children go
-        self._nodes: dict[uuid.UUID, _Node] = {}
-        self._calls: dict[uuid.UUID, _Call] = {}
+        # Keyed by ``_key(run_id)`` (the id as an int): a UUID's own __hash__ is Python code, an int's is not.
+        self._runs: dict[int, _Run] = {}
+        # Every open run under a recorded graph run: (its root's key, where its children
+        # go, the node or call record it is itself, if any).
+        self._track: dict[int, tuple[int, Container, _Node | _Call | None]] = {}
         self._seen: OrderedDict[str, int] = OrderedDict()
         self.reused_run_ids = 0
         _close_open_runs_at_exit(self)
@@ -223,14 +235,14 @@ class RunHistoryCallback(_Base):
             now = time.perf_counter()
             meta = metadata or {}
             with self._lock:
-                root = self._owner.get(parent_run_id) if parent_run_id is not None else None
-                if root is None:
+                parent = self._track.get(_key(parent_run_id)) if parent_run_id is not None else None
+                if parent is None:
                     self._start_run(
                         run_id, serialized, inputs, tags=tags, meta=meta, kwargs=kwargs, now=now
                     )
                     return
-                self._owner[run_id] = root
-                where = self._where.get(parent_run_id) if parent_run_id is not None else None
+                root, where, _ = parent
+                key = _key(run_id)
                 node_name = meta.get("langgraph_node")
                 if (
                     node_name is not None
@@ -239,9 +251,10 @@ class RunHistoryCallback(_Base):
                 ):
                     ns = str(meta.get("langgraph_checkpoint_ns", ""))
                     if not (isinstance(where, _Node) and where.ns == ns):
-                        self._where[run_id] = self._start_node(
-                            root, run_id, node_name, ns=ns, meta=meta, inputs=inputs, now=now
+                        node = self._start_node(
+                            root, node_name, ns=ns, meta=meta, inputs=inputs, now=now
                         )
+                        self._track[key] = (root, node, node)
                         return
                 if isinstance(where, _Call) and where.kind != "chain":
                     # A chain or graph run inside a tool or model call: a nested CHAIN call.
@@ -249,10 +262,9 @@ class RunHistoryCallback(_Base):
                     call = _Call("chain", run_id, str(name), now, now + _WALL_OFFSET)
                     call.input = inputs if self._capture_calls else None
                     where.calls.append(call)
-                    self._calls[run_id] = call
-                    self._where[run_id] = call
+                    self._track[key] = (root, call, call)
                     return
-                self._where[run_id] = where  # a runnable inside a node: transparent
+                self._track[key] = (root, where, None)  # a runnable inside a node: transparent
         except Exception:
             log.exception("neuralops hook: on_chain_start failed")
 
@@ -286,14 +298,13 @@ class RunHistoryCallback(_Base):
             rid = f"{rid}~{n}"
         run = _Run(str(wpk), rid, inputs, now, list(tags or ()), meta)
         run.checkpoint_id = str(meta.get("checkpoint_id") or "")
-        self._runs[run_id] = run
-        self._owner[run_id] = run_id
-        self._where[run_id] = None
+        key = _key(run_id)
+        self._runs[key] = run
+        self._track[key] = (key, None, None)
 
     def _start_node(
         self,
-        root: uuid.UUID,
-        run_id: uuid.UUID,
+        root: int,
         name: str,
         *,
         ns: str,
@@ -316,7 +327,6 @@ class RunHistoryCallback(_Base):
             started_at=now + _WALL_OFFSET,
             input=inputs if self._capture else None,
         )
-        self._nodes[run_id] = node
         run.nodes.append(node)
         return node
 
@@ -361,28 +371,25 @@ class RunHistoryCallback(_Base):
     ) -> None:
         now = time.perf_counter()
         with self._lock:
-            root = self._owner.get(parent_run_id) if parent_run_id is not None else None
-            if root is None:
+            parent = self._track.get(_key(parent_run_id)) if parent_run_id is not None else None
+            if parent is None:
                 return  # a model or tool used outside any recorded graph run
-            self._owner[run_id] = root
+            root, where, _ = parent
             call = _Call(kind, run_id, name, now, now + _WALL_OFFSET, meta=meta, params=params)
             if self._capture_calls:
                 call.input = inputs
-            where = self._where.get(parent_run_id) if parent_run_id is not None else None
             if where is None:
                 self._runs[root].loose_calls.append(call)
             else:
                 where.calls.append(call)
-            self._calls[run_id] = call
-            self._where[run_id] = call
+            self._track[_key(run_id)] = (root, call, call)
 
     def _call_end(self, run_id: uuid.UUID, output: Any, error: BaseException | None) -> None:
         now = time.perf_counter()
         with self._lock:
-            self._owner.pop(run_id, None)
-            self._where.pop(run_id, None)
-            call = self._calls.pop(run_id, None)
-        if call is None:
+            entry = self._track.pop(_key(run_id), None)
+        call = entry[2] if entry is not None else None
+        if not isinstance(call, _Call):
             return
         call.end = now
         call.status = _status_of(error)
@@ -443,8 +450,9 @@ class RunHistoryCallback(_Base):
     def on_llm_new_token(
         self, token: str | list[str | dict[str, Any]], *, run_id: uuid.UUID, **kwargs: Any
     ) -> None:
-        call = self._calls.get(run_id)
-        if call is not None and call.first_token is None:
+        entry = self._track.get(_key(run_id))
+        call = entry[2] if entry is not None else None
+        if isinstance(call, _Call) and call.first_token is None:
             call.first_token = time.perf_counter()
 
     def on_llm_end(self, response: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
@@ -532,8 +540,7 @@ class RunHistoryCallback(_Base):
         """LangGraph paused: interrupt() values, or a static breakpoint (no values)."""
         try:
             with self._lock:
-                root = self._owner.get(event.run_id) if event.run_id is not None else None
-                run = self._runs.get(root) if root is not None else None
+                run = self._root_of(event.run_id)
                 if run is None:
                     return
                 run.interrupted = True
@@ -545,11 +552,14 @@ class RunHistoryCallback(_Base):
         except Exception:
             log.exception("neuralops hook: on_interrupt failed")
 
+    def _root_of(self, run_id: uuid.UUID | None) -> _Run | None:
+        entry = self._track.get(_key(run_id)) if run_id is not None else None
+        return self._runs.get(entry[0]) if entry is not None else None
+
     def on_resume(self, event: Any) -> None:
         try:
             with self._lock:
-                root = self._owner.get(event.run_id) if event.run_id is not None else None
-                run = self._runs.get(root) if root is not None else None
+                run = self._root_of(event.run_id)
                 if run is not None and not run.checkpoint_id:
                     run.checkpoint_id = str(event.checkpoint_id)
         except Exception:
@@ -561,13 +571,16 @@ class RunHistoryCallback(_Base):
         now = time.perf_counter()
         outcome = _status_of(error)
         with self._lock:
-            root = self._owner.pop(run_id, None)
-            self._where.pop(run_id, None)
-            node = self._nodes.pop(run_id, None)
-            call = self._calls.pop(run_id, None)
-            if root is not None and outcome == "interrupted":
+            key = _key(run_id)
+            entry = self._track.pop(key, None)
+            if entry is None:
+                return
+            root, _, own = entry
+            if outcome == "interrupted" and root in self._runs:
                 self._runs[root].interrupted = True
-            run = self._runs.pop(run_id) if root == run_id and root is not None else None
+            run = self._runs.pop(key, None) if root == key else None
+        node = own if isinstance(own, _Node) else None
+        call = own if isinstance(own, _Call) else None
         if node is not None:
             node.end = now
             node.status = outcome
@@ -604,10 +617,7 @@ class RunHistoryCallback(_Base):
         with self._lock:
             runs = list(self._runs.values())
             self._runs.clear()
-            self._owner.clear()
-            self._where.clear()
-            self._nodes.clear()
-            self._calls.clear()
+            self._track.clear()
         for run in runs:
             for n in run.nodes:
                 if n.end is None:
