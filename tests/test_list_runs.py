@@ -146,3 +146,22 @@ def test_list_runs_refuses_bad_requests_naming_the_field(runhistory: App) -> Non
         assert name in field_violations(err.value), name
     big = stub.ListRuns(pb.ListRunsRequest(wpk_id="wf", page_size=5000))
     assert len(big.runs) == 3
+
+
+def test_a_run_id_sent_again_is_counted_and_odd_call_enums_are_kept(runhistory: App) -> None:
+    from prometheus_client import REGISTRY
+
+    stub = _stub(runhistory)
+    name = "neuralops_runs_already_stored_total"
+    before = REGISTRY.get_sample_value(name) or 0.0
+    odd = pb.Call(id="c", name="m", kind=77, status=42)  # type: ignore[arg-type]
+    first = _run("dup", node_logs=[pb.NodeLog(name="n", calls=[odd])])
+    assert stub.LogRun(pb.LogRunRequest(run=first)).created
+    assert not stub.LogRun(pb.LogRunRequest(run=_run("dup"))).created
+    assert (REGISTRY.get_sample_value(name) or 0.0) == before + 1
+    (call,) = stub.GetRun(pb.GetRunRequest(wpk_id="wf", run_id="dup")).run.node_logs[0].calls
+    assert (call.kind, call.status, call.name) == (
+        pb.CALL_KIND_UNSPECIFIED,
+        pb.RUN_STATUS_UNSPECIFIED,
+        "m",
+    )

@@ -50,8 +50,11 @@ def _call_dict(call: pb.Call) -> dict[str, Any]:
     d: dict[str, Any] = {
         f.name: v for f, v in call.ListFields() if f.message_type is None and f.enum_type is None
     }
-    d["kind"] = enum_text(pb.CallKind.Name(call.kind), "CALL_KIND_")
-    d["status"] = enum_text(pb.RunStatus.Name(call.status), _RUN)
+    # An enum number this proto does not define is kept as unspecified, not an error.
+    kind = call.kind if call.kind in pb.CallKind.values() else pb.CALL_KIND_UNSPECIFIED
+    status = call.status if call.status in pb.RunStatus.values() else pb.RUN_STATUS_UNSPECIFIED
+    d["kind"] = enum_text(pb.CallKind.Name(kind), "CALL_KIND_")
+    d["status"] = enum_text(pb.RunStatus.Name(status), _RUN)
     for f, v in call.ListFields():
         if f.name in ("start_time", "end_time"):
             d[f.name] = v.ToJsonString()
