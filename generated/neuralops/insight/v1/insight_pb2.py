@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"neuralops/insight/v1/insight.proto\x12\x14neuralops.insight.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x02\n\x0cProbeRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12,\n\x06method\x18\x03 \x01(\x0e\x32\x1c.neuralops.insight.v1.Method\x12\x0e\n\x06points\x18\x04 \x01(\x05\x12+\n\x08lookback\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04step\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x0f\x65valuation_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61lpha\x18\x08 \x01(\x01\x12\x12\n\nmin_points\x18\t \x01(\x05\"\xc6\x02\n\x0bSeriesScore\x12=\n\x06labels\x18\x01 \x03(\x0b\x32-.neuralops.insight.v1.SeriesScore.LabelsEntry\x12\r\n\x05value\x18\x02 \x01(\x01\x12\r\n\x05score\x18\x03 \x01(\x01\x12/\n\x0bsample_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x07outcome\x18\x05 \x01(\x0e\x32#.neuralops.insight.v1.SeriesOutcome\x12\x11\n\tanomalous\x18\x06 \x01(\x08\x12\x11\n\tsignal_id\x18\x07 \x01(\t\x12\x0c\n\x04hint\x18\x08 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\t \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x01\n\rProbeResponse\x12\x31\n\x06series\x18\x01 \x03(\x0b\x32!.neuralops.insight.v1.SeriesScore\x12\x11\n\tanomalies\x18\x02 \x01(\x05\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x02\n\x06Signal\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0c\n\x04hint\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x06labels\x18\x07 \x03(\x0b\x32(.neuralops.insight.v1.Signal.LabelsEntry\x12,\n\x06method\x18\x08 \x01(\x0e\x32\x1c.neuralops.insight.v1.Method\x12/\n\x0bsample_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05query\x18\n \x01(\t\x12\x11\n\tthreshold\x18\x0b \x01(\x01\x12\x10\n\x08\x62\x61seline\x18\x0c \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\x12ListSignalsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x13ListSignalsResponse\x12-\n\x07signals\x18\x01 \x03(\x0b\x32\x1c.neuralops.insight.v1.Signal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*E\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0eMETHOD_Z_SCORE\x10\x01\x12\x0f\n\x0bMETHOD_EWMA\x10\x02*\xa4\x01\n\rSeriesOutcome\x12\x1e\n\x1aSERIES_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15SERIES_OUTCOME_SCORED\x10\x01\x12!\n\x1dSERIES_OUTCOME_TOO_FEW_POINTS\x10\x02\x12\x1b\n\x17SERIES_OUTCOME_CONSTANT\x10\x03\x12\x18\n\x14SERIES_OUTCOME_STALE\x10\x04\x32\xc6\x01\n\x0eInsightService\x12P\n\x05Probe\x12\".neuralops.insight.v1.ProbeRequest\x1a#.neuralops.insight.v1.ProbeResponse\x12\x62\n\x0bListSignals\x12(.neuralops.insight.v1.ListSignalsRequest\x1a).neuralops.insight.v1.ListSignalsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"neuralops/insight/v1/insight.proto\x12\x14neuralops.insight.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x02\n\x0cProbeRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12,\n\x06method\x18\x03 \x01(\x0e\x32\x1c.neuralops.insight.v1.Method\x12\x0e\n\x06points\x18\x04 \x01(\x05\x12+\n\x08lookback\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04step\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x0f\x65valuation_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61lpha\x18\x08 \x01(\x01\x12\x12\n\nmin_points\x18\t \x01(\x05\"\xc6\x02\n\x0bSeriesScore\x12=\n\x06labels\x18\x01 \x03(\x0b\x32-.neuralops.insight.v1.SeriesScore.LabelsEntry\x12\r\n\x05value\x18\x02 \x01(\x01\x12\r\n\x05score\x18\x03 \x01(\x01\x12/\n\x0bsample_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x07outcome\x18\x05 \x01(\x0e\x32#.neuralops.insight.v1.SeriesOutcome\x12\x11\n\tanomalous\x18\x06 \x01(\x08\x12\x11\n\tsignal_id\x18\x07 \x01(\t\x12\x0c\n\x04hint\x18\x08 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\t \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x01\n\rProbeResponse\x12\x31\n\x06series\x18\x01 \x03(\x0b\x32!.neuralops.insight.v1.SeriesScore\x12\x11\n\tanomalies\x18\x02 \x01(\x05\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x02\n\x06Signal\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0c\n\x04hint\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x06labels\x18\x07 \x03(\x0b\x32(.neuralops.insight.v1.Signal.LabelsEntry\x12,\n\x06method\x18\x08 \x01(\x0e\x32\x1c.neuralops.insight.v1.Method\x12/\n\x0bsample_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05query\x18\n \x01(\t\x12\x11\n\tthreshold\x18\x0b \x01(\x01\x12\x10\n\x08\x62\x61seline\x18\x0c \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\x12ListSignalsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x13ListSignalsResponse\x12-\n\x07signals\x18\x01 \x03(\x0b\x32\x1c.neuralops.insight.v1.Signal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*E\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0eMETHOD_Z_SCORE\x10\x01\x12\x0f\n\x0bMETHOD_EWMA\x10\x02*\xa4\x01\n\rSeriesOutcome\x12\x1e\n\x1aSERIES_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15SERIES_OUTCOME_SCORED\x10\x01\x12!\n\x1dSERIES_OUTCOME_TOO_FEW_POINTS\x10\x02\x12\x1b\n\x17SERIES_OUTCOME_CONSTANT\x10\x03\x12\x18\n\x14SERIES_OUTCOME_STALE\x10\x04\x32\xf3\x01\n\x0eInsightService\x12k\n\x05Probe\x12\".neuralops.insight.v1.ProbeRequest\x1a#.neuralops.insight.v1.ProbeResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/signals:probe:\x01*\x12t\n\x0bListSignals\x12(.neuralops.insight.v1.ListSignalsRequest\x1a).neuralops.insight.v1.ListSignalsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/signalsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,26 +38,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERIESSCORE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_SIGNAL_LABELSENTRY']._loaded_options = None
   _globals['_SIGNAL_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_METHOD']._serialized_start=1573
-  _globals['_METHOD']._serialized_end=1642
-  _globals['_SERIESOUTCOME']._serialized_start=1645
-  _globals['_SERIESOUTCOME']._serialized_end=1809
-  _globals['_PROBEREQUEST']._serialized_start=126
-  _globals['_PROBEREQUEST']._serialized_end=410
-  _globals['_SERIESSCORE']._serialized_start=413
-  _globals['_SERIESSCORE']._serialized_end=739
-  _globals['_SERIESSCORE_LABELSENTRY']._serialized_start=694
-  _globals['_SERIESSCORE_LABELSENTRY']._serialized_end=739
-  _globals['_PROBERESPONSE']._serialized_start=742
-  _globals['_PROBERESPONSE']._serialized_end=921
-  _globals['_SIGNAL']._serialized_start=924
-  _globals['_SIGNAL']._serialized_end=1304
-  _globals['_SIGNAL_LABELSENTRY']._serialized_start=694
-  _globals['_SIGNAL_LABELSENTRY']._serialized_end=739
-  _globals['_LISTSIGNALSREQUEST']._serialized_start=1307
-  _globals['_LISTSIGNALSREQUEST']._serialized_end=1476
-  _globals['_LISTSIGNALSRESPONSE']._serialized_start=1478
-  _globals['_LISTSIGNALSRESPONSE']._serialized_end=1571
-  _globals['_INSIGHTSERVICE']._serialized_start=1812
-  _globals['_INSIGHTSERVICE']._serialized_end=2010
+  _globals['_INSIGHTSERVICE'].methods_by_name['Probe']._loaded_options = None
+  _globals['_INSIGHTSERVICE'].methods_by_name['Probe']._serialized_options = b'\202\323\344\223\002\023\"\016/signals:probe:\001*'
+  _globals['_INSIGHTSERVICE'].methods_by_name['ListSignals']._loaded_options = None
+  _globals['_INSIGHTSERVICE'].methods_by_name['ListSignals']._serialized_options = b'\202\323\344\223\002\n\022\010/signals'
+  _globals['_METHOD']._serialized_start=1603
+  _globals['_METHOD']._serialized_end=1672
+  _globals['_SERIESOUTCOME']._serialized_start=1675
+  _globals['_SERIESOUTCOME']._serialized_end=1839
+  _globals['_PROBEREQUEST']._serialized_start=156
+  _globals['_PROBEREQUEST']._serialized_end=440
+  _globals['_SERIESSCORE']._serialized_start=443
+  _globals['_SERIESSCORE']._serialized_end=769
+  _globals['_SERIESSCORE_LABELSENTRY']._serialized_start=724
+  _globals['_SERIESSCORE_LABELSENTRY']._serialized_end=769
+  _globals['_PROBERESPONSE']._serialized_start=772
+  _globals['_PROBERESPONSE']._serialized_end=951
+  _globals['_SIGNAL']._serialized_start=954
+  _globals['_SIGNAL']._serialized_end=1334
+  _globals['_SIGNAL_LABELSENTRY']._serialized_start=724
+  _globals['_SIGNAL_LABELSENTRY']._serialized_end=769
+  _globals['_LISTSIGNALSREQUEST']._serialized_start=1337
+  _globals['_LISTSIGNALSREQUEST']._serialized_end=1506
+  _globals['_LISTSIGNALSRESPONSE']._serialized_start=1508
+  _globals['_LISTSIGNALSRESPONSE']._serialized_end=1601
+  _globals['_INSIGHTSERVICE']._serialized_start=1842
+  _globals['_INSIGHTSERVICE']._serialized_end=2085
 # @@protoc_insertion_point(module_scope)
