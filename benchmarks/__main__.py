@@ -64,7 +64,18 @@ def main() -> None:
     )
     out = Path(args.out)
     if only != {"hook", "registry", "insight", "ingest"} and out.exists():
-        print(f"(partial run: {out} left as it was; printed figures only)")
+        # A partial run replaces its own sections and leaves the others as they were.
+        text = out.read_text()
+        for s in sections:
+            head = f"## {s.title}\n"
+            at = text.find(head)
+            if at < 0:
+                text = text.rstrip("\n") + "\n\n" + s.markdown()
+                continue
+            end = text.find("\n## ", at + len(head))
+            text = text[:at] + s.markdown() + (text[end:] if end >= 0 else "")
+        out.write_text(text)
+        print(f"updated {', '.join(s.title for s in sections)} in {out}")
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + "\n".join(s.markdown() for s in sections))

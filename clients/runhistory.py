@@ -76,6 +76,37 @@ class RunHistoryClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
+    def list_runs(
+        self,
+        wpk_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        thread_id: str = "",
+        status: str = "",
+        user_id: str = "",
+        session_id: str = "",
+        tag: str = "",
+    ) -> tuple[list[pb.RunSummary], str]:
+        """One page of a workflow's runs, newest first, and the next page's token
+        (empty on the last page). ``status`` is e.g. ``"interrupted"``."""
+        request = pb.ListRunsRequest(
+            wpk_id=wpk_id,
+            page_size=page_size,
+            page_token=page_token,
+            thread_id=thread_id,
+            user_id=user_id,
+            session_id=session_id,
+            tag=tag,
+        )
+        if status:
+            request.status = pb.RunStatus.Value("RUN_STATUS_" + status.upper())
+        try:
+            reply = self._stub.ListRuns(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return list(reply.runs), reply.next_page_token
+
     def search_runs(
         self, text: str, *, wpk_id: str = "", limit: int = 10
     ) -> list[pb.SearchRunsHit]:

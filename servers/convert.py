@@ -46,6 +46,7 @@ def to_struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
 
 
 _which = struct_pb2.Value.WhichOneof
+_MAX_EXACT = 2.0**53
 
 
 def _value(v: struct_pb2.Value) -> Any:
@@ -58,6 +59,11 @@ def _value(v: struct_pb2.Value) -> Any:
 def _other(v: struct_pb2.Value, kind: str | None) -> Any:
     if kind == "number_value":
         x = v.number_value
+        if x.is_integer() and -_MAX_EXACT <= x <= _MAX_EXACT:
+            # Struct numbers are doubles: an integral one is stored (and read back by
+            # the clients) as an integer, so 15 stays 15, not 15.0. Beyond 2^53 a
+            # double is no longer exact and stays a float.
+            return int(x)
         if math.isfinite(x):
             return x
         raise NotJson(f"holds {x!r}, which JSON cannot carry")
@@ -73,7 +79,7 @@ def _other(v: struct_pb2.Value, kind: str | None) -> Any:
 
 
 def from_struct(s: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as a dict (numbers stay floats, as in ``MessageToDict``). Raises
+    """A Struct as a dict (integral numbers up to 2^53 as ints, others as floats). Raises
     :class:`NotJson` on NaN or Infinity."""
     fields = s.fields
     out: dict[str, Any] = {}

@@ -19,6 +19,11 @@ RPC_LATENCY = Histogram(
 WORKFLOW_RUNS = Counter(
     "neuralops_workflow_runs_total", "Runs stored, by workflow and outcome.", ["wpk_id", "status"]
 )
+RUNS_ALREADY_STORED = Counter(
+    "neuralops_runs_already_stored_total",
+    "Runs sent again under a (wpk_id, run_id) already stored: retries and spool replays, "
+    "or a run id reused for a different run (the first run is kept).",
+)
 WORKFLOW_RUN_DURATION = Histogram(
     "neuralops_workflow_run_duration_seconds",
     "Wall duration of stored runs, by workflow.",

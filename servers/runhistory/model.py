@@ -15,6 +15,53 @@ MAX_NODE_LOGS = 10_000
 MAX_BATCH = 500
 
 
+MAX_TAGS = 64
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where and for whom a run ran, and its totals (issue 10): thread, checkpoint,
+    config tags/metadata, user/session ids, usage totals, interrupts, truncation.
+    ``usage`` and ``interrupts`` are JSON-ready (the RunUsage / Interrupt shape)."""
+
+    thread_id: str = ""
+    checkpoint_id: str = ""
+    user_id: str = ""
+    session_id: str = ""
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
+    interrupts: list[dict[str, Any]] = field(default_factory=list)
+    omitted_node_logs: int = 0
+    truncated: bool = False
+
+
+EMPTY_CONTEXT = RunContext()
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """ListRuns' optional filters; empty means any."""
+
+    thread_id: str = ""
+    status: str = ""
+    user_id: str = ""
+    session_id: str = ""
+    tag: str = ""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    id: str
+    wpk_id: str
+    run_id: str
+    status: str
+    duration_ms: int
+    created_at: datetime
+    error: str
+    context: RunContext
+
+
 @dataclass(frozen=True)
 class NewRun:
     """A run as a caller sends it. ``node_logs`` are JSON-ready dicts."""
@@ -27,6 +74,7 @@ class NewRun:
     duration_ms: int = 0
     node_logs: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    context: RunContext | None = None
 
     @property
     def output_text(self) -> str | None:
@@ -78,6 +126,23 @@ def run_violations(run: NewRun, prefix: str) -> list[FieldViolation]:
         out.append(FieldViolation(f"{prefix}.duration_ms", "must be >= 0"))
     if len(run.node_logs) > MAX_NODE_LOGS:
         out.append(FieldViolation(f"{prefix}.node_logs", f"has more than {MAX_NODE_LOGS} entries"))
+    ctx = run.context
+    if ctx is not None:
+        for name in ("thread_id", "checkpoint_id", "user_id", "session_id"):
+            value = getattr(ctx, name)
+            if len(value) > MAX_ID_LENGTH:
+                out.append(
+                    FieldViolation(
+                        f"{prefix}.{name}", f"is {len(value)} characters; at most {MAX_ID_LENGTH}"
+                    )
+                )
+        if len(ctx.tags) > MAX_TAGS:
+            out.append(FieldViolation(f"{prefix}.tags", f"has more than {MAX_TAGS} tags"))
+        for i, tag in enumerate(ctx.tags[:MAX_TAGS]):
+            if len(tag) > MAX_ID_LENGTH:
+                out.append(FieldViolation(f"{prefix}.tags[{i}]", f"is longer than {MAX_ID_LENGTH}"))
+        if ctx.omitted_node_logs < 0:
+            out.append(FieldViolation(f"{prefix}.omitted_node_logs", "must be >= 0"))
     for i, node in enumerate(run.node_logs[:MAX_NODE_LOGS]):
         if not str(node.get("name", "")).strip():
             out.append(FieldViolation(f"{prefix}.node_logs[{i}].name", "is required"))

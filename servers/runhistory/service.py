@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections.abc import Callable
+from datetime import datetime
 
+from neuralops.servers import pagination
+from neuralops.servers.db import as_datetime
 from neuralops.servers.errors import FieldViolation, InvalidArgument, NotFound
 from neuralops.servers.runhistory import embeddings
 from neuralops.servers.runhistory.embeddings import EmbeddingService
 from neuralops.servers.runhistory.model import (
+    MAX_ID_LENGTH,
+    RUN_STATUSES,
     LogResult,
     NewRun,
+    RunFilter,
+    RunSummary,
     SearchHit,
     StoredRun,
     validate_runs,
 )
 from neuralops.servers.runhistory.storage import RunStore
+
+DEFAULT_RUNS_PAGE = 20
+MAX_RUNS_PAGE = 1000
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _list_scope(wpk_id: str, flt: RunFilter) -> str:
+    """A token is valid only for the listing (workflow and filters) that issued it."""
+    key = "\x1f".join((wpk_id, flt.thread_id, flt.status, flt.user_id, flt.session_id, flt.tag))
+    return "runs:" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 class RunHistory:
@@ -49,6 +75,49 @@ class RunHistory:
                 f"run {run_id!r} of workflow {wpk_id!r} not found", reason="RUN_NOT_FOUND"
             )
         return run
+
+    def list_runs(
+        self, wpk_id: str, flt: RunFilter, size: int, token: str
+    ) -> tuple[list[RunSummary], str]:
+        """One page of a workflow's runs, newest first, and the next page's token."""
+        violations = []
+        if not wpk_id.strip():
+            violations.append(FieldViolation("wpk_id", "is required"))
+        for name, value in (
+            ("wpk_id", wpk_id),
+            ("thread_id", flt.thread_id),
+            ("user_id", flt.user_id),
+            ("session_id", flt.session_id),
+            ("tag", flt.tag),
+        ):
+            if len(value) > MAX_ID_LENGTH:
+                violations.append(
+                    FieldViolation(name, f"is {len(value)} characters; at most {MAX_ID_LENGTH}")
+                )
+        if flt.status and flt.status not in RUN_STATUSES:
+            violations.append(FieldViolation("status", f"must be one of {', '.join(RUN_STATUSES)}"))
+        if violations:
+            raise InvalidArgument(violations)
+        limit = pagination.page_size(size, default=DEFAULT_RUNS_PAGE, maximum=MAX_RUNS_PAGE)
+        scope = _list_scope(wpk_id, flt)
+        pos = pagination.decode(token, scope)
+        after: tuple[datetime, str] | None = None
+        if pos is not None:
+            try:
+                at = as_datetime(pos.get("t"))
+            except (TypeError, ValueError):
+                at = None
+            row_id = pos.get("i")
+            if at is None or not isinstance(row_id, str) or not _is_uuid(row_id):
+                raise InvalidArgument.one("page_token", "is not a token this service issued")
+            after = (at, row_id)
+        found = self._store.list_runs(wpk_id, flt, limit + 1, after)
+        page, more = found[:limit], len(found) > limit
+        nxt = ""
+        if more:
+            last = page[-1]
+            nxt = pagination.encode(scope, {"t": last.created_at.isoformat(), "i": last.id})
+        return page, nxt
 
     def search(self, text: str, wpk_id: str, limit: int) -> list[SearchHit]:
         service = embeddings.require(self._embedding)

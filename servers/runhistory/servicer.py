@@ -17,7 +17,14 @@ from neuralops.servers.convert import (
     to_timestamp,
 )
 from neuralops.servers.errors import InvalidArgument
-from neuralops.servers.runhistory.model import LogResult, NewRun, StoredRun
+from neuralops.servers.runhistory.model import (
+    LogResult,
+    NewRun,
+    RunContext,
+    RunFilter,
+    RunSummary,
+    StoredRun,
+)
 from neuralops.servers.runhistory.service import RunHistory
 from neuralops.servers.runhistory.validation import validate
 
@@ -34,7 +41,7 @@ def _status_text(number: int) -> str:
 
 
 def _node_dict(node: pb.NodeLog) -> dict[str, Any]:
-    d = message_dict(node)
+    d = message_dict(node)  # nested calls included, their enums as lowercase names
     # Always present, also when zero (proto3 leaves defaults out of ListFields).
     d["status"] = _status_text(node.status)
     d["duration_ms"] = node.duration_ms
@@ -45,12 +52,49 @@ def _node_message(d: dict[str, Any]) -> pb.NodeLog:
     return dict_message(d, pb.NodeLog())
 
 
+def _interrupt_dict(i: pb.Interrupt) -> dict[str, Any]:
+    d: dict[str, Any] = {"id": i.id, "next_nodes": list(i.next_nodes)}
+    if i.HasField("value"):
+        d["value"] = message_dict(i)["value"]
+    return d
+
+
+def _context(run: pb.Run) -> RunContext:
+    return RunContext(
+        thread_id=run.thread_id,
+        checkpoint_id=run.checkpoint_id,
+        user_id=run.user_id,
+        session_id=run.session_id,
+        tags=list(run.tags),
+        metadata=from_struct(run.metadata),
+        usage=message_dict(run.usage),
+        interrupts=[_interrupt_dict(i) for i in run.interrupts],
+        omitted_node_logs=run.omitted_node_logs,
+        truncated=run.truncated,
+    )
+
+
+def _context_fields(ctx: RunContext | None) -> dict[str, Any]:
+    """The Run / RunSummary fields a context fills."""
+    if ctx is None:
+        return {}
+    return {
+        "thread_id": ctx.thread_id,
+        "checkpoint_id": ctx.checkpoint_id,
+        "user_id": ctx.user_id,
+        "session_id": ctx.session_id,
+        "tags": ctx.tags,
+        "usage": dict_message(ctx.usage, pb.RunUsage()),
+    }
+
+
 def new_run(run: pb.Run, field: str = "run") -> NewRun:
     """The run as domain values: one walk over the decoded message, no JSON round trip."""
     try:
         inputs = from_struct(run.inputs)
         outputs = from_struct(run.outputs)
         node_logs = [_node_dict(n) for n in run.node_logs]
+        context = _context(run)
     except NotJson as exc:
         raise InvalidArgument.one(field, str(exc)) from None
     return NewRun(
@@ -62,11 +106,13 @@ def new_run(run: pb.Run, field: str = "run") -> NewRun:
         duration_ms=run.duration_ms,
         node_logs=node_logs,
         error=run.error,
+        context=context,
     )
 
 
 def run_message(run: StoredRun) -> pb.Run:
-    return pb.Run(
+    ctx = run.context
+    msg = pb.Run(
         id=run.id,
         wpk_id=run.wpk_id,
         run_id=run.run_id,
@@ -79,6 +125,27 @@ def run_message(run: StoredRun) -> pb.Run:
         updated_at=to_timestamp(run.updated_at),
         embedding_status=pb.EmbeddingStatus.Value(text_enum(run.embedding_status, _EMB)),
         error=run.error,
+        **_context_fields(ctx),
+    )
+    if ctx is not None:
+        msg.metadata.CopyFrom(to_struct(ctx.metadata))
+        msg.omitted_node_logs = ctx.omitted_node_logs
+        msg.truncated = ctx.truncated
+        for i in ctx.interrupts:
+            msg.interrupts.append(dict_message(i, pb.Interrupt()))
+    return msg
+
+
+def summary_message(r: RunSummary) -> pb.RunSummary:
+    return pb.RunSummary(
+        id=r.id,
+        wpk_id=r.wpk_id,
+        run_id=r.run_id,
+        status=pb.RunStatus.Value(text_enum(r.status, _RUN)),
+        duration_ms=r.duration_ms,
+        created_at=to_timestamp(r.created_at),
+        error=r.error,
+        **_context_fields(r.context),
     )
 
 
@@ -108,6 +175,23 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
         return pb.GetRunResponse(
             run=run_message(self._history.get_run(request.wpk_id, request.run_id))
         )
+
+    def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRunsResponse:
+        validate(request)
+        status = _status_text(request.status)
+        flt = RunFilter(
+            thread_id=request.thread_id,
+            status="" if status == "unspecified" else status,
+            user_id=request.user_id,
+            session_id=request.session_id,
+            tag=request.tag,
+        )
+        page, token = self._history.list_runs(
+            request.wpk_id, flt, request.page_size, request.page_token
+        )
+        return pb.ListRunsResponse(runs=[summary_message(r) for r in page], next_page_token=token)
 
     def SearchRuns(
         self, request: pb.SearchRunsRequest, context: grpc.ServicerContext

@@ -10,7 +10,16 @@ from typing import Any
 
 from neuralops.servers import outbox, textcodec
 from neuralops.servers.db import Database, Row, as_datetime, json_value, utcnow
-from neuralops.servers.runhistory.model import LogResult, NewRun, StoredRun
+from neuralops.servers.runhistory import context
+from neuralops.servers.runhistory.model import (
+    EMPTY_CONTEXT,
+    LogResult,
+    NewRun,
+    RunContext,
+    RunFilter,
+    RunSummary,
+    StoredRun,
+)
 
 NOTIFY_TOPIC = "registry.notify_run"
 # Column text per insert statement, at most (a larger batch takes several, in one
@@ -31,6 +40,10 @@ def _dumps(value: Any) -> str:
     return textcodec.dumps(value)
 
 
+def _ctx(run: NewRun) -> RunContext:
+    return run.context or EMPTY_CONTEXT
+
+
 # The columns taken from the run itself. Adding a column is one line here: both the
 # Postgres statement and the SQLite one are built from this list.
 RUN_COLUMNS: tuple[Column, ...] = (
@@ -42,6 +55,17 @@ RUN_COLUMNS: tuple[Column, ...] = (
     Column("duration_ms", "bigint", lambda r: r.duration_ms),
     Column("node_logs", "jsonb", lambda r: _dumps(r.node_logs)),
     Column("error", "text", lambda r: textcodec.escape(r.error)),
+    # The run context (migration 006; read back by context.py).
+    Column("thread_id", "text", lambda r: textcodec.escape(_ctx(r).thread_id)),
+    Column("checkpoint_id", "text", lambda r: textcodec.escape(_ctx(r).checkpoint_id)),
+    Column("user_id", "text", lambda r: textcodec.escape(_ctx(r).user_id)),
+    Column("session_id", "text", lambda r: textcodec.escape(_ctx(r).session_id)),
+    Column("tags", "jsonb", lambda r: _dumps(_ctx(r).tags)),
+    Column("metadata", "jsonb", lambda r: _dumps(_ctx(r).metadata)),
+    Column("usage", "jsonb", lambda r: _dumps(_ctx(r).usage)),
+    Column("interrupts", "jsonb", lambda r: _dumps(_ctx(r).interrupts)),
+    Column("omitted_node_logs", "integer", lambda r: _ctx(r).omitted_node_logs),
+    Column("truncated", "boolean", lambda r: _ctx(r).truncated),
 )
 # Set by the server per run, after the run's own columns: id, created_at, embed?
 _SERVER_COLUMNS = ("id", "created_at", "updated_at", "embedding_status", "embedding_next_at")
@@ -100,7 +124,7 @@ _SQLITE_INSERT = (
 _FIND = "SELECT id, created_at FROM workflow_runs WHERE wpk_id = %s AND run_id = %s"
 _READ_COLUMNS = (
     "id, wpk_id, run_id, inputs, outputs, status, duration_ms, node_logs, error,"
-    " created_at, updated_at, embedding_status"
+    f" created_at, updated_at, embedding_status, {context.COLUMNS}"
 )
 
 
@@ -128,6 +152,7 @@ def stored_run(row: Row) -> StoredRun:
         created_at=created,
         updated_at=updated,
         embedding_status=row["embedding_status"],
+        context=context.from_row(row),
     )
 
 
@@ -302,6 +327,15 @@ class RunStore:
                 (wpk_id, run_id),
             )
         return stored_run(rows[0]) if rows else None
+
+    def list_runs(
+        self, wpk_id: str, flt: RunFilter, limit: int, after: tuple[datetime, str] | None
+    ) -> list[RunSummary]:
+        """One keyset page of a workflow's runs, newest first (created_at, id)."""
+        sql, params = context.list_query(self._db.dialect, wpk_id, flt, limit, after)
+        with self._db.transaction(write=False) as tx:
+            rows = tx.execute(sql, params)
+        return [context.summary(r) for r in rows]
 
     # ----------------------------------------------------------- embedding queue
 

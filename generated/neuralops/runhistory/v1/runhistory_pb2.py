@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(neuralops/runhistory/v1/runhistory.proto\x12\x17neuralops.runhistory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x02\n\x07NodeLog\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x03\x12\x32\n\x06status\x18\x07 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12&\n\x05input\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb5\x03\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\'\n\x06inputs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07outputs\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x03\x12\x33\n\tnode_logs\x18\x08 \x03(\x0b\x32 .neuralops.runhistory.v1.NodeLog\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x10\x65mbedding_status\x18\x0b \x01(\x0e\x32(.neuralops.runhistory.v1.EmbeddingStatus\x12\r\n\x05\x65rror\x18\x0c \x01(\t\":\n\rLogRunRequest\x12)\n\x03run\x18\x01 \x01(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"=\n\x0eLogRunResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"A\n\x13\x42\x61tchLogRunsRequest\x12*\n\x04runs\x18\x01 \x03(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"P\n\x14\x42\x61tchLogRunsResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.neuralops.runhistory.v1.LogRunResponse\"/\n\rGetRunRequest\x12\x0e\n\x06wpk_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\";\n\x0eGetRunResponse\x12)\n\x03run\x18\x01 \x01(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"@\n\x11SearchRunsRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"J\n\x12SearchRunsResponse\x12\x34\n\x04hits\x18\x01 \x03(\x0b\x32&.neuralops.runhistory.v1.SearchRunsHit\"X\n\rSearchRunsHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0c\n\x04text\x18\x05 \x01(\t*\xa6\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05*\xa7\x01\n\x0f\x45mbeddingStatus\x12 \n\x1c\x45MBEDDING_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45MBEDDING_STATUS_PENDING\x10\x01\x12\x19\n\x15\x45MBEDDING_STATUS_DONE\x10\x02\x12\x1b\n\x17\x45MBEDDING_STATUS_FAILED\x10\x03\x12\x1c\n\x18\x45MBEDDING_STATUS_SKIPPED\x10\x04\x32\x87\x04\n\x11RunHistoryService\x12m\n\x06LogRun\x12&.neuralops.runhistory.v1.LogRunRequest\x1a\'.neuralops.runhistory.v1.LogRunResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\"\x05/runs:\x03run\x12\x86\x01\n\x0c\x42\x61tchLogRuns\x12,.neuralops.runhistory.v1.BatchLogRunsRequest\x1a-.neuralops.runhistory.v1.BatchLogRunsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/runs:batchLog:\x01*\x12z\n\x06GetRun\x12&.neuralops.runhistory.v1.GetRunRequest\x1a\'.neuralops.runhistory.v1.GetRunResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/runs/{wpk_id}/{run_id}\x12~\n\nSearchRuns\x12*.neuralops.runhistory.v1.SearchRunsRequest\x1a+.neuralops.runhistory.v1.SearchRunsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/runs:search:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(neuralops/runhistory/v1/runhistory.proto\x12\x17neuralops.runhistory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x04 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x05 \x01(\x03\"\x92\x01\n\x08RunUsage\x12\x13\n\x0bmodel_calls\x18\x01 \x01(\x03\x12\x12\n\ntool_calls\x18\x02 \x01(\x03\x12\x17\n\x0fretriever_calls\x18\x03 \x01(\x03\x12.\n\x06tokens\x18\x04 \x01(\x0b\x32\x1e.neuralops.runhistory.v1.Usage\x12\x14\n\x0c\x66\x61iled_calls\x18\x05 \x01(\x03\"\xd6\x04\n\x04\x43\x61ll\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.neuralops.runhistory.v1.CallKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64uration_ms\x18\x08 \x01(\x03\x12\x32\n\x06status\x18\t \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\r\n\x05\x65rror\x18\n \x01(\t\x12&\n\x05input\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x05usage\x18\r \x01(\x0b\x32\x1e.neuralops.runhistory.v1.Usage\x12#\n\x16time_to_first_token_ms\x18\x0e \x01(\x03H\x00\x88\x01\x01\x12,\n\x05\x63\x61lls\x18\x0f \x03(\x0b\x32\x1d.neuralops.runhistory.v1.Call\x12+\n\nparameters\x18\x10 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\ttruncated\x18\x11 \x01(\x08\x42\x19\n\x17_time_to_first_token_ms\"R\n\tInterrupt\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x12\n\nnext_nodes\x18\x03 \x03(\t\"\x8c\x03\n\x07NodeLog\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x03\x12\x32\n\x06status\x18\x07 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12&\n\x05input\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12,\n\x05\x63\x61lls\x18\x0c \x03(\x0b\x32\x1d.neuralops.runhistory.v1.Call\x12\x11\n\ttruncated\x18\r \x01(\x08\"\xd5\x05\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\'\n\x06inputs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07outputs\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x03\x12\x33\n\tnode_logs\x18\x08 \x03(\x0b\x32 .neuralops.runhistory.v1.NodeLog\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x10\x65mbedding_status\x18\x0b \x01(\x0e\x32(.neuralops.runhistory.v1.EmbeddingStatus\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x30\n\x05usage\x18\r \x01(\x0b\x32!.neuralops.runhistory.v1.RunUsage\x12\x11\n\tthread_id\x18\x0e \x01(\t\x12\x15\n\rcheckpoint_id\x18\x0f \x01(\t\x12\x0c\n\x04tags\x18\x10 \x03(\t\x12)\n\x08metadata\x18\x11 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x12 \x01(\t\x12\x12\n\nsession_id\x18\x13 \x01(\t\x12\x36\n\ninterrupts\x18\x14 \x03(\x0b\x32\".neuralops.runhistory.v1.Interrupt\x12\x19\n\x11omitted_node_logs\x18\x15 \x01(\x05\x12\x11\n\ttruncated\x18\x16 \x01(\x08\"\xcf\x02\n\nRunSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x32\n\x06status\x18\x04 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x03\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x11\n\tthread_id\x18\x08 \x01(\t\x12\x15\n\rcheckpoint_id\x18\t \x01(\t\x12\x30\n\x05usage\x18\n \x01(\x0b\x32!.neuralops.runhistory.v1.RunUsage\x12\x0f\n\x07user_id\x18\x0b \x01(\t\x12\x12\n\nsession_id\x18\x0c \x01(\t\x12\x0c\n\x04tags\x18\r \x03(\t\"\xc1\x01\n\x0fListRunsRequest\x12\x0e\n\x06wpk_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x11\n\tthread_id\x18\x04 \x01(\t\x12\x32\n\x06status\x18\x05 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\x0f\n\x07user_id\x18\x06 \x01(\t\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12\x0b\n\x03tag\x18\x08 \x01(\t\"^\n\x10ListRunsResponse\x12\x31\n\x04runs\x18\x01 \x03(\x0b\x32#.neuralops.runhistory.v1.RunSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\rLogRunRequest\x12)\n\x03run\x18\x01 \x01(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"=\n\x0eLogRunResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"A\n\x13\x42\x61tchLogRunsRequest\x12*\n\x04runs\x18\x01 \x03(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"P\n\x14\x42\x61tchLogRunsResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.neuralops.runhistory.v1.LogRunResponse\"/\n\rGetRunRequest\x12\x0e\n\x06wpk_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\";\n\x0eGetRunResponse\x12)\n\x03run\x18\x01 \x01(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"@\n\x11SearchRunsRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"J\n\x12SearchRunsResponse\x12\x34\n\x04hits\x18\x01 \x03(\x0b\x32&.neuralops.runhistory.v1.SearchRunsHit\"X\n\rSearchRunsHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0c\n\x04text\x18\x05 \x01(\t*\xa6\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05*\xa7\x01\n\x0f\x45mbeddingStatus\x12 \n\x1c\x45MBEDDING_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45MBEDDING_STATUS_PENDING\x10\x01\x12\x19\n\x15\x45MBEDDING_STATUS_DONE\x10\x02\x12\x1b\n\x17\x45MBEDDING_STATUS_FAILED\x10\x03\x12\x1c\n\x18\x45MBEDDING_STATUS_SKIPPED\x10\x04*|\n\x08\x43\x61llKind\x12\x19\n\x15\x43\x41LL_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41LL_KIND_MODEL\x10\x01\x12\x12\n\x0e\x43\x41LL_KIND_TOOL\x10\x02\x12\x17\n\x13\x43\x41LL_KIND_RETRIEVER\x10\x03\x12\x13\n\x0f\x43\x41LL_KIND_CHAIN\x10\x04\x32\xe8\x04\n\x11RunHistoryService\x12m\n\x06LogRun\x12&.neuralops.runhistory.v1.LogRunRequest\x1a\'.neuralops.runhistory.v1.LogRunResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\"\x05/runs:\x03run\x12\x86\x01\n\x0c\x42\x61tchLogRuns\x12,.neuralops.runhistory.v1.BatchLogRunsRequest\x1a-.neuralops.runhistory.v1.BatchLogRunsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/runs:batchLog:\x01*\x12z\n\x06GetRun\x12&.neuralops.runhistory.v1.GetRunRequest\x1a\'.neuralops.runhistory.v1.GetRunResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/runs/{wpk_id}/{run_id}\x12~\n\nSearchRuns\x12*.neuralops.runhistory.v1.SearchRunsRequest\x1a+.neuralops.runhistory.v1.SearchRunsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/runs:search:\x01*\x12_\n\x08ListRuns\x12(.neuralops.runhistory.v1.ListRunsRequest\x1a).neuralops.runhistory.v1.ListRunsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,32 +42,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNHISTORYSERVICE'].methods_by_name['GetRun']._serialized_options = b'\202\323\344\223\002\031\022\027/runs/{wpk_id}/{run_id}'
   _globals['_RUNHISTORYSERVICE'].methods_by_name['SearchRuns']._loaded_options = None
   _globals['_RUNHISTORYSERVICE'].methods_by_name['SearchRuns']._serialized_options = b'\202\323\344\223\002\021\"\014/runs:search:\001*'
-  _globals['_RUNSTATUS']._serialized_start=1534
-  _globals['_RUNSTATUS']._serialized_end=1700
-  _globals['_EMBEDDINGSTATUS']._serialized_start=1703
-  _globals['_EMBEDDINGSTATUS']._serialized_end=1870
-  _globals['_NODELOG']._serialized_start=163
-  _globals['_NODELOG']._serialized_end=477
-  _globals['_RUN']._serialized_start=480
-  _globals['_RUN']._serialized_end=917
-  _globals['_LOGRUNREQUEST']._serialized_start=919
-  _globals['_LOGRUNREQUEST']._serialized_end=977
-  _globals['_LOGRUNRESPONSE']._serialized_start=979
-  _globals['_LOGRUNRESPONSE']._serialized_end=1040
-  _globals['_BATCHLOGRUNSREQUEST']._serialized_start=1042
-  _globals['_BATCHLOGRUNSREQUEST']._serialized_end=1107
-  _globals['_BATCHLOGRUNSRESPONSE']._serialized_start=1109
-  _globals['_BATCHLOGRUNSRESPONSE']._serialized_end=1189
-  _globals['_GETRUNREQUEST']._serialized_start=1191
-  _globals['_GETRUNREQUEST']._serialized_end=1238
-  _globals['_GETRUNRESPONSE']._serialized_start=1240
-  _globals['_GETRUNRESPONSE']._serialized_end=1299
-  _globals['_SEARCHRUNSREQUEST']._serialized_start=1301
-  _globals['_SEARCHRUNSREQUEST']._serialized_end=1365
-  _globals['_SEARCHRUNSRESPONSE']._serialized_start=1367
-  _globals['_SEARCHRUNSRESPONSE']._serialized_end=1441
-  _globals['_SEARCHRUNSHIT']._serialized_start=1443
-  _globals['_SEARCHRUNSHIT']._serialized_end=1531
-  _globals['_RUNHISTORYSERVICE']._serialized_start=1873
-  _globals['_RUNHISTORYSERVICE']._serialized_end=2392
+  _globals['_RUNSTATUS']._serialized_start=3500
+  _globals['_RUNSTATUS']._serialized_end=3666
+  _globals['_EMBEDDINGSTATUS']._serialized_start=3669
+  _globals['_EMBEDDINGSTATUS']._serialized_end=3836
+  _globals['_CALLKIND']._serialized_start=3838
+  _globals['_CALLKIND']._serialized_end=3962
+  _globals['_USAGE']._serialized_start=163
+  _globals['_USAGE']._serialized_end=292
+  _globals['_RUNUSAGE']._serialized_start=295
+  _globals['_RUNUSAGE']._serialized_end=441
+  _globals['_CALL']._serialized_start=444
+  _globals['_CALL']._serialized_end=1042
+  _globals['_INTERRUPT']._serialized_start=1044
+  _globals['_INTERRUPT']._serialized_end=1126
+  _globals['_NODELOG']._serialized_start=1129
+  _globals['_NODELOG']._serialized_end=1525
+  _globals['_RUN']._serialized_start=1528
+  _globals['_RUN']._serialized_end=2253
+  _globals['_RUNSUMMARY']._serialized_start=2256
+  _globals['_RUNSUMMARY']._serialized_end=2591
+  _globals['_LISTRUNSREQUEST']._serialized_start=2594
+  _globals['_LISTRUNSREQUEST']._serialized_end=2787
+  _globals['_LISTRUNSRESPONSE']._serialized_start=2789
+  _globals['_LISTRUNSRESPONSE']._serialized_end=2883
+  _globals['_LOGRUNREQUEST']._serialized_start=2885
+  _globals['_LOGRUNREQUEST']._serialized_end=2943
+  _globals['_LOGRUNRESPONSE']._serialized_start=2945
+  _globals['_LOGRUNRESPONSE']._serialized_end=3006
+  _globals['_BATCHLOGRUNSREQUEST']._serialized_start=3008
+  _globals['_BATCHLOGRUNSREQUEST']._serialized_end=3073
+  _globals['_BATCHLOGRUNSRESPONSE']._serialized_start=3075
+  _globals['_BATCHLOGRUNSRESPONSE']._serialized_end=3155
+  _globals['_GETRUNREQUEST']._serialized_start=3157
+  _globals['_GETRUNREQUEST']._serialized_end=3204
+  _globals['_GETRUNRESPONSE']._serialized_start=3206
+  _globals['_GETRUNRESPONSE']._serialized_end=3265
+  _globals['_SEARCHRUNSREQUEST']._serialized_start=3267
+  _globals['_SEARCHRUNSREQUEST']._serialized_end=3331
+  _globals['_SEARCHRUNSRESPONSE']._serialized_start=3333
+  _globals['_SEARCHRUNSRESPONSE']._serialized_end=3407
+  _globals['_SEARCHRUNSHIT']._serialized_start=3409
+  _globals['_SEARCHRUNSHIT']._serialized_end=3497
+  _globals['_RUNHISTORYSERVICE']._serialized_start=3965
+  _globals['_RUNHISTORYSERVICE']._serialized_end=4581
 # @@protoc_insertion_point(module_scope)

@@ -87,6 +87,275 @@ EMBEDDING_STATUS_SKIPPED: EmbeddingStatus.ValueType  # 4
 """Not embedded: embeddings are off or the run has no `outputs.text`."""
 Global___EmbeddingStatus: _TypeAlias = EmbeddingStatus  # noqa: Y015
 
+class _CallKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CallKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALL_KIND_UNSPECIFIED: _CallKind.ValueType  # 0
+    CALL_KIND_MODEL: _CallKind.ValueType  # 1
+    """A chat model or LLM call (LangChain on_chat_model_start / on_llm_start)."""
+    CALL_KIND_TOOL: _CallKind.ValueType  # 2
+    """A tool call (on_tool_start)."""
+    CALL_KIND_RETRIEVER: _CallKind.ValueType  # 3
+    """A retriever call (on_retriever_start)."""
+    CALL_KIND_CHAIN: _CallKind.ValueType  # 4
+    """A chain that contains other calls (an LCEL chain, or a graph run
+    inside a tool); its own calls are nested under it.
+    """
+
+class CallKind(_CallKind, metaclass=_CallKindEnumTypeWrapper):
+    """CallKind is what a call made inside a node was."""
+
+CALL_KIND_UNSPECIFIED: CallKind.ValueType  # 0
+CALL_KIND_MODEL: CallKind.ValueType  # 1
+"""A chat model or LLM call (LangChain on_chat_model_start / on_llm_start)."""
+CALL_KIND_TOOL: CallKind.ValueType  # 2
+"""A tool call (on_tool_start)."""
+CALL_KIND_RETRIEVER: CallKind.ValueType  # 3
+"""A retriever call (on_retriever_start)."""
+CALL_KIND_CHAIN: CallKind.ValueType  # 4
+"""A chain that contains other calls (an LCEL chain, or a graph run
+inside a tool); its own calls are nested under it.
+"""
+Global___CallKind: _TypeAlias = CallKind  # noqa: Y015
+
+@_typing.final
+class Usage(_message.Message):
+    """Usage is the token usage a model reported for one call, or the sum over
+    the calls of a run. Counts are what the provider reported (LangChain's
+    `usage_metadata`, else `llm_output.token_usage`); 0 when not reported.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    input_tokens: _builtins.int
+    """Prompt tokens."""
+    output_tokens: _builtins.int
+    """Completion tokens."""
+    total_tokens: _builtins.int
+    """Total tokens (input + output unless the provider says otherwise)."""
+    cached_input_tokens: _builtins.int
+    """Input tokens served from the provider's prompt cache, when reported."""
+    reasoning_tokens: _builtins.int
+    """Output tokens spent on reasoning, when reported."""
+    def __init__(
+        self,
+        *,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        total_tokens: _builtins.int = ...,
+        cached_input_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_tokens", b"cached_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class RunUsage(_message.Message):
+    """RunUsage is a run's totals over every call recorded in it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    RETRIEVER_CALLS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    FAILED_CALLS_FIELD_NUMBER: _builtins.int
+    model_calls: _builtins.int
+    """Model calls in the run (nested ones included)."""
+    tool_calls: _builtins.int
+    """Tool calls in the run."""
+    retriever_calls: _builtins.int
+    """Retriever calls in the run."""
+    failed_calls: _builtins.int
+    """Model calls that ended in an error."""
+    @_builtins.property
+    def tokens(self) -> Global___Usage:
+        """Tokens summed over the run's model calls."""
+
+    def __init__(
+        self,
+        *,
+        model_calls: _builtins.int = ...,
+        tool_calls: _builtins.int = ...,
+        retriever_calls: _builtins.int = ...,
+        tokens: Global___Usage | None = ...,
+        failed_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_calls", b"failed_calls", "model_calls", b"model_calls", "retriever_calls", b"retriever_calls", "tokens", b"tokens", "tool_calls", b"tool_calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunUsage: _TypeAlias = RunUsage  # noqa: Y015
+
+@_typing.final
+class Call(_message.Message):
+    """Call is one model, tool, retriever or chain call made while a node ran.
+    Calls made inside another call (a tool that runs a sub-agent, a chain
+    that calls a model) are nested under it in `calls`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The callback run id LangChain gave the call (a UUID)."""
+    kind: Global___CallKind.ValueType
+    """What kind of call it was."""
+    name: _builtins.str
+    """The runnable's name: the tool name, the model class, the chain name."""
+    model: _builtins.str
+    """Model name when known (e.g. "gpt-4o-mini"), for model calls."""
+    provider: _builtins.str
+    """Provider when known (e.g. "openai"), from `ls_provider`."""
+    duration_ms: _builtins.int
+    """Wall time in milliseconds; at least 0."""
+    status: Global___RunStatus.ValueType
+    """How the call ended."""
+    error: _builtins.str
+    """Error type and message when status is FAILED."""
+    time_to_first_token_ms: _builtins.int
+    """Milliseconds from the start of a streamed model call to its first
+    token; absent when the call was not streamed.
+    """
+    truncated: _builtins.bool
+    """True when `input` or `output` was cut to fit the capture budget."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the call started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the call ended."""
+
+    @_builtins.property
+    def input(self) -> _struct_pb2.Struct:
+        """What the call received (messages, tool input, query), within the
+        hook's capture budget; optional.
+        """
+
+    @_builtins.property
+    def output(self) -> _struct_pb2.Struct:
+        """What the call returned (generation, tool output, documents), within
+        the capture budget; optional.
+        """
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Token usage, for model calls that report it."""
+
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Call]:
+        """Calls made inside this one, in start order."""
+
+    @_builtins.property
+    def parameters(self) -> _struct_pb2.Struct:
+        """Invocation parameters the model was called with (temperature, ...),
+        when reported; optional.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        kind: Global___CallKind.ValueType = ...,
+        name: _builtins.str = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        duration_ms: _builtins.int = ...,
+        status: Global___RunStatus.ValueType = ...,
+        error: _builtins.str = ...,
+        input: _struct_pb2.Struct | None = ...,
+        output: _struct_pb2.Struct | None = ...,
+        usage: Global___Usage | None = ...,
+        time_to_first_token_ms: _builtins.int | None = ...,
+        calls: _abc.Iterable[Global___Call] | None = ...,
+        parameters: _struct_pb2.Struct | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_time_to_first_token_ms", b"_time_to_first_token_ms", "end_time", b"end_time", "input", b"input", "output", b"output", "parameters", b"parameters", "start_time", b"start_time", "time_to_first_token_ms", b"time_to_first_token_ms", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_time_to_first_token_ms", b"_time_to_first_token_ms", "calls", b"calls", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "id", b"id", "input", b"input", "kind", b"kind", "model", b"model", "name", b"name", "output", b"output", "parameters", b"parameters", "provider", b"provider", "start_time", b"start_time", "status", b"status", "time_to_first_token_ms", b"time_to_first_token_ms", "truncated", b"truncated", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__time_to_first_token_ms: _TypeAlias = _typing.Literal["time_to_first_token_ms"]  # noqa: Y015
+    _WhichOneofArgType__time_to_first_token_ms: _TypeAlias = _typing.Literal["_time_to_first_token_ms", b"_time_to_first_token_ms"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__time_to_first_token_ms) -> _WhichOneofReturnType__time_to_first_token_ms | None: ...
+
+Global___Call: _TypeAlias = Call  # noqa: Y015
+
+@_typing.final
+class Interrupt(_message.Message):
+    """Interrupt is one value a run paused on (LangGraph's `interrupt()` or a
+    static breakpoint), as LangGraph reports it in `__interrupt__`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    NEXT_NODES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """LangGraph's interrupt id, used to resume this interrupt; empty for a
+    static breakpoint.
+    """
+    @_builtins.property
+    def value(self) -> _struct_pb2.Value:
+        """The value passed to `interrupt()`. For a static breakpoint (compiled
+        with interrupt_before / interrupt_after) the hook records
+        `{"breakpoint": "interrupt_before"}` (or "interrupt_after").
+        """
+
+    @_builtins.property
+    def next_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The nodes the graph will run on resume (`get_state().next`), when known."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        value: _struct_pb2.Value | None = ...,
+        next_nodes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "next_nodes", b"next_nodes", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Interrupt: _TypeAlias = Interrupt  # noqa: Y015
+
 @_typing.final
 class NodeLog(_message.Message):
     """NodeLog is what one LangGraph node did during a run."""
@@ -103,6 +372,9 @@ class NodeLog(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Node name as registered in the graph, e.g. "retrieve". Required."""
     path: _builtins.str
@@ -117,6 +389,14 @@ class NodeLog(_message.Message):
     """How the node ended."""
     error: _builtins.str
     """Error type and message when status is FAILED; empty otherwise."""
+    attempt: _builtins.int
+    """Attempt number of this execution, 1 for the first; a node retried by
+    its RetryPolicy has one entry per attempt. 0 when not known.
+    """
+    truncated: _builtins.bool
+    """True when `input` or `output` was cut (or left out) to fit the hook's
+    per-node or per-run capture budget.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the node started."""
@@ -133,6 +413,12 @@ class NodeLog(_message.Message):
     def output(self) -> _struct_pb2.Struct:
         """The node's output (its partial state update), truncated; optional."""
 
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Call]:
+        """Model, tool, retriever and chain calls made while the node ran, in
+        start order, nested when one call ran inside another.
+        """
+
     def __init__(
         self,
         *,
@@ -146,10 +432,13 @@ class NodeLog(_message.Message):
         error: _builtins.str = ...,
         input: _struct_pb2.Struct | None = ...,
         output: _struct_pb2.Struct | None = ...,
+        attempt: _builtins.int = ...,
+        calls: _abc.Iterable[Global___Call] | None = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "input", b"input", "output", b"output", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "input", b"input", "name", b"name", "output", b"output", "path", b"path", "start_time", b"start_time", "status", b"status", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "calls", b"calls", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "input", b"input", "name", b"name", "output", b"output", "path", b"path", "start_time", b"start_time", "status", b"status", "step", b"step", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,7 +446,15 @@ Global___NodeLog: _TypeAlias = NodeLog  # noqa: Y015
 
 @_typing.final
 class Run(_message.Message):
-    """Run is one execution of a workflow."""
+    """Run is one execution of a workflow.
+
+    Numbers in Struct fields (inputs, outputs, node and call input/output,
+    metadata) travel as doubles. The server stores an integral number as an
+    integer and the Python client (`neuralops.clients.runs.to_python`) and
+    the HTTP/JSON form give it back as one, so 15 stays 15. Integers beyond
+    2^53 cannot be carried exactly by a double: the hook sends them as their
+    decimal text (a string) instead.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -173,6 +470,16 @@ class Run(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     EMBEDDING_STATUS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    INTERRUPTS_FIELD_NUMBER: _builtins.int
+    OMITTED_NODE_LOGS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned row id (UUID). Output only."""
     wpk_id: _builtins.str
@@ -191,6 +498,33 @@ class Run(_message.Message):
     """State of the output embedding. Output only."""
     error: _builtins.str
     """Error text for the run when status is FAILED."""
+    thread_id: _builtins.str
+    """LangGraph thread id (`config["configurable"]["thread_id"]`); empty
+    when the run had no thread. At most 200 characters. An interrupted run
+    and the runs that resume it share their thread id.
+    """
+    checkpoint_id: _builtins.str
+    """LangGraph checkpoint id linking runs of one thread: the checkpoint an
+    interrupted run paused on, the checkpoint a resume started from, else
+    `config["configurable"]["checkpoint_id"]` when the caller gave one.
+    Empty without a checkpointer. At most 200 characters.
+    """
+    user_id: _builtins.str
+    """End user, from `config["metadata"]["user_id"]`; filterable. At most 200
+    characters.
+    """
+    session_id: _builtins.str
+    """Session, from `config["metadata"]["session_id"]`; filterable. At most
+    200 characters.
+    """
+    omitted_node_logs: _builtins.int
+    """Node executions left out because the run had more than the server
+    accepts (the first ones are kept in `node_logs`).
+    """
+    truncated: _builtins.bool
+    """True when some captured input or output in this run was cut to fit the
+    hook's capture budget (see NodeLog.truncated and Call.truncated).
+    """
     @_builtins.property
     def inputs(self) -> _struct_pb2.Struct:
         """The run's input state."""
@@ -211,6 +545,24 @@ class Run(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the row last changed (embedding state). Output only."""
 
+    @_builtins.property
+    def usage(self) -> Global___RunUsage:
+        """Totals over the run's calls (model calls, tool calls, tokens)."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags from the run's config (`config["tags"]`). At most 64, each at most
+        200 characters.
+        """
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Metadata from the run's config (`config["metadata"]`)."""
+
+    @_builtins.property
+    def interrupts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Interrupt]:
+        """What an interrupted run paused on."""
+
     def __init__(
         self,
         *,
@@ -226,14 +578,182 @@ class Run(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         embedding_status: Global___EmbeddingStatus.ValueType = ...,
         error: _builtins.str = ...,
+        usage: Global___RunUsage | None = ...,
+        thread_id: _builtins.str = ...,
+        checkpoint_id: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        interrupts: _abc.Iterable[Global___Interrupt] | None = ...,
+        omitted_node_logs: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "inputs", b"inputs", "outputs", b"outputs", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "inputs", b"inputs", "metadata", b"metadata", "outputs", b"outputs", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "duration_ms", b"duration_ms", "embedding_status", b"embedding_status", "error", b"error", "id", b"id", "inputs", b"inputs", "node_logs", b"node_logs", "outputs", b"outputs", "run_id", b"run_id", "status", b"status", "updated_at", b"updated_at", "wpk_id", b"wpk_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "created_at", b"created_at", "duration_ms", b"duration_ms", "embedding_status", b"embedding_status", "error", b"error", "id", b"id", "inputs", b"inputs", "interrupts", b"interrupts", "metadata", b"metadata", "node_logs", b"node_logs", "omitted_node_logs", b"omitted_node_logs", "outputs", b"outputs", "run_id", b"run_id", "session_id", b"session_id", "status", b"status", "tags", b"tags", "thread_id", b"thread_id", "truncated", b"truncated", "updated_at", b"updated_at", "usage", b"usage", "user_id", b"user_id", "wpk_id", b"wpk_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class RunSummary(_message.Message):
+    """RunSummary is a run as ListRuns lists it (no inputs, outputs or nodes)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    WPK_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Row id (UUID)."""
+    wpk_id: _builtins.str
+    """Workflow id."""
+    run_id: _builtins.str
+    """Caller's run id."""
+    status: Global___RunStatus.ValueType
+    """How the run ended."""
+    duration_ms: _builtins.int
+    """Wall duration in milliseconds."""
+    error: _builtins.str
+    """Error text when status is FAILED."""
+    thread_id: _builtins.str
+    """LangGraph thread id; empty when none."""
+    checkpoint_id: _builtins.str
+    """Checkpoint the run ended on; empty when none."""
+    user_id: _builtins.str
+    """End user id; empty when none."""
+    session_id: _builtins.str
+    """Session id; empty when none."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the run was stored; the list's order."""
+
+    @_builtins.property
+    def usage(self) -> Global___RunUsage:
+        """Totals over the run's calls."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags from the run's config."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        wpk_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        status: Global___RunStatus.ValueType = ...,
+        duration_ms: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        error: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        checkpoint_id: _builtins.str = ...,
+        usage: Global___RunUsage | None = ...,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "created_at", b"created_at", "duration_ms", b"duration_ms", "error", b"error", "id", b"id", "run_id", b"run_id", "session_id", b"session_id", "status", b"status", "tags", b"tags", "thread_id", b"thread_id", "usage", b"usage", "user_id", b"user_id", "wpk_id", b"wpk_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunSummary: _TypeAlias = RunSummary  # noqa: Y015
+
+@_typing.final
+class ListRunsRequest(_message.Message):
+    """ListRunsRequest picks a workflow, optional filters and a page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WPK_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    wpk_id: _builtins.str
+    """Workflow id. Required, at most 200 characters."""
+    page_size: _builtins.int
+    """Runs per page: 0 means 20; above 1000 is capped to 1000; negative is
+    INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page. Only
+    valid with the same wpk_id and filters.
+    """
+    thread_id: _builtins.str
+    """Only runs of this LangGraph thread; empty means any."""
+    status: Global___RunStatus.ValueType
+    """Only runs with this status; UNSPECIFIED means any."""
+    user_id: _builtins.str
+    """Only runs of this end user; empty means any."""
+    session_id: _builtins.str
+    """Only runs of this session; empty means any."""
+    tag: _builtins.str
+    """Only runs carrying this tag; empty means any."""
+    def __init__(
+        self,
+        *,
+        wpk_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        status: Global___RunStatus.ValueType = ...,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id", "status", b"status", "tag", b"tag", "thread_id", b"thread_id", "user_id", b"user_id", "wpk_id", b"wpk_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
+
+@_typing.final
+class ListRunsResponse(_message.Message):
+    """ListRunsResponse is one page of runs, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunSummary]:
+        """The page's runs, newest first."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___RunSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
 
 @_typing.final
 class LogRunRequest(_message.Message):

@@ -73,6 +73,11 @@ class RunHistoryServiceStub:
                 request_serializer=neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.SearchRunsRequest.SerializeToString,
                 response_deserializer=neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.SearchRunsResponse.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/neuralops.runhistory.v1.RunHistoryService/ListRuns',
+                request_serializer=neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
 
 
 class RunHistoryServiceServicer:
@@ -134,6 +139,17 @@ class RunHistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """ListRuns lists one workflow's runs, newest first (created_at, then id,
+        descending), in keyset pages that stay stable while runs keep arriving
+        and cost the same at any depth. Optional filters narrow the list to one
+        thread, status, user, session or tag; a page token is only valid with
+        the filters it was issued for. An unknown workflow is an empty list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunHistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +172,11 @@ def add_RunHistoryServiceServicer_to_server(servicer, server):
                     servicer.SearchRuns,
                     request_deserializer=neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.SearchRunsRequest.FromString,
                     response_serializer=neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.SearchRunsResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.ListRunsRequest.FromString,
+                    response_serializer=neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.ListRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -285,6 +306,33 @@ class RunHistoryService:
             '/neuralops.runhistory.v1.RunHistoryService/SearchRuns',
             neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.SearchRunsRequest.SerializeToString,
             neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.SearchRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuralops.runhistory.v1.RunHistoryService/ListRuns',
+            neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.ListRunsRequest.SerializeToString,
+            neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,13 @@ class RunHistoryServiceStub:
     when embeddings are not configured (no OPENAI_KEY / OPENAI_API_KEY).
     Only runs whose embedding_status is DONE can be found.
     """
+    ListRuns: _grpc.UnaryUnaryMultiCallable[_runhistory_pb2.ListRunsRequest, _runhistory_pb2.ListRunsResponse]
+    """ListRuns lists one workflow's runs, newest first (created_at, then id,
+    descending), in keyset pages that stay stable while runs keep arriving
+    and cost the same at any depth. Optional filters narrow the list to one
+    thread, status, user, session or tag; a page token is only valid with
+    the filters it was issued for. An unknown workflow is an empty list.
+    """
 
 @_typing.type_check_only
 class RunHistoryServiceAsyncStub(RunHistoryServiceStub):
@@ -116,6 +123,13 @@ class RunHistoryServiceAsyncStub(RunHistoryServiceStub):
     meaning to `text` (vector search over embeddings). FAILED_PRECONDITION
     when embeddings are not configured (no OPENAI_KEY / OPENAI_API_KEY).
     Only runs whose embedding_status is DONE can be found.
+    """
+    ListRuns: _aio.UnaryUnaryMultiCallable[_runhistory_pb2.ListRunsRequest, _runhistory_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """ListRuns lists one workflow's runs, newest first (created_at, then id,
+    descending), in keyset pages that stay stable while runs keep arriving
+    and cost the same at any depth. Optional filters narrow the list to one
+    thread, status, user, session or tag; a page token is only valid with
+    the filters it was issued for. An unknown workflow is an empty list.
     """
 
 class RunHistoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -182,6 +196,19 @@ class RunHistoryServiceServicer(metaclass=_abc_1.ABCMeta):
         meaning to `text` (vector search over embeddings). FAILED_PRECONDITION
         when embeddings are not configured (no OPENAI_KEY / OPENAI_API_KEY).
         Only runs whose embedding_status is DONE can be found.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRuns(
+        self,
+        request: _runhistory_pb2.ListRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runhistory_pb2.ListRunsResponse, _abc.Awaitable[_runhistory_pb2.ListRunsResponse]]:
+        """ListRuns lists one workflow's runs, newest first (created_at, then id,
+        descending), in keyset pages that stay stable while runs keep arriving
+        and cost the same at any depth. Optional filters narrow the list to one
+        thread, status, user, session or tag; a page token is only valid with
+        the filters it was issued for. An unknown workflow is an empty list.
         """
 
 def add_RunHistoryServiceServicer_to_server(servicer: RunHistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
