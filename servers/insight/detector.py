@@ -55,6 +55,7 @@ class DetectorSettings:
     spread_floor: float = 0.02  # fraction of the baseline's range and of |median|
     seasonal: bool = True  # use the daily profile where the history covers it
     surprise: float = 0.8  # robust: a point must also beat this x the window's highest score
+    surprise_cap: float = 3.0  # ... that bar capped at this x the threshold
 
     def check(self) -> list[tuple[str, str]]:
         """Violations as (field, description); empty when valid."""
@@ -85,9 +86,11 @@ class Scored:
 
 
 def _hot(score: FloatArray, settings: DetectorSettings) -> npt.NDArray[np.bool_]:
-    """Over the threshold and, for ROBUST, not outdone within its own window: a series
-    whose ordinary day reaches score 7 does not alarm at 7 (the threshold then means
-    "unusual for this series", the same on every series)."""
+    """Over the threshold and, for ROBUST, at least ``surprise`` x the highest score in
+    the point's own window, that bar capped at ``surprise_cap`` x the threshold. A
+    series whose ordinary week reaches score 7 now and then does not alarm at 7 (the
+    threshold then means "unusual for this series", the same on every series), and one
+    huge past spike cannot mask a later clear incident."""
     with np.errstate(invalid="ignore"):
         over = score >= settings.threshold
     if settings.method != "robust" or settings.surprise <= 0 or not over.any():
@@ -98,8 +101,9 @@ def _hot(score: FloatArray, settings: DetectorSettings) -> npt.NDArray[np.bool_]
     past: FloatArray = np.asarray(
         maximum_filter1d(padded, size=w, axis=1, origin=(w - 1) // 2, mode="nearest"),
         dtype=np.float64,
-    )[:, :-1]  # max over the w scores before each point
-    return over & (z >= settings.surprise * past)
+    )[:, :-1]  # the highest of the w scores before each point
+    bar = settings.surprise * np.minimum(past, settings.surprise_cap * settings.threshold)
+    return over & (z >= bar)
 
 
 def _rows_quantiles(sorted_rows: FloatArray, count: IntArray, qs: tuple[float, ...]) -> FloatArray:
@@ -160,15 +164,18 @@ def _windowed(
     base = np.full((n_series, n), np.nan)
     w, k = settings.window, _block(settings.window)
     stats = _robust_stats if robust else _mean_stats
-    for b in range(max(first, 1), n, k):
+    b = max(first, 1)
+    while b < n:
+        # Short histories move fast: recompute the baseline every 1/8 of its length.
+        e = min(n, b + min(k, max(1, min(b, w) // 8)))
         hist = values[:, max(0, b - w) : b]
         med, spread, count = stats(hist, settings.spread_floor)
-        e = min(n, b + k)
         seg = values[:, b:e]
         ok = (count >= settings.min_points)[:, None] & ~np.isnan(seg)
         z = np.abs(seg - med[:, None]) / spread[:, None]
         score[:, b:e] = np.where(ok, z, np.nan)
         base[:, b:e] = med[:, None]
+        b = e
     return score, base
 
 
@@ -297,19 +304,27 @@ class Span:
     last: int  # last anomalous column
 
 
-def episodes(score: FloatArray, hot_mask: npt.NDArray[np.bool_], close_after: int) -> list[Span]:
-    """Episodes of one series: opened by an anomalous (``hot``) point, closed
-    ``close_after`` scored points after the last anomalous one (still open when the
-    series ends sooner). Missing points neither open nor close an episode."""
-    hot = np.flatnonzero(hot_mask)
-    if hot.size == 0:
+def episodes(
+    score: FloatArray, hot_mask: npt.NDArray[np.bool_], close_after: int, threshold: float
+) -> list[Span]:
+    """Episodes of one series: opened by an anomalous (``hot``) point, kept open by
+    every point at or over ``threshold``, closed ``close_after`` scored points after the
+    last such point (still open when the series ends sooner). Missing points neither
+    open nor close an episode."""
+    with np.errstate(invalid="ignore"):
+        over = np.flatnonzero((score >= threshold) | hot_mask)
+    if over.size == 0 or not hot_mask.any():
         return []
     # Count only scored points as "normal" when measuring the gap between hot points.
     scored_upto = np.cumsum(~np.isnan(score))
-    gaps = scored_upto[hot[1:]] - scored_upto[hot[:-1]] - 1
+    gaps = scored_upto[over[1:]] - scored_upto[over[:-1]] - 1
     cuts = np.flatnonzero(gaps >= close_after) + 1
     out: list[Span] = []
-    for group in np.split(hot, cuts):
+    for group in np.split(over, cuts):
+        opens = group[hot_mask[group]]
+        if opens.size == 0:
+            continue
+        group = group[group >= opens[0]]
         first, last = int(group[0]), int(group[-1])
         peak = int(group[np.argmax(score[group])])
         after = np.flatnonzero(~np.isnan(score[last + 1 :]))

@@ -89,9 +89,8 @@ def hint_for(
         return f"{name} {value:.4g} equals its constant {span} {what}"
     side = "above" if value >= baseline else "below"
     if math.isinf(score) or constant:
-        return (
-            f"{name} {value:.4g} moved off its constant {span} value {baseline:.4g}"
-            + ("" if math.isinf(score) else f" (score {score:.1f})")
+        return f"{name} {value:.4g} moved off its constant {span} value {baseline:.4g}" + (
+            "" if math.isinf(score) else f" (score {score:.1f})"
         )
     unit = "x its robust spread" if method == "robust" else "σ"
     return f"{name} {value:.4g} is {score:.1f}{unit} {side} its {span} {what} {baseline:.4g}"
@@ -171,7 +170,8 @@ class Walker:
             sc = float(score[k])
             if math.isnan(sc):
                 continue
-            if bool(hot[k]):
+            is_open = ep is not None and ep.end_time is None
+            if bool(hot[k]) or (is_open and sc >= self.s.threshold):
                 if ep is None or ep.end_time is not None:
                     ep = Episode(
                         id=str(uuid.uuid4()),
@@ -313,9 +313,7 @@ class Insight:
         count = np.sum(~np.isnan(data.values[:, :-1]), axis=1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
-            flat = np.nanmin(data.values[:, :-1], axis=1) == np.nanmax(
-                data.values[:, :-1], axis=1
-            )
+            flat = np.nanmin(data.values[:, :-1], axis=1) == np.nanmax(data.values[:, :-1], axis=1)
         source = "probe:" + spec.query
         walker = Walker(settings, source, "", spec.query)
         current = self._store.open_episodes(source)
@@ -467,7 +465,9 @@ class Insight:
             sc = detector.score_matrix(values, settings, step_s=step)
             for row, i in enumerate(members):
                 labels, t, v = series[i]
-                spans = detector.episodes(sc.score[row], sc.hot[row], settings.close_after)
+                spans = detector.episodes(
+                    sc.score[row], sc.hot[row], settings.close_after, settings.threshold
+                )
                 out[i] = BacktestSeries(labels, t, spans, sc.score[row], v)
         return [o for o in out if o is not None]
 
@@ -498,7 +498,7 @@ class Insight:
             BacktestSeries(
                 labels,
                 times,
-                detector.episodes(sc.score[i], sc.hot[i], settings.close_after),
+                detector.episodes(sc.score[i], sc.hot[i], settings.close_after, settings.threshold),
                 sc.score[i],
                 data.values[i],
             )
