@@ -85,6 +85,7 @@ def track_backlog(read: Callable[[], int]) -> None:
 
     OUTBOX_BACKLOG.set_function(safe)
 
+
 ANOMALY_SCORE = Gauge(
     "neuralops_anomaly_score",
     "Latest anomaly score of each watched series (Insight watches).",

@@ -110,6 +110,10 @@ def cmd_up(config: Config, args: argparse.Namespace) -> int:
     app = App(config)
     try:
         app.start()
+        if config.prom_url and app.db is not None:  # insight: a default watch on run durations
+            from neuralops.servers.insight.defaults import ensure_default_watch
+
+            ensure_default_watch(app.db)
         start_metrics(config)
         print(banner(app, config, prom), flush=True)
         print("ready", flush=True)

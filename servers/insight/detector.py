@@ -54,7 +54,7 @@ class DetectorSettings:
     alpha: float = 0.02  # EWMA factor
     spread_floor: float = 0.02  # fraction of the baseline's range and of |median|
     seasonal: bool = True  # use the daily profile where the history covers it
-    surprise: float = 0.8  # robust: a point must also beat this x the window's highest score
+    surprise: float = 1.05  # robust: a point must also beat this x the window's highest score
     surprise_cap: float = 3.0  # ... that bar capped at this x the threshold
 
     def check(self) -> list[tuple[str, str]]:
@@ -324,9 +324,9 @@ def episodes(
         opens = group[hot_mask[group]]
         if opens.size == 0:
             continue
-        group = group[group >= opens[0]]
-        first, last = int(group[0]), int(group[-1])
-        peak = int(group[np.argmax(score[group])])
+        span = group[group >= opens[0]]
+        first, last = int(span[0]), int(span[-1])
+        peak = int(span[np.argmax(score[span])])
         after = np.flatnonzero(~np.isnan(score[last + 1 :]))
         end = int(last + 1 + after[close_after - 1]) if after.size >= close_after else -1
         out.append(Span(first, end, peak, last))

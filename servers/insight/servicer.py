@@ -262,11 +262,14 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
 
     def CreateWatch(
         self, request: pb.CreateWatchRequest, context: grpc.ServicerContext
-    ) -> pb.Watch:
-        return watch_message(self._insight.create_watch(self._watch(request.watch)))
+    ) -> pb.CreateWatchResponse:
+        made = self._insight.create_watch(self._watch(request.watch))
+        return pb.CreateWatchResponse(watch=watch_message(made))
 
-    def GetWatch(self, request: pb.GetWatchRequest, context: grpc.ServicerContext) -> pb.Watch:
-        return watch_message(self._insight.get_watch(request.id))
+    def GetWatch(
+        self, request: pb.GetWatchRequest, context: grpc.ServicerContext
+    ) -> pb.GetWatchResponse:
+        return pb.GetWatchResponse(watch=watch_message(self._insight.get_watch(request.id)))
 
     def ListWatches(
         self, request: pb.ListWatchesRequest, context: grpc.ServicerContext
@@ -278,7 +281,7 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
 
     def UpdateWatch(
         self, request: pb.UpdateWatchRequest, context: grpc.ServicerContext
-    ) -> pb.Watch:
+    ) -> pb.UpdateWatchResponse:
         current = self._insight.get_watch(request.watch.id)
         paths = set(request.update_mask.paths)
         allowed = {"name", "query", "detector", "interval"}
@@ -296,7 +299,7 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
             detector=given.detector if "detector" in top else current.detector,
             interval_s=given.interval_s if "interval" in top else current.interval_s,
         )
-        return watch_message(self._insight.update_watch(merged))
+        return pb.UpdateWatchResponse(watch=watch_message(self._insight.update_watch(merged)))
 
     def DeleteWatch(
         self, request: pb.DeleteWatchRequest, context: grpc.ServicerContext

@@ -577,6 +577,30 @@ class CreateWatchRequest(_message.Message):
 Global___CreateWatchRequest: _TypeAlias = CreateWatchRequest  # noqa: Y015
 
 @_typing.final
+class CreateWatchResponse(_message.Message):
+    """CreateWatchResponse is the stored watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def watch(self) -> Global___Watch:
+        """The watch, with its id."""
+
+    def __init__(
+        self,
+        *,
+        watch: Global___Watch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWatchResponse: _TypeAlias = CreateWatchResponse  # noqa: Y015
+
+@_typing.final
 class GetWatchRequest(_message.Message):
     """GetWatchRequest names a watch."""
 
@@ -597,6 +621,30 @@ class GetWatchRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetWatchRequest: _TypeAlias = GetWatchRequest  # noqa: Y015
+
+@_typing.final
+class GetWatchResponse(_message.Message):
+    """GetWatchResponse is the watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def watch(self) -> Global___Watch:
+        """The watch."""
+
+    def __init__(
+        self,
+        *,
+        watch: Global___Watch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWatchResponse: _TypeAlias = GetWatchResponse  # noqa: Y015
 
 @_typing.final
 class ListWatchesRequest(_message.Message):
@@ -681,6 +729,30 @@ class UpdateWatchRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateWatchRequest: _TypeAlias = UpdateWatchRequest  # noqa: Y015
+
+@_typing.final
+class UpdateWatchResponse(_message.Message):
+    """UpdateWatchResponse is the changed watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def watch(self) -> Global___Watch:
+        """The watch as stored."""
+
+    def __init__(
+        self,
+        *,
+        watch: Global___Watch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateWatchResponse: _TypeAlias = UpdateWatchResponse  # noqa: Y015
 
 @_typing.final
 class DeleteWatchRequest(_message.Message):

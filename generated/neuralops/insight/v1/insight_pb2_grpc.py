@@ -53,12 +53,12 @@ class InsightServiceStub:
         self.CreateWatch = channel.unary_unary(
                 '/neuralops.insight.v1.InsightService/CreateWatch',
                 request_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchRequest.SerializeToString,
-                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.Watch.FromString,
+                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchResponse.FromString,
                 _registered_method=True)
         self.GetWatch = channel.unary_unary(
                 '/neuralops.insight.v1.InsightService/GetWatch',
                 request_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchRequest.SerializeToString,
-                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.Watch.FromString,
+                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchResponse.FromString,
                 _registered_method=True)
         self.ListWatches = channel.unary_unary(
                 '/neuralops.insight.v1.InsightService/ListWatches',
@@ -68,7 +68,7 @@ class InsightServiceStub:
         self.UpdateWatch = channel.unary_unary(
                 '/neuralops.insight.v1.InsightService/UpdateWatch',
                 request_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchRequest.SerializeToString,
-                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.Watch.FromString,
+                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchResponse.FromString,
                 _registered_method=True)
         self.DeleteWatch = channel.unary_unary(
                 '/neuralops.insight.v1.InsightService/DeleteWatch',
@@ -177,12 +177,12 @@ def add_InsightServiceServicer_to_server(servicer, server):
             'CreateWatch': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateWatch,
                     request_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchRequest.FromString,
-                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.Watch.SerializeToString,
+                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchResponse.SerializeToString,
             ),
             'GetWatch': grpc.unary_unary_rpc_method_handler(
                     servicer.GetWatch,
                     request_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchRequest.FromString,
-                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.Watch.SerializeToString,
+                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchResponse.SerializeToString,
             ),
             'ListWatches': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWatches,
@@ -192,7 +192,7 @@ def add_InsightServiceServicer_to_server(servicer, server):
             'UpdateWatch': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateWatch,
                     request_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchRequest.FromString,
-                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.Watch.SerializeToString,
+                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchResponse.SerializeToString,
             ),
             'DeleteWatch': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteWatch,
@@ -308,7 +308,7 @@ class InsightService:
             target,
             '/neuralops.insight.v1.InsightService/CreateWatch',
             neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchRequest.SerializeToString,
-            neuralops_dot_insight_dot_v1_dot_insight__pb2.Watch.FromString,
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -335,7 +335,7 @@ class InsightService:
             target,
             '/neuralops.insight.v1.InsightService/GetWatch',
             neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchRequest.SerializeToString,
-            neuralops_dot_insight_dot_v1_dot_insight__pb2.Watch.FromString,
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -389,7 +389,7 @@ class InsightService:
             target,
             '/neuralops.insight.v1.InsightService/UpdateWatch',
             neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchRequest.SerializeToString,
-            neuralops_dot_insight_dot_v1_dot_insight__pb2.Watch.FromString,
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

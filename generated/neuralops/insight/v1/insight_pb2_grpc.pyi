@@ -58,16 +58,16 @@ class InsightServiceStub:
     INVALID_ARGUMENT naming the field for a bad detector or range, or when
     the work (series x points) is over the per-call limit.
     """
-    CreateWatch: _grpc.UnaryUnaryMultiCallable[_insight_pb2.CreateWatchRequest, _insight_pb2.Watch]
+    CreateWatch: _grpc.UnaryUnaryMultiCallable[_insight_pb2.CreateWatchRequest, _insight_pb2.CreateWatchResponse]
     """CreateWatch stores a watch: a query the server evaluates every
     `interval`, opening and closing episodes as its series turn anomalous
     and back to normal.
     """
-    GetWatch: _grpc.UnaryUnaryMultiCallable[_insight_pb2.GetWatchRequest, _insight_pb2.Watch]
+    GetWatch: _grpc.UnaryUnaryMultiCallable[_insight_pb2.GetWatchRequest, _insight_pb2.GetWatchResponse]
     """GetWatch returns one watch; NOT_FOUND when there is none with that id."""
     ListWatches: _grpc.UnaryUnaryMultiCallable[_insight_pb2.ListWatchesRequest, _insight_pb2.ListWatchesResponse]
     """ListWatches lists watches by creation time, paginated."""
-    UpdateWatch: _grpc.UnaryUnaryMultiCallable[_insight_pb2.UpdateWatchRequest, _insight_pb2.Watch]
+    UpdateWatch: _grpc.UnaryUnaryMultiCallable[_insight_pb2.UpdateWatchRequest, _insight_pb2.UpdateWatchResponse]
     """UpdateWatch changes the fields named in `update_mask` (all settable
     fields when it is empty).
     """
@@ -104,16 +104,16 @@ class InsightServiceAsyncStub(InsightServiceStub):
     INVALID_ARGUMENT naming the field for a bad detector or range, or when
     the work (series x points) is over the per-call limit.
     """
-    CreateWatch: _aio.UnaryUnaryMultiCallable[_insight_pb2.CreateWatchRequest, _insight_pb2.Watch]  # type: ignore[assignment]
+    CreateWatch: _aio.UnaryUnaryMultiCallable[_insight_pb2.CreateWatchRequest, _insight_pb2.CreateWatchResponse]  # type: ignore[assignment]
     """CreateWatch stores a watch: a query the server evaluates every
     `interval`, opening and closing episodes as its series turn anomalous
     and back to normal.
     """
-    GetWatch: _aio.UnaryUnaryMultiCallable[_insight_pb2.GetWatchRequest, _insight_pb2.Watch]  # type: ignore[assignment]
+    GetWatch: _aio.UnaryUnaryMultiCallable[_insight_pb2.GetWatchRequest, _insight_pb2.GetWatchResponse]  # type: ignore[assignment]
     """GetWatch returns one watch; NOT_FOUND when there is none with that id."""
     ListWatches: _aio.UnaryUnaryMultiCallable[_insight_pb2.ListWatchesRequest, _insight_pb2.ListWatchesResponse]  # type: ignore[assignment]
     """ListWatches lists watches by creation time, paginated."""
-    UpdateWatch: _aio.UnaryUnaryMultiCallable[_insight_pb2.UpdateWatchRequest, _insight_pb2.Watch]  # type: ignore[assignment]
+    UpdateWatch: _aio.UnaryUnaryMultiCallable[_insight_pb2.UpdateWatchRequest, _insight_pb2.UpdateWatchResponse]  # type: ignore[assignment]
     """UpdateWatch changes the fields named in `update_mask` (all settable
     fields when it is empty).
     """
@@ -171,7 +171,7 @@ class InsightServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _insight_pb2.CreateWatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_insight_pb2.Watch, _abc.Awaitable[_insight_pb2.Watch]]:
+    ) -> _typing.Union[_insight_pb2.CreateWatchResponse, _abc.Awaitable[_insight_pb2.CreateWatchResponse]]:
         """CreateWatch stores a watch: a query the server evaluates every
         `interval`, opening and closing episodes as its series turn anomalous
         and back to normal.
@@ -182,7 +182,7 @@ class InsightServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _insight_pb2.GetWatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_insight_pb2.Watch, _abc.Awaitable[_insight_pb2.Watch]]:
+    ) -> _typing.Union[_insight_pb2.GetWatchResponse, _abc.Awaitable[_insight_pb2.GetWatchResponse]]:
         """GetWatch returns one watch; NOT_FOUND when there is none with that id."""
 
     @_abc_1.abstractmethod
@@ -198,7 +198,7 @@ class InsightServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _insight_pb2.UpdateWatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_insight_pb2.Watch, _abc.Awaitable[_insight_pb2.Watch]]:
+    ) -> _typing.Union[_insight_pb2.UpdateWatchResponse, _abc.Awaitable[_insight_pb2.UpdateWatchResponse]]:
         """UpdateWatch changes the fields named in `update_mask` (all settable
         fields when it is empty).
         """
