@@ -362,7 +362,8 @@ def main() -> None:
         f"baseline window {d.window} points, scored after {d.min_points} points",
         f"- spread = max(1.4826 x MAD, (p99 - p1) / {4.65:g}, {d.spread_floor:g} x (p99 - p1), "
         f"{d.spread_floor:g} x |median|)",
-        f"- a point must also reach {d.surprise:g} x the highest score of its own window",
+        f"- a point must also reach {d.surprise:g} x the highest score of its own window "
+        f"(that bar capped at {d.surprise_cap:g} x the threshold)",
         f"- episodes close after {d.close_after} normal points; only an episode's start is a detection",
         "- daily-profile residuals where two days of history exist and the profile shrinks the spread by 25%",
         "",
