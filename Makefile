@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PROTOS := $(wildcard protos/neuralops/*/v1/*.proto)
 
-.PHONY: venv generate check-generated lint typecheck test bench reports up demo nab
+.PHONY: venv generate check-generated lint typecheck test bench reports up demo screenshots nab
 
 venv:
 	bash scripts/bootstrap.sh
@@ -66,3 +66,8 @@ up: venv
 # The demo, against a running `make up`.
 demo:
 	.venv/bin/neuralops demo
+
+# The console screenshots in the README (docs/screenshots/*.png), taken by the browser test
+# on its demo-like stack.
+screenshots: venv
+	NEURALOPS_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_console.py

@@ -42,6 +42,18 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   fi
 fi
 
+# The console's browser test drives a headless Chromium through its driver (Debian).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing Chromium and its driver (Debian packages chromium, chromium-driver)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }; then
+      echo "bootstrap: WARNING: apt-get could not install chromium; the console test will say so." >&2
+    fi
+  else
+    echo "bootstrap: WARNING: chromium/chromedriver missing (Debian packages chromium, chromium-driver): the console test needs them." >&2
+  fi
+fi
+
 if [ "$want_tools" = 1 ] && [ ! -x node_modules/.bin/buf ]; then
   echo "bootstrap: installing buf (npm, pinned in package-lock.json)"
   npm ci --no-fund --no-audit --loglevel=error

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from neuralops.servers import metrics, outbox, reflection
 from neuralops.servers.config import Config
 from neuralops.servers.db import Database, open_database
+from neuralops.servers.gateway.server import HttpServer
 from neuralops.servers.interceptors import ServiceInterceptor
 from neuralops.servers.migrate import migrate
 from neuralops.servers.worker import Worker
@@ -108,6 +109,7 @@ class App:
         self._relay_backoff_s = relay_backoff_s
         self.db: Database | None = None
         self.running: dict[str, RunningService] = {}
+        self.http: HttpServer | None = None
 
     def port(self, service: str) -> int:
         return self.running[service].port
@@ -151,7 +153,27 @@ class App:
             self.running[name] = RunningService(parts, server, bound, health_servicer)
             log.info("%s listening on %s:%d", parts.full_name, cfg.bind_host, bound)
         metrics.track_backlog(self._backlog)
+        self._start_http()
         return self
+
+    def _start_http(self) -> None:
+        """The HTTP/JSON gateway and console (NEURALOPS_HTTP_PORT; 0 turns it off), calling
+        this process's servers, and the configured addresses for the other services."""
+        from neuralops.servers.gateway.app import Gateway
+
+        port = self._ports.get("http", self.config.http_port)
+        if not port:
+            return
+        cfg = self.config
+        targets = {
+            "neuralops.registry.v1.RegistryService": cfg.registry_addr,
+            "neuralops.insight.v1.InsightService": cfg.insight_addr,
+            "neuralops.runhistory.v1.RunHistoryService": cfg.runhistory_addr,
+        }
+        for svc in self.running.values():
+            targets[svc.parts.full_name] = svc.address
+        gateway = Gateway(targets, prom_url=cfg.prom_url, prom_timeout_s=cfg.prom_timeout_s)
+        self.http = HttpServer(gateway, cfg.bind_host, port).start()
 
     def _backlog(self) -> int:
         assert self.db is not None
@@ -160,6 +182,9 @@ class App:
     def stop(self, grace: float = 10.0) -> None:
         """Stop taking calls, let in-flight calls finish (up to ``grace`` s), then stop
         workers and close storage."""
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         for svc in self.running.values():
             svc.health.enter_graceful_shutdown()
         events = [svc.server.stop(grace) for svc in reversed(list(self.running.values()))]

@@ -11,6 +11,7 @@ from neuralops.servers.app import SERVICES, App, PortUnavailable
 from neuralops.servers.config import Config
 from neuralops.servers.db import open_database
 from neuralops.servers.errors import StorageUnavailable
+from neuralops.servers.gateway.server import HttpPortUnavailable
 from neuralops.servers.migrate import MigrationError, applied, migrate
 
 log = logging.getLogger("neuralops")
@@ -60,6 +61,10 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
                 f"{app.running[name].parts.full_name} on {config.bind_host}:{app.port(name)}",
                 flush=True,
             )
+        if app.http is not None:
+            print(
+                f"HTTP/JSON and console on http://{config.bind_host}:{app.http.port}/", flush=True
+            )
         print("ready", flush=True)
         wait_for_stop_signal()
         app.stop(grace=args.grace)
@@ -101,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = Config.from_env()
     try:
         code: int = args.func(config, args)
-    except (StorageUnavailable, MigrationError, PortUnavailable) as exc:
+    except (StorageUnavailable, MigrationError, PortUnavailable, HttpPortUnavailable) as exc:
         print(f"neuralops: {exc}", file=sys.stderr)
         return 2
     return code

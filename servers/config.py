@@ -38,6 +38,9 @@ class Config:
     bind_host: str = "127.0.0.1"
     metrics_port: int = 9464
     prometheus_port: int = 9090
+    # HTTP/JSON gateway + console. Off (0) unless configured: from_env defaults it to
+    # 8080, so only code that builds a Config by hand (tests, embedding) starts without it.
+    http_port: int = 0
     db_pool_size: int = 10
     db_timeout_s: float = 5.0
     prom_timeout_s: float = 10.0
@@ -65,6 +68,7 @@ class Config:
             bind_host=get("NEURALOPS_BIND_HOST") or "127.0.0.1",
             metrics_port=int(get("NEURALOPS_METRICS_PORT") or 9464),
             prometheus_port=int(get("NEURALOPS_PROMETHEUS_PORT") or 9090),
+            http_port=int(get("NEURALOPS_HTTP_PORT") or 8080),
         )
 
     def with_(self, **changes: object) -> Config:

@@ -47,6 +47,7 @@ class ServerProcess:
             {
                 "NEURALOPS_DATA_DIR": str(data_dir),
                 "NEURALOPS_METRICS_PORT": "0",
+                "NEURALOPS_HTTP_PORT": "0",
                 "PYTHONUNBUFFERED": "1",
                 **{f"NEURALOPS_{n.upper()}_ADDR": f"localhost:{p}" for n, p in self.ports.items()},
             }

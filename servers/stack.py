@@ -68,6 +68,9 @@ def banner(app: App, config: Config, prom: localprom.LocalPrometheus | None) -> 
         else "  metrics     off",
         f"  Prometheus  {config.prom_url or 'none (Insight.Probe answers FAILED_PRECONDITION)'}"
         + (" (local, scraping the metrics every 1s)" if prom else ""),
+        f"  HTTP/JSON   http://{host}:{app.http.port}/   console at /, e.g. curl -s http://localhost:{app.http.port}/workflows/test-workflow/runs"
+        if app.http
+        else "  HTTP/JSON   off (NEURALOPS_HTTP_PORT=0)",
         f"  storage     {storage}",
         f"  embeddings  {'on, vectors in ' + config.milvus_uri if config.embeddings_enabled else 'off (set OPENAI_KEY to turn on)'}",
         "",

@@ -22,42 +22,51 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from neuralops.runhistory.v1 import runhistory_pb2 as neuralops_dot_runhistory_dot_v1_dot_runhistory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$neuralops/registry/v1/registry.proto\x12\x15neuralops.registry.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(neuralops/runhistory/v1/runhistory.proto\"\xd6\x02\n\x08Workflow\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rlatest_run_id\x18\x05 \x01(\t\x12=\n\x11latest_run_status\x18\x06 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\x31\n\rlatest_run_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x15\x43reateWorkflowRequest\x12\x31\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.neuralops.registry.v1.Workflow\"K\n\x16\x43reateWorkflowResponse\x12\x31\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.neuralops.registry.v1.Workflow\")\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"H\n\x13GetWorkflowResponse\x12\x31\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.neuralops.registry.v1.Workflow\"=\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x15ListWorkflowsResponse\x12\x32\n\tworkflows\x18\x01 \x03(\x0b\x32\x1f.neuralops.registry.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"U\n\x17ListWorkflowRunsRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x96\x01\n\x0bWorkflowRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x32\n\x06status\x18\x02 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x03\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x18ListWorkflowRunsResponse\x12\x30\n\x04runs\x18\x01 \x03(\x0b\x32\".neuralops.registry.v1.WorkflowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa7\x01\n\x10NotifyRunRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\n\n\x02id\x18\x05 \x01(\t\"U\n\x11NotifyRunResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x08\x12\x18\n\x10workflow_created\x18\x02 \x01(\x08\x12\x15\n\rlatest_run_id\x18\x03 \x01(\t2\xa7\x04\n\x0fRegistryService\x12m\n\x0e\x43reateWorkflow\x12,.neuralops.registry.v1.CreateWorkflowRequest\x1a-.neuralops.registry.v1.CreateWorkflowResponse\x12\x64\n\x0bGetWorkflow\x12).neuralops.registry.v1.GetWorkflowRequest\x1a*.neuralops.registry.v1.GetWorkflowResponse\x12j\n\rListWorkflows\x12+.neuralops.registry.v1.ListWorkflowsRequest\x1a,.neuralops.registry.v1.ListWorkflowsResponse\x12s\n\x10ListWorkflowRuns\x12..neuralops.registry.v1.ListWorkflowRunsRequest\x1a/.neuralops.registry.v1.ListWorkflowRunsResponse\x12^\n\tNotifyRun\x12\'.neuralops.registry.v1.NotifyRunRequest\x1a(.neuralops.registry.v1.NotifyRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$neuralops/registry/v1/registry.proto\x12\x15neuralops.registry.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(neuralops/runhistory/v1/runhistory.proto\"\xd6\x02\n\x08Workflow\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rlatest_run_id\x18\x05 \x01(\t\x12=\n\x11latest_run_status\x18\x06 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\x31\n\rlatest_run_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x15\x43reateWorkflowRequest\x12\x31\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.neuralops.registry.v1.Workflow\"K\n\x16\x43reateWorkflowResponse\x12\x31\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.neuralops.registry.v1.Workflow\")\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"H\n\x13GetWorkflowResponse\x12\x31\n\x08workflow\x18\x01 \x01(\x0b\x32\x1f.neuralops.registry.v1.Workflow\"=\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x15ListWorkflowsResponse\x12\x32\n\tworkflows\x18\x01 \x03(\x0b\x32\x1f.neuralops.registry.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"U\n\x17ListWorkflowRunsRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x96\x01\n\x0bWorkflowRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x32\n\x06status\x18\x02 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x03\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x18ListWorkflowRunsResponse\x12\x30\n\x04runs\x18\x01 \x03(\x0b\x32\".neuralops.registry.v1.WorkflowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa7\x01\n\x10NotifyRunRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\n\n\x02id\x18\x05 \x01(\t\"U\n\x11NotifyRunResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x08\x12\x18\n\x10workflow_created\x18\x02 \x01(\x08\x12\x15\n\rlatest_run_id\x18\x03 \x01(\t2\xa5\x05\n\x0fRegistryService\x12\x8b\x01\n\x0e\x43reateWorkflow\x12,.neuralops.registry.v1.CreateWorkflowRequest\x1a-.neuralops.registry.v1.CreateWorkflowResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\n/workflows:\x08workflow\x12\x86\x01\n\x0bGetWorkflow\x12).neuralops.registry.v1.GetWorkflowRequest\x1a*.neuralops.registry.v1.GetWorkflowResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/workflows/{workflow_id}\x12~\n\rListWorkflows\x12+.neuralops.registry.v1.ListWorkflowsRequest\x1a,.neuralops.registry.v1.ListWorkflowsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/workflows\x12\x9a\x01\n\x10ListWorkflowRuns\x12..neuralops.registry.v1.ListWorkflowRunsRequest\x1a/.neuralops.registry.v1.ListWorkflowRunsResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/workflows/{workflow_id}/runs\x12^\n\tNotifyRun\x12\'.neuralops.registry.v1.NotifyRunRequest\x1a(.neuralops.registry.v1.NotifyRunResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'neuralops.registry.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKFLOW']._serialized_start=169
-  _globals['_WORKFLOW']._serialized_end=511
-  _globals['_CREATEWORKFLOWREQUEST']._serialized_start=513
-  _globals['_CREATEWORKFLOWREQUEST']._serialized_end=587
-  _globals['_CREATEWORKFLOWRESPONSE']._serialized_start=589
-  _globals['_CREATEWORKFLOWRESPONSE']._serialized_end=664
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=666
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=707
-  _globals['_GETWORKFLOWRESPONSE']._serialized_start=709
-  _globals['_GETWORKFLOWRESPONSE']._serialized_end=781
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=783
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=844
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=846
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=946
-  _globals['_LISTWORKFLOWRUNSREQUEST']._serialized_start=948
-  _globals['_LISTWORKFLOWRUNSREQUEST']._serialized_end=1033
-  _globals['_WORKFLOWRUN']._serialized_start=1036
-  _globals['_WORKFLOWRUN']._serialized_end=1186
-  _globals['_LISTWORKFLOWRUNSRESPONSE']._serialized_start=1188
-  _globals['_LISTWORKFLOWRUNSRESPONSE']._serialized_end=1289
-  _globals['_NOTIFYRUNREQUEST']._serialized_start=1292
-  _globals['_NOTIFYRUNREQUEST']._serialized_end=1459
-  _globals['_NOTIFYRUNRESPONSE']._serialized_start=1461
-  _globals['_NOTIFYRUNRESPONSE']._serialized_end=1546
-  _globals['_REGISTRYSERVICE']._serialized_start=1549
-  _globals['_REGISTRYSERVICE']._serialized_end=2100
+  _globals['_REGISTRYSERVICE'].methods_by_name['CreateWorkflow']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['CreateWorkflow']._serialized_options = b'\202\323\344\223\002\026\"\n/workflows:\010workflow'
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetWorkflow']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['GetWorkflow']._serialized_options = b'\202\323\344\223\002\032\022\030/workflows/{workflow_id}'
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListWorkflows']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListWorkflows']._serialized_options = b'\202\323\344\223\002\014\022\n/workflows'
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListWorkflowRuns']._loaded_options = None
+  _globals['_REGISTRYSERVICE'].methods_by_name['ListWorkflowRuns']._serialized_options = b'\202\323\344\223\002\037\022\035/workflows/{workflow_id}/runs'
+  _globals['_WORKFLOW']._serialized_start=199
+  _globals['_WORKFLOW']._serialized_end=541
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_start=543
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_end=617
+  _globals['_CREATEWORKFLOWRESPONSE']._serialized_start=619
+  _globals['_CREATEWORKFLOWRESPONSE']._serialized_end=694
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=696
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=737
+  _globals['_GETWORKFLOWRESPONSE']._serialized_start=739
+  _globals['_GETWORKFLOWRESPONSE']._serialized_end=811
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=813
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=874
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=876
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=976
+  _globals['_LISTWORKFLOWRUNSREQUEST']._serialized_start=978
+  _globals['_LISTWORKFLOWRUNSREQUEST']._serialized_end=1063
+  _globals['_WORKFLOWRUN']._serialized_start=1066
+  _globals['_WORKFLOWRUN']._serialized_end=1216
+  _globals['_LISTWORKFLOWRUNSRESPONSE']._serialized_start=1218
+  _globals['_LISTWORKFLOWRUNSRESPONSE']._serialized_end=1319
+  _globals['_NOTIFYRUNREQUEST']._serialized_start=1322
+  _globals['_NOTIFYRUNREQUEST']._serialized_end=1489
+  _globals['_NOTIFYRUNRESPONSE']._serialized_start=1491
+  _globals['_NOTIFYRUNRESPONSE']._serialized_end=1576
+  _globals['_REGISTRYSERVICE']._serialized_start=1579
+  _globals['_REGISTRYSERVICE']._serialized_end=2256
 # @@protoc_insertion_point(module_scope)

@@ -22,43 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(neuralops/runhistory/v1/runhistory.proto\x12\x17neuralops.runhistory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x02\n\x07NodeLog\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x03\x12\x32\n\x06status\x18\x07 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12&\n\x05input\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb5\x03\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\'\n\x06inputs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07outputs\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x03\x12\x33\n\tnode_logs\x18\x08 \x03(\x0b\x32 .neuralops.runhistory.v1.NodeLog\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x10\x65mbedding_status\x18\x0b \x01(\x0e\x32(.neuralops.runhistory.v1.EmbeddingStatus\x12\r\n\x05\x65rror\x18\x0c \x01(\t\":\n\rLogRunRequest\x12)\n\x03run\x18\x01 \x01(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"=\n\x0eLogRunResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"A\n\x13\x42\x61tchLogRunsRequest\x12*\n\x04runs\x18\x01 \x03(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"P\n\x14\x42\x61tchLogRunsResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.neuralops.runhistory.v1.LogRunResponse\"/\n\rGetRunRequest\x12\x0e\n\x06wpk_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\";\n\x0eGetRunResponse\x12)\n\x03run\x18\x01 \x01(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"@\n\x11SearchRunsRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"J\n\x12SearchRunsResponse\x12\x34\n\x04hits\x18\x01 \x03(\x0b\x32&.neuralops.runhistory.v1.SearchRunsHit\"X\n\rSearchRunsHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0c\n\x04text\x18\x05 \x01(\t*\xa6\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05*\xa7\x01\n\x0f\x45mbeddingStatus\x12 \n\x1c\x45MBEDDING_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45MBEDDING_STATUS_PENDING\x10\x01\x12\x19\n\x15\x45MBEDDING_STATUS_DONE\x10\x02\x12\x1b\n\x17\x45MBEDDING_STATUS_FAILED\x10\x03\x12\x1c\n\x18\x45MBEDDING_STATUS_SKIPPED\x10\x04\x32\x9d\x03\n\x11RunHistoryService\x12Y\n\x06LogRun\x12&.neuralops.runhistory.v1.LogRunRequest\x1a\'.neuralops.runhistory.v1.LogRunResponse\x12k\n\x0c\x42\x61tchLogRuns\x12,.neuralops.runhistory.v1.BatchLogRunsRequest\x1a-.neuralops.runhistory.v1.BatchLogRunsResponse\x12Y\n\x06GetRun\x12&.neuralops.runhistory.v1.GetRunRequest\x1a\'.neuralops.runhistory.v1.GetRunResponse\x12\x65\n\nSearchRuns\x12*.neuralops.runhistory.v1.SearchRunsRequest\x1a+.neuralops.runhistory.v1.SearchRunsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(neuralops/runhistory/v1/runhistory.proto\x12\x17neuralops.runhistory.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x02\n\x07NodeLog\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x03\x12\x32\n\x06status\x18\x07 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12&\n\x05input\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb5\x03\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\'\n\x06inputs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07outputs\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\".neuralops.runhistory.v1.RunStatus\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x03\x12\x33\n\tnode_logs\x18\x08 \x03(\x0b\x32 .neuralops.runhistory.v1.NodeLog\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x10\x65mbedding_status\x18\x0b \x01(\x0e\x32(.neuralops.runhistory.v1.EmbeddingStatus\x12\r\n\x05\x65rror\x18\x0c \x01(\t\":\n\rLogRunRequest\x12)\n\x03run\x18\x01 \x01(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"=\n\x0eLogRunResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"A\n\x13\x42\x61tchLogRunsRequest\x12*\n\x04runs\x18\x01 \x03(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"P\n\x14\x42\x61tchLogRunsResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.neuralops.runhistory.v1.LogRunResponse\"/\n\rGetRunRequest\x12\x0e\n\x06wpk_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\";\n\x0eGetRunResponse\x12)\n\x03run\x18\x01 \x01(\x0b\x32\x1c.neuralops.runhistory.v1.Run\"@\n\x11SearchRunsRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"J\n\x12SearchRunsResponse\x12\x34\n\x04hits\x18\x01 \x03(\x0b\x32&.neuralops.runhistory.v1.SearchRunsHit\"X\n\rSearchRunsHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06wpk_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0c\n\x04text\x18\x05 \x01(\t*\xa6\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05*\xa7\x01\n\x0f\x45mbeddingStatus\x12 \n\x1c\x45MBEDDING_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45MBEDDING_STATUS_PENDING\x10\x01\x12\x19\n\x15\x45MBEDDING_STATUS_DONE\x10\x02\x12\x1b\n\x17\x45MBEDDING_STATUS_FAILED\x10\x03\x12\x1c\n\x18\x45MBEDDING_STATUS_SKIPPED\x10\x04\x32\x87\x04\n\x11RunHistoryService\x12m\n\x06LogRun\x12&.neuralops.runhistory.v1.LogRunRequest\x1a\'.neuralops.runhistory.v1.LogRunResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\"\x05/runs:\x03run\x12\x86\x01\n\x0c\x42\x61tchLogRuns\x12,.neuralops.runhistory.v1.BatchLogRunsRequest\x1a-.neuralops.runhistory.v1.BatchLogRunsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/runs:batchLog:\x01*\x12z\n\x06GetRun\x12&.neuralops.runhistory.v1.GetRunRequest\x1a\'.neuralops.runhistory.v1.GetRunResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/runs/{wpk_id}/{run_id}\x12~\n\nSearchRuns\x12*.neuralops.runhistory.v1.SearchRunsRequest\x1a+.neuralops.runhistory.v1.SearchRunsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/runs:search:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'neuralops.runhistory.v1.runhistory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=1504
-  _globals['_RUNSTATUS']._serialized_end=1670
-  _globals['_EMBEDDINGSTATUS']._serialized_start=1673
-  _globals['_EMBEDDINGSTATUS']._serialized_end=1840
-  _globals['_NODELOG']._serialized_start=133
-  _globals['_NODELOG']._serialized_end=447
-  _globals['_RUN']._serialized_start=450
-  _globals['_RUN']._serialized_end=887
-  _globals['_LOGRUNREQUEST']._serialized_start=889
-  _globals['_LOGRUNREQUEST']._serialized_end=947
-  _globals['_LOGRUNRESPONSE']._serialized_start=949
-  _globals['_LOGRUNRESPONSE']._serialized_end=1010
-  _globals['_BATCHLOGRUNSREQUEST']._serialized_start=1012
-  _globals['_BATCHLOGRUNSREQUEST']._serialized_end=1077
-  _globals['_BATCHLOGRUNSRESPONSE']._serialized_start=1079
-  _globals['_BATCHLOGRUNSRESPONSE']._serialized_end=1159
-  _globals['_GETRUNREQUEST']._serialized_start=1161
-  _globals['_GETRUNREQUEST']._serialized_end=1208
-  _globals['_GETRUNRESPONSE']._serialized_start=1210
-  _globals['_GETRUNRESPONSE']._serialized_end=1269
-  _globals['_SEARCHRUNSREQUEST']._serialized_start=1271
-  _globals['_SEARCHRUNSREQUEST']._serialized_end=1335
-  _globals['_SEARCHRUNSRESPONSE']._serialized_start=1337
-  _globals['_SEARCHRUNSRESPONSE']._serialized_end=1411
-  _globals['_SEARCHRUNSHIT']._serialized_start=1413
-  _globals['_SEARCHRUNSHIT']._serialized_end=1501
-  _globals['_RUNHISTORYSERVICE']._serialized_start=1843
-  _globals['_RUNHISTORYSERVICE']._serialized_end=2256
+  _globals['_RUNHISTORYSERVICE'].methods_by_name['LogRun']._loaded_options = None
+  _globals['_RUNHISTORYSERVICE'].methods_by_name['LogRun']._serialized_options = b'\202\323\344\223\002\014\"\005/runs:\003run'
+  _globals['_RUNHISTORYSERVICE'].methods_by_name['BatchLogRuns']._loaded_options = None
+  _globals['_RUNHISTORYSERVICE'].methods_by_name['BatchLogRuns']._serialized_options = b'\202\323\344\223\002\023\"\016/runs:batchLog:\001*'
+  _globals['_RUNHISTORYSERVICE'].methods_by_name['GetRun']._loaded_options = None
+  _globals['_RUNHISTORYSERVICE'].methods_by_name['GetRun']._serialized_options = b'\202\323\344\223\002\031\022\027/runs/{wpk_id}/{run_id}'
+  _globals['_RUNHISTORYSERVICE'].methods_by_name['SearchRuns']._loaded_options = None
+  _globals['_RUNHISTORYSERVICE'].methods_by_name['SearchRuns']._serialized_options = b'\202\323\344\223\002\021\"\014/runs:search:\001*'
+  _globals['_RUNSTATUS']._serialized_start=1534
+  _globals['_RUNSTATUS']._serialized_end=1700
+  _globals['_EMBEDDINGSTATUS']._serialized_start=1703
+  _globals['_EMBEDDINGSTATUS']._serialized_end=1870
+  _globals['_NODELOG']._serialized_start=163
+  _globals['_NODELOG']._serialized_end=477
+  _globals['_RUN']._serialized_start=480
+  _globals['_RUN']._serialized_end=917
+  _globals['_LOGRUNREQUEST']._serialized_start=919
+  _globals['_LOGRUNREQUEST']._serialized_end=977
+  _globals['_LOGRUNRESPONSE']._serialized_start=979
+  _globals['_LOGRUNRESPONSE']._serialized_end=1040
+  _globals['_BATCHLOGRUNSREQUEST']._serialized_start=1042
+  _globals['_BATCHLOGRUNSREQUEST']._serialized_end=1107
+  _globals['_BATCHLOGRUNSRESPONSE']._serialized_start=1109
+  _globals['_BATCHLOGRUNSRESPONSE']._serialized_end=1189
+  _globals['_GETRUNREQUEST']._serialized_start=1191
+  _globals['_GETRUNREQUEST']._serialized_end=1238
+  _globals['_GETRUNRESPONSE']._serialized_start=1240
+  _globals['_GETRUNRESPONSE']._serialized_end=1299
+  _globals['_SEARCHRUNSREQUEST']._serialized_start=1301
+  _globals['_SEARCHRUNSREQUEST']._serialized_end=1365
+  _globals['_SEARCHRUNSRESPONSE']._serialized_start=1367
+  _globals['_SEARCHRUNSRESPONSE']._serialized_end=1441
+  _globals['_SEARCHRUNSHIT']._serialized_start=1443
+  _globals['_SEARCHRUNSHIT']._serialized_end=1531
+  _globals['_RUNHISTORYSERVICE']._serialized_start=1873
+  _globals['_RUNHISTORYSERVICE']._serialized_end=2392
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,282 @@
+"""The HTTP/JSON gateway in front of the real gRPC servers, called with a plain HTTP
+client the way curl would: routes, JSON mapping, status mapping and error bodies."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
+from neuralops.servers.app import App
+from neuralops.servers.config import Config
+from neuralops.servers.gateway.app import Gateway
+from neuralops.servers.gateway.server import HttpPortUnavailable, HttpServer
+
+from tests.conftest import ALL_ZERO, free_port
+from tests.procs import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """All three services and the gateway in this process, on free ports (SQLite: the
+    gateway never touches storage, the servers' own tests cover both backends)."""
+    cfg = Config(data_dir=tmp_path_factory.mktemp("gw") / "data", metrics_port=0)
+    app = App(cfg, ports={**ALL_ZERO, "http": free_port()}, relay_backoff_s=0.5).start()
+    assert app.http is not None
+    with httpx.Client(base_url=f"http://127.0.0.1:{app.http.port}", timeout=30) as client:
+        yield client
+    app.stop(grace=1)
+
+
+def _run(wpk: str, run_id: str, status: str = "RUN_STATUS_COMPLETED", **kw: Any) -> dict[str, Any]:
+    return {"wpk_id": wpk, "run_id": run_id, "status": status, "duration_ms": 120, **kw}
+
+
+def _error(reply: httpx.Response) -> tuple[int, str, list[dict[str, Any]]]:
+    body = reply.json()
+    return body["code"], body["message"], body["details"]
+
+
+def _reason(details: list[dict[str, Any]]) -> str:
+    return str(next(d["reason"] for d in details if d["@type"].endswith("google.rpc.ErrorInfo")))
+
+
+def _violations(details: list[dict[str, Any]]) -> list[str]:
+    return [
+        v["field"]
+        for d in details
+        if d["@type"].endswith("google.rpc.BadRequest")
+        for v in d["field_violations"]
+    ]
+
+
+def _wait_listed(http: httpx.Client, wf: str, n: int) -> list[dict[str, Any]]:
+    from tests.helpers import wait_for
+
+    def listed() -> list[dict[str, Any]] | None:
+        reply = http.get(f"/workflows/{wf}/runs")
+        runs: list[dict[str, Any]] = reply.json().get("runs", []) if reply.is_success else []
+        return runs if len(runs) >= n else None
+
+    result: list[dict[str, Any]] = wait_for(listed)
+    return result
+
+
+def test_log_get_and_list_runs_over_http(http: httpx.Client) -> None:
+    failed = _run(
+        "test-workflow",
+        "r-failed",
+        "RUN_STATUS_FAILED",
+        error="ValueError: boom",
+        outputs={"text": "nope"},
+        node_logs=[
+            {"name": "plan", "step": 1, "status": "RUN_STATUS_COMPLETED", "duration_ms": 5},
+            {"name": "act", "step": 2, "status": "RUN_STATUS_FAILED", "error": "boom"},
+        ],
+    )
+    reply = http.post("/runs", json=failed)
+    assert reply.status_code == 200, reply.text
+    first = reply.json()
+    assert first["run_id"] == "r-failed" and first["created"] is True and first["id"]
+    again = http.post("/runs", json=failed).json()
+    assert again == {**first, "created": False}  # idempotent, through HTTP too
+    for i in range(3):
+        assert http.post("/runs", json=_run("test-workflow", f"r{i}")).status_code == 200
+
+    run = http.get("/runs/test-workflow/r-failed").json()["run"]
+    assert run["status"] == "RUN_STATUS_FAILED" and run["error"] == "ValueError: boom"
+    assert [n["name"] for n in run["node_logs"]] == ["plan", "act"]
+    assert run["duration_ms"] == "120"  # protobuf's JSON mapping: int64 as a string
+    assert "wpk_id" in run and "wpkId" not in run  # proto field names
+
+    runs = _wait_listed(http, "test-workflow", 4)
+    assert [r["run_id"] for r in runs] == ["r2", "r1", "r0", "r-failed"]  # newest first
+    page = http.get("/workflows/test-workflow/runs", params={"page_size": 3}).json()
+    assert len(page["runs"]) == 3 and page["next_page_token"]
+    rest = http.get(
+        "/workflows/test-workflow/runs",
+        params={"page_size": 3, "page_token": page["next_page_token"]},
+    ).json()
+    assert [r["run_id"] for r in rest["runs"]] == ["r-failed"] and rest["next_page_token"] == ""
+
+    workflows = http.get("/workflows").json()["workflows"]
+    assert [w["workflow_id"] for w in workflows] == ["test-workflow"]
+    wf = http.get("/workflows/test-workflow").json()["workflow"]
+    assert wf["latest_run_id"] == "r2" and wf["latest_run_status"] == "RUN_STATUS_COMPLETED"
+
+
+def test_body_star_route_and_escaped_path_variables(http: httpx.Client) -> None:
+    reply = http.post(
+        "/runs:batchLog",
+        json={"runs": [_run("batch-wf", "a/b c"), _run("batch-wf", "plain")]},
+    )
+    assert reply.status_code == 200, reply.text
+    assert [r["run_id"] for r in reply.json()["results"]] == ["a/b c", "plain"]
+    got = http.get("/runs/batch-wf/a%2Fb%20c")
+    assert got.status_code == 200 and got.json()["run"]["run_id"] == "a/b c"
+
+
+def test_created_workflow_via_body_field(http: httpx.Client) -> None:
+    reply = http.post("/workflows", json={"workflow_id": "made-by-http", "description": "d"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["workflow"]["description"] == "d"
+    dup = http.post("/workflows", json={"workflow_id": "made-by-http"})
+    assert dup.status_code == 409 and dup.json()["status"] == "ALREADY_EXISTS"
+    empty = http.get("/workflows/made-by-http/runs").json()
+    assert empty == {"runs": [], "next_page_token": ""}  # the array is there even when empty
+
+
+def test_not_found_carries_the_grpc_code_and_reason(http: httpx.Client) -> None:
+    reply = http.get("/runs/test-workflow/no-such-run")
+    assert reply.status_code == 404
+    code, message, details = _error(reply)
+    assert code == 5 and reply.json()["status"] == "NOT_FOUND"
+    assert "no-such-run" in message
+    assert _reason(details) == "RUN_NOT_FOUND"
+    missing = http.get("/workflows/no-such-workflow")
+    assert missing.status_code == 404 and _error(missing)[0] == 5
+
+
+def test_invalid_input_is_400_naming_the_field(http: httpx.Client) -> None:
+    # Refused by the gateway (the value cannot be a page_size) ...
+    reply = http.get("/workflows/test-workflow/runs", params={"page_size": "ten"})
+    assert reply.status_code == 400
+    code, message, details = _error(reply)
+    assert code == 3 and "page_size" in message and _violations(details) == ["page_size"]
+    # ... and by the server's own validation, passed through unchanged.
+    reply = http.post("/runs", json={"run_id": "x", "status": "RUN_STATUS_COMPLETED"})
+    assert reply.status_code == 400
+    code, message, details = _error(reply)
+    assert code == 3 and "run.wpk_id" in _violations(details)
+    reply = http.post("/runs", content=b"{not json", headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and _violations(_error(reply)[2]) == ["body"]
+    reply = http.get("/signals", params={"start_time": "yesterday"})
+    assert reply.status_code == 400 and _violations(_error(reply)[2]) == ["start_time"]
+    reply = http.get("/signals", params={"no_such_filter": "1"})
+    assert reply.status_code == 400 and _violations(_error(reply)[2]) == ["no_such_filter"]
+
+
+def test_signals_and_probe_routes(http: httpx.Client) -> None:
+    reply = http.get("/signals", params={"metric": "up", "page_size": 5})
+    assert reply.status_code == 200 and reply.json() == {"signals": [], "next_page_token": ""}
+    # No PROM_URL in this stack: Probe's FAILED_PRECONDITION is 400, as grpc-gateway maps it.
+    reply = http.post("/signals:probe", json={"query": "up", "threshold": 2, "step": "15s"})
+    assert reply.status_code == 400 and reply.json()["status"] == "FAILED_PRECONDITION"
+    assert "PROM_URL" in reply.json()["message"]
+
+
+def test_unknown_routes_and_methods(http: httpx.Client) -> None:
+    reply = http.get("/no/such/route")
+    assert reply.status_code == 404 and reply.json()["status"] == "NOT_FOUND"
+    reply = http.delete("/workflows")
+    assert reply.status_code == 405
+    routes = http.get("/api/routes").json()
+    assert {"method": "GET", "path": "/signals"} in [
+        {"method": r["method"], "path": r["path"]} for r in routes
+    ]
+    # The console's series pass-through needs PROM_URL, and a query.
+    no_prom = http.get("/api/series", params={"query": "up"})
+    assert no_prom.status_code == 400 and "PROM_URL" in no_prom.json()["message"]
+    console = http.get("/")
+    assert console.status_code == 200 and "NeuralOps console" in console.text
+    assert http.get("/static/console.js").status_code == 200
+
+
+def test_acceptance_curls_against_neuralops_serve(tmp_path: Path) -> None:
+    """The product's two curl checks, verbatim apart from the port, on `neuralops serve`."""
+    port = free_port()
+    proc = ServerProcess(tmp_path / "serve", extra_env={"NEURALOPS_HTTP_PORT": str(port)}).start()
+    try:
+        assert f"HTTP/JSON and console on http://127.0.0.1:{port}/" in proc.log.read_text()
+        base = f"http://localhost:{port}"
+        body = json.dumps(_run("test-workflow", "r1", outputs={"text": "ok"}))
+        logged = _sh(f"curl -s -X POST {base}/runs -d '{body}'")
+        assert json.loads(logged)["created"] is True
+
+        def runs() -> list[dict[str, Any]]:
+            out = json.loads(_sh(f"curl -s {base}/workflows/test-workflow/runs | jq ."))
+            listed: list[dict[str, Any]] = out["runs"]
+            return listed
+
+        from tests.helpers import wait_for
+
+        assert wait_for(runs)[0]["run_id"] == "r1"
+        signals = json.loads(_sh(f"curl -s {base}/signals | jq ."))
+        assert signals == {"signals": [], "next_page_token": ""}
+    finally:
+        assert proc.stop() == 0
+
+
+def test_a_taken_http_port_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = HttpServer(Gateway({}), "127.0.0.1", port)
+        with pytest.raises(HttpPortUnavailable, match="NEURALOPS_HTTP_PORT"):
+            server.start()
+
+
+def _sh(command: str) -> str:
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+class _TokenRegistry(registry_pb2_grpc.RegistryServiceServicer):
+    """A Registry that wants a bearer token, as the servers do when tokens are configured:
+    the gateway must pass the caller's header through, and map the refusal to 401."""
+
+    def GetWorkflow(
+        self, request: registry_pb2.GetWorkflowRequest, context: grpc.ServicerContext
+    ) -> registry_pb2.GetWorkflowResponse:
+        metadata = dict(context.invocation_metadata())
+        if metadata.get("authorization") != "Bearer s3cret":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
+        return registry_pb2.GetWorkflowResponse(
+            workflow=registry_pb2.Workflow(
+                workflow_id=request.workflow_id, description=str(metadata.get("x-trace", ""))
+            )
+        )
+
+
+def test_authorization_travels_as_metadata_and_refusals_are_401() -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(_TokenRegistry(), server)  # type: ignore[abstract]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    gateway = Gateway({"neuralops.registry.v1.RegistryService": f"127.0.0.1:{port}"})
+    http_server = HttpServer(gateway, "127.0.0.1", free_port()).start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_server.port}", timeout=30) as client:
+            refused = client.get("/workflows/wf")
+            assert refused.status_code == 401
+            assert refused.json()["code"] == 16 and "bearer" in refused.json()["message"]
+            wrong = client.get("/workflows/wf", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            ok = client.get(
+                "/workflows/wf",
+                headers={"Authorization": "Bearer s3cret", "Grpc-Metadata-X-Trace": "t-1"},
+            )
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["workflow"]["description"] == "t-1"
+            # A service this gateway has no address for is 503, not a hang or a 500.
+            missing = client.get("/signals")
+            assert missing.status_code == 503 and missing.json()["status"] == "UNAVAILABLE"
+    finally:
+        http_server.stop()
+        server.stop(0)
