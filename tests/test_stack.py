@@ -47,7 +47,7 @@ def test_up_then_demo_shows_runs_latest_runs_and_a_signal(tmp_path: Path) -> Non
         out = demo.stdout
         assert "Runs stored per workflow:" in out
         assert "support-triage" in out and "billing-triage" in out
-        assert "Signals raised (" in out and "[support-triage]" in out and "σ above" in out
+        assert "Signals raised (" in out and "[support-triage]" in out and "x its robust spread above its" in out
 
         reg = "neuralops.registry.v1.RegistryService"
         listed = json.loads(
