@@ -46,7 +46,10 @@ def main() -> None:
         registry.run(s, dsn, total=args.runs, big=min(200_000, args.runs // 5))
         sections.append(s)
     if "insight" in only:
-        s = Section("Insight: scoring and Probe (issue 4)", "python -m benchmarks --only insight")
+        s = Section(
+            "Insight: scoring, Probe, Backtest and watches (issues 4, 11)",
+            "python -m benchmarks --only insight",
+        )
         print(s.title, flush=True)
         insight.run(s)
         sections.append(s)

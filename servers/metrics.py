@@ -89,3 +89,24 @@ def track_backlog(read: Callable[[], int]) -> None:
             return -1.0
 
     OUTBOX_BACKLOG.set_function(safe)
+
+
+ANOMALY_SCORE = Gauge(
+    "neuralops_anomaly_score",
+    "Latest anomaly score of each watched series (Insight watches).",
+    ["watch_id", "series"],
+)
+ANOMALY_OPEN = Gauge(
+    "neuralops_anomaly_open_episodes",
+    "1 while the series has an open anomaly episode, by watch and series.",
+    ["watch_id", "series"],
+)
+series_label = BoundedLabel(10_000)
+
+
+def observe_anomaly(watch_id: str, series: str, score: float | None, is_open: bool) -> None:
+    label = series_label(f"{watch_id}/{series}")
+    name = series if label != OTHER else OTHER
+    if score is not None:
+        ANOMALY_SCORE.labels(watch_id, name).set(score)
+    ANOMALY_OPEN.labels(watch_id, name).set(1.0 if is_open else 0.0)
