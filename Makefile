@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PROTOS := $(wildcard protos/neuralops/*/v1/*.proto)
 
-.PHONY: venv generate check-generated lint typecheck test bench reports up demo screenshots deploy-check
+.PHONY: venv generate check-generated lint typecheck test bench reports up demo screenshots deploy-check nab
 
 venv:
 	bash scripts/bootstrap.sh
@@ -56,6 +56,10 @@ bench: venv
 # Regenerates reports/0A.*.md and reports/Phase_A_summary.md from real runs.
 reports: venv
 	.venv/bin/neuralops report
+
+# Insight's detector on the NAB scoring rules over the labelled corpus: writes reports/nab.md.
+nab: venv
+	$(PY) -m benchmarks.nab
 
 # The main job: all three services, their metrics and a local Prometheus (Ctrl-C stops).
 # exec: no shell in between; make passes SIGTERM on, and if make itself dies the stack

@@ -8,14 +8,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import hook, insight, registry
+from benchmarks import hook, ingest, insight, registry
 from benchmarks.common import Section, machine
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--only", choices=["hook", "registry", "insight", "delivery"], action="append"
+        "--only", choices=["hook", "registry", "insight", "delivery", "ingest"], action="append"
     )
     parser.add_argument(
         "--runs", type=int, default=1_000_000, help="total runs for the registry benchmark"
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--out", default="reports/benchmarks.md")
     args = parser.parse_args()
     dsn = os.environ.get("POSTGRES_DSN") or "postgresql://postgres@127.0.0.1:5432/test"
-    only = set(args.only or ["hook", "registry", "insight"])
+    only = set(args.only or ["hook", "registry", "insight", "ingest"])
     sections = []
     started = time.perf_counter()
     if "delivery" in (args.only or ["delivery"]):
@@ -46,9 +46,19 @@ def main() -> None:
         registry.run(s, dsn, total=args.runs, big=min(200_000, args.runs // 5))
         sections.append(s)
     if "insight" in only:
-        s = Section("Insight: scoring and Probe (issue 4)", "python -m benchmarks --only insight")
+        s = Section(
+            "Insight: scoring, Probe, Backtest and watches (issues 4, 11)",
+            "python -m benchmarks --only insight",
+        )
         print(s.title, flush=True)
         insight.run(s)
+        sections.append(s)
+    if "ingest" in only:
+        s = Section(
+            "RunHistory ingest: floors and memory (issue 12)", "python -m benchmarks --only ingest"
+        )
+        print(s.title, flush=True)
+        ingest.run(s, dsn)
         sections.append(s)
     header = (
         "# Benchmarks\n\n"
@@ -56,8 +66,19 @@ def main() -> None:
         f"took {time.perf_counter() - started:.0f} s. Figures are from this run, not typed by hand.\n\n"
     )
     out = Path(args.out)
-    if only != {"hook", "registry", "insight"} and out.exists():
-        print(f"(partial run: {out} left as it was; printed figures only)")
+    if only != {"hook", "registry", "insight", "ingest"} and out.exists():
+        # A partial run replaces its own sections and leaves the others as they were.
+        text = out.read_text()
+        for s in sections:
+            head = f"## {s.title}\n"
+            at = text.find(head)
+            if at < 0:
+                text = text.rstrip("\n") + "\n\n" + s.markdown()
+                continue
+            end = text.find("\n## ", at + len(head))
+            text = text[:at] + s.markdown() + (text[end:] if end >= 0 else "")
+        out.write_text(text)
+        print(f"updated {', '.join(s.title for s in sections)} in {out}")
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + "\n".join(s.markdown() for s in sections))

@@ -10,11 +10,19 @@ from pathlib import Path
 import grpc
 import httpx
 import numpy as np
+import orjson
 from google.protobuf import duration_pb2, timestamp_pb2
 from neuralops.insight.v1 import insight_pb2 as ipb
 from neuralops.insight.v1 import insight_pb2_grpc
+from neuralops.servers.db import SqliteDatabase
 from neuralops.servers.insight import scoring
+from neuralops.servers.insight.detector import DetectorSettings
+from neuralops.servers.insight.model import Watch
+from neuralops.servers.insight.prometheus import CHUNK_POINTS, PrometheusClient
+from neuralops.servers.insight.service import Insight
+from neuralops.servers.insight.storage import SignalStore
 from neuralops.servers.localprom import LocalPrometheus, Series
+from neuralops.servers.migrate import migrate
 
 from benchmarks.common import Section, free_port, start_server, stats_ms
 
@@ -22,6 +30,127 @@ from benchmarks.common import Section, free_port, start_server, stats_ms
 def run(section: Section, postgres_dsn: str | None = None) -> None:
     _scoring(section)
     _probe(section, postgres_dsn)
+    _backtest_and_watch(section)
+
+
+def _floor(prom_url: str, query: str, start: float, end: float, step: float) -> int:
+    """Fetch and decode the range alone (orjson, chunks of 10,000 points, like the
+    service): the floor Backtest and watches are measured against."""
+    samples = 0
+    with httpx.Client(timeout=120) as http:
+        t = start
+        while t <= end:
+            c_end = min(end, t + (CHUNK_POINTS - 1) * step)
+            reply = http.post(
+                f"{prom_url}/api/v1/query_range",
+                data={"query": query, "start": str(t), "end": str(c_end), "step": str(step)},
+            )
+            for series in orjson.loads(reply.content)["data"]["result"]:
+                samples += len(np.asarray(series["values"], dtype=np.float64))
+            t = c_end + step
+    return samples
+
+
+def _backtest_and_watch(
+    section: Section, series: int = 100, points: int = 20_000, watched: int = 1000
+) -> None:
+    step = 300.0
+    d = DetectorSettings()
+    end = (int(datetime.now(UTC).timestamp()) // 300) * 300 - 3600
+    start = end - (points - 1) * step
+    rng = np.random.default_rng(4)
+    planted: list[Series] = []
+    base = np.arange(points) * step + start
+    for i in range(series):
+        v = 10 + rng.normal(0, 1, points)
+        v[rng.integers(points // 5, points)] += 15
+        planted.append(
+            ("bench_backtest", {"s": str(i)}, list(zip(base.tolist(), v.tolist(), strict=True)))
+        )
+    w_points = d.window + 1
+    w_base = end - np.arange(w_points)[::-1] * step
+    for i in range(watched):
+        v = 10 + rng.normal(0, 1, w_points)
+        planted.append(
+            ("bench_watch", {"s": str(i)}, list(zip(w_base.tolist(), v.tolist(), strict=True)))
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        prom = LocalPrometheus(Path(tmp) / "prom", free_port())
+        t0 = time.perf_counter()
+        prom.plant(planted)
+        del planted
+        prom.start()
+        section.add("planting the data (promtool)", f"{time.perf_counter() - t0:.0f} s")
+        server = start_server(
+            Path(tmp) / "srv", services="insight", extra_env={"PROM_URL": prom.url}
+        )
+        try:
+            stub = insight_pb2_grpc.InsightServiceStub(
+                grpc.insecure_channel(
+                    server.address("insight"),
+                    options=[("grpc.max_receive_message_length", 64 << 20)],
+                )
+            )
+            req = ipb.BacktestRequest(
+                query="bench_backtest",
+                start_time=timestamp_pb2.Timestamp(seconds=int(start)),
+                end_time=timestamp_pb2.Timestamp(seconds=int(end)),
+                step=duration_pb2.Duration(seconds=int(step)),
+            )
+            floor, served = [], []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                n = _floor(prom.url, "bench_backtest", start, end, step)
+                t1 = time.perf_counter()
+                reply = stub.Backtest(req, timeout=600)
+                t2 = time.perf_counter()
+                floor.append(t1 - t0)
+                served.append(t2 - t1)
+            assert n == series * points and len(reply.results) == series
+            f, b = min(floor), min(served)
+            section.add(
+                f"fetch + decode {series} series x {points:,} points (floor), best of 3",
+                f"{f * 1000:.0f} ms",
+            )
+            section.add("Backtest of that query over gRPC, best of 3", f"{b * 1000:.0f} ms")
+            section.add("Backtest / floor (target <= 2)", f"{b / f:.2f}")
+            episodes = sum(len(r.episodes) for r in reply.results)
+            section.add("episodes found (one spike planted per series)", str(episodes))
+
+            client = PrometheusClient(prom.url, 120)
+            insight = Insight(SignalStore(_sqlite()), client)
+            grid = datetime.fromtimestamp(end, UTC)
+            watch = Watch("bench", "bench", "bench_watch", {}, step)
+            w_floor, w_eval = [], []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                n = _floor(prom.url, "bench_watch", end - d.window * step, end, step)
+                t1 = time.perf_counter()
+                insight.evaluate_watch(watch, grid)
+                t2 = time.perf_counter()
+                w_floor.append(t1 - t0)
+                w_eval.append(t2 - t1)
+            assert n == watched * w_points
+            f, e = min(w_floor), min(w_eval)
+            section.add(
+                f"fetch + decode {watched} series x {w_points} points (a watch's range), best of 3",
+                f"{f * 1000:.0f} ms",
+            )
+            section.add(
+                "one watch evaluation over them (fetch, score, episodes), best of 3",
+                f"{e * 1000:.0f} ms",
+            )
+            section.add("watch evaluation / floor (target <= 2)", f"{e / f:.2f}")
+        finally:
+            server.stop()
+            prom.stop()
+
+
+def _sqlite() -> SqliteDatabase:
+    """The watch benchmark measures evaluation, not storage: a scratch SQLite file."""
+    db = SqliteDatabase(Path(tempfile.mkdtemp()) / "bench.sqlite3")
+    migrate(db)
+    return db
 
 
 def _scoring(section: Section) -> None:

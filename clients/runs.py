@@ -173,3 +173,26 @@ def run_message(run: Mapping[str, Any] | pb.Run) -> pb.Run:
         node_logs=[_node(n, f"node_logs[{i}]") for i, n in enumerate(logs)],
         error=str(run.get("error", "")),
     )
+
+
+_MAX_EXACT = 2**53
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) <= _MAX_EXACT else value
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def to_python(value: struct_pb2.Struct | struct_pb2.Value | struct_pb2.ListValue) -> Any:
+    """A Struct (``run.inputs``, ``run.outputs``, a node's input ...) as plain Python,
+    with integral numbers as ``int``: Struct numbers are doubles on the wire, so 15
+    would otherwise come back as 15.0. Exact up to 2^53; the hook sends larger
+    integers as their decimal text."""
+    from google.protobuf import json_format
+
+    return _integral(json_format.MessageToDict(value))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from neuralops.servers import auth, metrics, outbox, reflection
+from neuralops.servers.budget import BudgetInterceptor, InflightBudget
 from neuralops.servers.config import Config
 from neuralops.servers.db import Database, open_database
 from neuralops.servers.gateway.server import HttpServer
@@ -68,19 +69,26 @@ def create_server(
     *,
     max_workers: int = 16,
     config: Config | None = None,
+    budget: InflightBudget | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A server for one service with health and reflection, bound but not started.
-    ``config`` brings TLS (NEURALOPS_TLS_*) and tokens (NEURALOPS_*_TOKENS)."""
+    ``config`` brings TLS (NEURALOPS_TLS_*) and tokens (NEURALOPS_*_TOKENS); ``budget``
+    bounds the request bytes all calls may hold at once (servers/budget.py)."""
     cfg = config or Config()
     credentials = auth.server_credentials(cfg)
+    # The budget runs first, so calls it turns away are never read or authenticated.
+    budget_first = [BudgetInterceptor(budget)] if budget is not None else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=parts.name),
-        interceptors=[*auth.server_interceptors(cfg), ServiceInterceptor()],
+        interceptors=[*budget_first, *auth.server_interceptors(cfg), ServiceInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # One server per port: a second one must fail to bind, not share the traffic.
             ("grpc.so_reuseport", 0),
+            # No BDP window growth: a call's message is then pulled only once its handler
+            # asks for it, so calls the byte budget turns away are not read into memory.
+            ("grpc.http2.bdp_probe", 0),
         ],
     )
     parts.register(server)
@@ -121,6 +129,8 @@ class App:
         self._relay_backoff_s = relay_backoff_s
         self.db: Database | None = None
         self.running: dict[str, RunningService] = {}
+        # One budget for every call of the process, whichever service it is for.
+        self.budget = InflightBudget(config.max_inflight_bytes, max_message_bytes=MAX_MESSAGE_BYTES)
         self.http: HttpServer | None = None
 
     def port(self, service: str) -> int:
@@ -160,7 +170,7 @@ class App:
                 parts = build_runhistory(cfg, self.db, registry_addr, self._relay_backoff_s)
             port = self._ports.get(name, cfg.listen_port(name))
             server, bound, health_servicer = create_server(
-                parts, f"{cfg.bind_host}:{port}", config=cfg
+                parts, f"{cfg.bind_host}:{port}", config=cfg, budget=self.budget
             )
             server.start()
             for worker in parts.workers:

@@ -80,6 +80,8 @@ class Config:
     tls_ca: Path | None = None
     tls_client_cert: Path | None = None
     tls_client_key: Path | None = None
+    # Request bytes all calls of a process may hold at once (servers/budget.py).
+    max_inflight_bytes: int = 128 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -117,6 +119,7 @@ class Config:
             tls_ca=_path(get("NEURALOPS_TLS_CA")),
             tls_client_cert=_path(get("NEURALOPS_TLS_CLIENT_CERT")),
             tls_client_key=_path(get("NEURALOPS_TLS_CLIENT_KEY")),
+            max_inflight_bytes=int(get("NEURALOPS_MAX_INFLIGHT_BYTES") or 128 * 1024 * 1024),
             http_port=int(get("NEURALOPS_HTTP_PORT") or 8080),
         )
 

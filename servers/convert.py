@@ -1,11 +1,29 @@
-"""Conversions between protobuf well-known types and plain Python values."""
+"""Conversions between protobuf messages and plain Python (JSON-ready) values.
+
+The write path converts every run it stores, so these walk the messages directly
+(``ListFields`` and the Struct map) instead of going through ``json_format``, which
+builds and re-parses JSON per field. The dicts they make are what ``json_format``'s
+``MessageToDict(..., preserving_proto_field_name=True)`` makes, except that enums are
+stored as lowercase names without their prefix (``completed``) and 64-bit integers
+stay integers; :func:`dict_message` reads both back.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+M = TypeVar("M", bound=Message)
+
+
+class NotJson(ValueError):
+    """A Struct holds a number JSON cannot carry (NaN, Infinity)."""
 
 
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -27,8 +45,66 @@ def to_struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
     return s
 
 
+_which = struct_pb2.Value.WhichOneof
+_MAX_EXACT = 2.0**53
+
+
+def _value(v: struct_pb2.Value) -> Any:
+    kind = _which(v, "kind")
+    if kind == "string_value":
+        return v.string_value
+    return _other(v, kind)
+
+
+def _other(v: struct_pb2.Value, kind: str | None) -> Any:
+    if kind == "number_value":
+        x = v.number_value
+        if x.is_integer() and -_MAX_EXACT <= x <= _MAX_EXACT:
+            # Struct numbers are doubles: an integral one is stored (and read back by
+            # the clients) as an integer, so 15 stays 15, not 15.0. Beyond 2^53 a
+            # double is no longer exact and stays a float.
+            return int(x)
+        if math.isfinite(x):
+            return x
+        raise NotJson(f"holds {x!r}, which JSON cannot carry")
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "struct_value":
+        return from_struct(v.struct_value)
+    if kind == "list_value":
+        # A slice is a plain list; iterating the container itself goes through
+        # Python-level Sequence.__iter__.
+        return [_value(x) for x in v.list_value.values[:]]
+    return None
+
+
 def from_struct(s: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(s)
+    """A Struct as a dict (integral numbers up to 2^53 as ints, others as floats). Raises
+    :class:`NotJson` on NaN or Infinity."""
+    fields = s.fields
+    out: dict[str, Any] = {}
+    for k in fields:
+        v = fields[k]
+        kind = _which(v, "kind")
+        out[k] = v.string_value if kind == "string_value" else _other(v, kind)
+    return out
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def timestamp_text(ts: timestamp_pb2.Timestamp) -> str:
+    """RFC 3339 in UTC, as ``Timestamp.ToJsonString`` writes it (0, 3, 6 or 9
+    fraction digits), without its per-call overhead."""
+    text = (_EPOCH + timedelta(seconds=ts.seconds)).isoformat()
+    nanos = ts.nanos
+    if not nanos:
+        return text + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{text}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1000 == 0:
+        return f"{text}.{nanos // 1000:06d}Z"
+    return f"{text}.{nanos:09d}Z"
 
 
 def enum_text(enum_name: str, prefix: str) -> str:
@@ -39,3 +115,112 @@ def enum_text(enum_name: str, prefix: str) -> str:
 def text_enum(text: str, prefix: str) -> str:
     """``completed`` -> ``RUN_STATUS_COMPLETED``."""
     return prefix + text.upper()
+
+
+def enum_prefix(enum: Any) -> str:
+    """``RunStatus`` -> ``RUN_STATUS_`` (buf's ENUM_VALUE_PREFIX rule)."""
+    name = enum.name
+    return "".join("_" + c if c.isupper() and i else c for i, c in enumerate(name)).upper() + "_"
+
+
+# ------------------------------------------------------------- messages as dicts
+
+_Convert = Callable[[Any], Any]
+# Keyed by descriptors (typed Any: the upb runtime's classes are not the stubs').
+_field_converters: dict[Any, _Convert] = {}
+
+
+def _enum_converter(enum: Any) -> _Convert:
+    prefix = enum_prefix(enum)
+    names = {v.number: enum_text(v.name, prefix) for v in enum.values}
+    return lambda n: names.get(n, n)
+
+
+def _single_converter(fd: Any) -> _Convert:
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        return _enum_converter(fd.enum_type)
+    if fd.type != FieldDescriptor.TYPE_MESSAGE:
+        return lambda x: x
+    full = fd.message_type.full_name
+    if full == "google.protobuf.Struct":
+        return from_struct
+    if full == "google.protobuf.Value":
+        return _value
+    if full == "google.protobuf.ListValue":
+        return lambda lv: [_value(x) for x in lv.values[:]]
+    if full == "google.protobuf.Timestamp":
+        return timestamp_text
+    if full == "google.protobuf.Duration":
+        return lambda m: m.ToJsonString()
+    return message_dict
+
+
+def _field_converter(fd: Any) -> _Convert:
+    conv = _field_converters.get(fd)
+    if conv is not None:
+        return conv
+    if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        value_conv = _single_converter(fd.message_type.fields_by_name["value"])
+        conv = lambda m: {str(k): value_conv(m[k]) for k in m}  # noqa: E731
+    elif fd.is_repeated:
+        one = _single_converter(fd)
+        conv = lambda xs: [one(x) for x in xs[:]]  # noqa: E731
+    else:
+        conv = _single_converter(fd)
+    _field_converters[fd] = conv
+    return conv
+
+
+_tables: dict[Any, dict[Any, tuple[str, _Convert]]] = {}
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    """The set fields of ``message`` as a JSON-ready dict keyed by proto field names."""
+    table = _tables.get(message.DESCRIPTOR)
+    if table is None:
+        desc = message.DESCRIPTOR
+        table = _tables[desc] = {fd: (fd.name, _field_converter(fd)) for fd in desc.fields}
+    out: dict[str, Any] = {}
+    for fd, value in message.ListFields():
+        entry = table.get(fd)
+        if entry is None:  # an extension
+            entry = (fd.name, _field_converter(fd))
+        out[entry[0]] = entry[1](value)
+    return out
+
+
+def _enum_names_back(d: dict[str, Any], desc: Any) -> dict[str, Any]:
+    """Lowercase enum names (how :func:`message_dict` stores them) back to full names,
+    recursively, so ``json_format.ParseDict`` accepts them."""
+    out = dict(d)
+    for name, value in d.items():
+        fd = desc.fields_by_name.get(name)
+        if fd is None:
+            continue
+        if fd.type == FieldDescriptor.TYPE_ENUM:
+            prefix = enum_prefix(fd.enum_type)
+
+            def back(x: Any, prefix: str = prefix) -> Any:
+                return text_enum(x, prefix) if isinstance(x, str) and x.islower() else x
+
+            out[name] = [back(x) for x in value] if isinstance(value, list) else back(value)
+        elif (
+            fd.type == FieldDescriptor.TYPE_MESSAGE
+            and not fd.message_type.full_name.startswith("google.protobuf.")
+            and not fd.message_type.GetOptions().map_entry
+        ):
+            sub = fd.message_type
+            if isinstance(value, list):
+                out[name] = [_enum_names_back(x, sub) if isinstance(x, dict) else x for x in value]
+            elif isinstance(value, dict):
+                out[name] = _enum_names_back(value, sub)
+    return out
+
+
+def dict_message(d: dict[str, Any], message: M) -> M:
+    """Fill ``message`` from a dict made by :func:`message_dict` (or by
+    ``MessageToDict``); unknown keys are ignored, so older rows still read."""
+    json_format.ParseDict(
+        _enum_names_back(d, message.DESCRIPTOR), message, ignore_unknown_fields=True
+    )
+    return message

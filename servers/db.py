@@ -52,6 +52,11 @@ class Database(Protocol):
 
     def transaction(self, *, write: bool = True) -> contextlib.AbstractContextManager[Tx]: ...
 
+    def statement(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run one statement as its own transaction and return its rows: atomic as any
+        single statement is, and on Postgres one round trip (no BEGIN, no COMMIT)."""
+        ...
+
     def close(self) -> None: ...
 
     def describe(self) -> str: ...
@@ -136,6 +141,19 @@ class PostgresDatabase:
         try:
             with self._pool.connection() as conn, conn.transaction():
                 yield _PgTx(conn)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            log.warning("postgres unavailable: %s", exc)
+            raise StorageUnavailable("database unavailable") from exc
+
+    def statement(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            with self._pool.connection() as conn:
+                conn.autocommit = True
+                try:
+                    cur = conn.execute(sql, params)
+                    return cur.fetchall() if cur.description else []
+                finally:
+                    conn.autocommit = False
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             log.warning("postgres unavailable: %s", exc)
             raise StorageUnavailable("database unavailable") from exc
@@ -228,6 +246,10 @@ class SqliteDatabase:
         except sqlite3.OperationalError as exc:
             conn.execute("ROLLBACK")
             raise StorageUnavailable(f"database unavailable: {exc}") from exc
+
+    def statement(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self.transaction() as tx:
+            return tx.execute(sql, params)
 
     def close(self) -> None:
         with self._lock:

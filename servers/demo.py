@@ -171,8 +171,6 @@ def _probe_until_signal(
     every second), then list the stored signals."""
     req = ipb.ProbeRequest(
         query=DURATION_QUERY,
-        threshold=3.0,
-        method=ipb.METHOD_Z_SCORE,
         points=30,
         step=duration_pb2.Duration(seconds=1),
     )

@@ -19,6 +19,11 @@ RPC_LATENCY = Histogram(
 WORKFLOW_RUNS = Counter(
     "neuralops_workflow_runs_total", "Runs stored, by workflow and outcome.", ["wpk_id", "status"]
 )
+RUNS_ALREADY_STORED = Counter(
+    "neuralops_runs_already_stored_total",
+    "Runs sent again under a (wpk_id, run_id) already stored: retries and spool replays, "
+    "or a run id reused for a different run (the first run is kept).",
+)
 WORKFLOW_RUN_DURATION = Histogram(
     "neuralops_workflow_run_duration_seconds",
     "Wall duration of stored runs, by workflow.",
@@ -84,3 +89,24 @@ def track_backlog(read: Callable[[], int]) -> None:
             return -1.0
 
     OUTBOX_BACKLOG.set_function(safe)
+
+
+ANOMALY_SCORE = Gauge(
+    "neuralops_anomaly_score",
+    "Latest anomaly score of each watched series (Insight watches).",
+    ["watch_id", "series"],
+)
+ANOMALY_OPEN = Gauge(
+    "neuralops_anomaly_open_episodes",
+    "1 while the series has an open anomaly episode, by watch and series.",
+    ["watch_id", "series"],
+)
+series_label = BoundedLabel(10_000)
+
+
+def observe_anomaly(watch_id: str, series: str, score: float | None, is_open: bool) -> None:
+    label = series_label(f"{watch_id}/{series}")
+    name = series if label != OTHER else OTHER
+    if score is not None:
+        ANOMALY_SCORE.labels(watch_id, name).set(score)
+    ANOMALY_OPEN.labels(watch_id, name).set(1.0 if is_open else 0.0)

@@ -147,6 +147,10 @@ def cmd_up(config: Config, args: argparse.Namespace) -> int:
     try:
         start_metrics(config)  # first: a taken metrics port fails before anything starts
         app.start()
+        if config.prom_url and app.db is not None:  # insight: a default watch on run durations
+            from neuralops.servers.insight.defaults import ensure_default_watch
+
+            ensure_default_watch(app.db)
         print(banner(app, config, prom), flush=True)
         print("ready", flush=True)
         wait_for_stop_signal()

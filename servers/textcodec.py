@@ -15,9 +15,10 @@ are not escaped: a NUL in an identifier is refused with INVALID_ARGUMENT instead
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
+
+import orjson
 
 NUL = "\x00"
 NUL_MARK = "\u2400"  # ␀
@@ -68,14 +69,12 @@ def restore(value: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON of ``value`` as stored (escaped). NaN and infinities are refused
-    (ValueError): validation keeps them out before this point."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    # json writes NUL as the six characters \u0000; only then (or when a marker
+    """Compact JSON of ``value`` as stored (escaped). NaN and infinities must not reach
+    this point (validation refuses them; orjson would write them as null)."""
+    text = orjson.dumps(value).decode()
+    # orjson (like json) writes NUL as the six characters \u0000; only then (or when a marker
     # character is present) is the value walked. A literal backslash-u0000 also
     # matches, which costs a walk that changes nothing.
     if "\\u0000" in text or _NEEDS_RESTORE.search(text):
-        text = json.dumps(
-            escape_value(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        text = orjson.dumps(escape_value(value)).decode()
     return text

@@ -280,3 +280,11 @@ def test_authorization_travels_as_metadata_and_refusals_are_401() -> None:
     finally:
         http_server.stop()
         server.stop(0)
+
+
+def test_run_integers_stay_integers_over_http(http: httpx.Client) -> None:
+    run = _run("ints-wf", "r-int", "RUN_STATUS_COMPLETED", inputs={"n": 15, "f": 1.5})
+    run["thread_id"] = "t-7"
+    assert http.post("/runs", json=run).status_code == 200
+    got = http.get("/runs/ints-wf/r-int").json()["run"]
+    assert got["inputs"] == {"n": 15, "f": 1.5} and isinstance(got["inputs"]["n"], int)

@@ -84,6 +84,7 @@ def _at(ts: int) -> timestamp_pb2.Timestamp:
 def _probe(query: str, **kw: object) -> ipb.ProbeRequest:
     fields: dict[str, object] = {
         "threshold": 3.0,
+        "method": ipb.METHOD_Z_SCORE,
         "points": POINTS,
         "step": duration_pb2.Duration(seconds=STEP),
         "evaluation_time": _at(END),
@@ -95,7 +96,7 @@ def _probe(query: str, **kw: object) -> ipb.ProbeRequest:
 def _count(app: App) -> int:
     assert app.db is not None
     with app.db.transaction(write=False) as tx:
-        return int(tx.execute("SELECT COUNT(*) AS n FROM insight_signals")[0]["n"])
+        return int(tx.execute("SELECT COUNT(*) AS n FROM insight_episodes")[0]["n"])
 
 
 def test_spike_yields_one_signal_and_flat_series_none(insight: App) -> None:
@@ -142,7 +143,8 @@ def test_up_with_threshold_2_flags_the_target_that_went_down(insight: App) -> No
     assert (
         by_instance["a"].outcome == ipb.SERIES_OUTCOME_CONSTANT and not by_instance["a"].anomalous
     )
-    assert by_instance["b"].anomalous and math.isinf(by_instance["b"].score)
+    # The spread floor (2% of |median|) keeps a flat series' score finite: |0 - 1| / 0.02.
+    assert by_instance["b"].anomalous and by_instance["b"].score == pytest.approx(50.0)
     signals = _stub(insight).ListSignals(ipb.ListSignalsRequest(metric="up")).signals
     assert [(s.labels["instance"], s.value) for s in signals] == [("b", 0.0)]
 
@@ -156,16 +158,30 @@ def test_ewma_method_scores_too(insight: App) -> None:
     assert signal.method == ipb.METHOD_EWMA and "EWMA" in signal.hint
 
 
-def test_list_signals_newest_first_paginated_and_filtered(insight: App) -> None:
+def test_repeated_probes_of_one_incident_make_one_open_episode(insight: App) -> None:
     stub = _stub(insight)
-    for back in range(5):  # five evaluation times, one step apart: five samples, all flagged
-        stub.Probe(
+    ids = set()
+    for back in (4, 3, 2, 1, 0):  # five evaluation times, one step apart, all flagged
+        reply = stub.Probe(
             _probe(
                 'latency_p95_seconds{route="/spike"}',
                 evaluation_time=_at(END - back * STEP),
                 threshold=0.01,
             )
         )
+        ids.add(reply.series[0].signal_id)
+    assert _count(insight) == 1 and len(ids) == 1
+    (ep,) = stub.ListSignals(ipb.ListSignalsRequest(state=ipb.EPISODE_STATE_OPEN)).signals
+    assert ep.open and ep.start_time.seconds == END - 4 * STEP
+    assert ep.last_seen_time.seconds == END
+    assert not stub.ListSignals(ipb.ListSignalsRequest(state=ipb.EPISODE_STATE_CLOSED)).signals
+
+
+def test_list_signals_newest_first_paginated_and_filtered(insight: App) -> None:
+    stub = _stub(insight)
+    selectors = ['="/spike"', '=~"/spike"', '=~"/spik.*"', '=~"/sp.*"', '=~"/s.*ke"']
+    for sel in selectors:  # five probes (five sources), each opens its own episode
+        stub.Probe(_probe(f"latency_p95_seconds{{route{sel}}}", threshold=0.01))
     assert _count(insight) == 5
     stub.Probe(_probe("up", threshold=2.0))
     pages, token = [], ""

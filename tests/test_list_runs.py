@@ -146,3 +146,25 @@ def test_list_runs_refuses_bad_requests_naming_the_field(runhistory: App) -> Non
         assert name in field_violations(err.value), name
     big = stub.ListRuns(pb.ListRunsRequest(wpk_id="wf", page_size=5000))
     assert len(big.runs) == 3
+
+
+def test_a_run_id_sent_again_is_counted_and_undefined_call_enums_are_refused(
+    runhistory: App,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    stub = _stub(runhistory)
+    name = "neuralops_runs_already_stored_total"
+    before = REGISTRY.get_sample_value(name) or 0.0
+    first = _run("dup", node_logs=[pb.NodeLog(name="n", calls=[pb.Call(id="c", name="m")])])
+    assert stub.LogRun(pb.LogRunRequest(run=first)).created
+    assert not stub.LogRun(pb.LogRunRequest(run=_run("dup"))).created
+    assert (REGISTRY.get_sample_value(name) or 0.0) == before + 1
+    # An enum number the proto does not define is refused, naming the field (issue 9).
+    odd = pb.Call(id="c", name="m", kind=77, status=42)  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.LogRun(
+            pb.LogRunRequest(run=_run("odd", node_logs=[pb.NodeLog(name="n", calls=[odd])]))
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "run.node_logs[0].calls[0].kind" in (err.value.details() or "")

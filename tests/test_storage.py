@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from neuralops.servers.db import Database
+import pytest
+from neuralops.servers.db import Database, json_value
 from neuralops.servers.migrate import applied, load_migrations, migrate
+from neuralops.servers.runhistory import storage
 from neuralops.servers.runhistory.model import NewRun
 from neuralops.servers.runhistory.storage import RunStore
 
 
 def _run(run_id: str, wpk_id: str = "test", **kw: object) -> NewRun:
-    return NewRun(wpk_id=wpk_id, run_id=run_id, status="completed", outputs={"text": "ok"}, **kw)  # type: ignore[arg-type]
+    kw.setdefault("outputs", {"text": "ok"})
+    return NewRun(wpk_id=wpk_id, run_id=run_id, status="completed", **kw)  # type: ignore[arg-type]
 
 
 def test_migrations_are_recorded_and_rerunning_is_a_no_op(db: Database) -> None:
@@ -57,13 +60,19 @@ def test_same_run_id_in_two_workflows_is_two_runs(db: Database) -> None:
     assert a.created and b.created and a.id != b.id
 
 
-def test_every_new_run_gets_one_outbox_row_in_the_same_transaction(db: Database) -> None:
+def test_each_batch_gets_one_outbox_row_per_workflow_naming_its_newest_new_run(
+    db: Database,
+) -> None:
     store = RunStore(db, embeddings_enabled=False)
-    store.insert([_run("a"), _run("b")])
-    store.insert([_run("a")])
+    store.insert([_run("a"), _run("b"), _run("c", wpk_id="other")])
+    store.insert([_run("a")])  # nothing new: no notice
+    store.insert([_run("d"), _run("a")])
     with db.transaction(write=False) as tx:
         rows = tx.execute("SELECT payload FROM outbox")
-    assert len(rows) == 2
+    notices = sorted(
+        (p["workflow_id"], p["run_id"]) for p in (json_value(r["payload"]) for r in rows)
+    )
+    assert notices == [("other", "c"), ("test", "b"), ("test", "d")]
 
 
 def test_runs_with_text_are_pending_when_embeddings_are_on(db: Database) -> None:
@@ -72,3 +81,18 @@ def test_runs_with_text_are_pending_when_embeddings_are_on(db: Database) -> None
     assert store.embedding_counts() == {"pending": 1, "skipped": 1}
     due = store.due_embeddings(10, max_attempts=3)
     assert [(d.run_id, d.text) for d in due] == [("with-text", "ok")]
+
+
+def test_a_batch_larger_than_one_statement_is_stored_whole_in_order(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 100)  # a few runs per statement
+    store = RunStore(db, embeddings_enabled=False)
+    store.insert([_run("r3")])
+    results = store.insert([_run(f"r{i}", outputs={"text": "x" * 60}) for i in range(10)])
+    assert [r.created for r in results] == [i != 3 for i in range(10)]
+    stamps = [r.created_at for r in results if r.created]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 9
+    with db.transaction(write=False) as tx:
+        rows = tx.execute("SELECT COUNT(*) AS n FROM workflow_runs")
+    assert int(rows[0]["n"]) == 10

@@ -182,8 +182,22 @@ def response_json(route: Route, response: message.Message) -> Any:
                 else m
                 for m in target
             ]
-    return json_format.MessageToDict(
-        target,
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
+    return _integral(
+        json_format.MessageToDict(
+            target,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
     )
+
+
+def _integral(value: Any) -> Any:
+    """Struct numbers are doubles: print an integral one (up to 2^53) as 15, not 15.0,
+    so a run's integers read back as integers (issue 10)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) <= 2**53 else value
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value

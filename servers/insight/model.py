@@ -9,14 +9,15 @@ from datetime import datetime, timedelta
 @dataclass(frozen=True)
 class ProbeSpec:
     query: str
-    threshold: float = 3.0
-    method: str = "z_score"  # or "ewma"
+    threshold: float = 0.0  # 0: the method's default
+    method: str = "robust"  # or "z_score", "ewma"
     points: int = 60
     lookback: timedelta | None = None
     step: timedelta = timedelta(seconds=15)
     evaluation_time: datetime | None = None
     alpha: float = 0.3
     min_points: int = 5
+    close_after: int = 72
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ProbeResult:
     series: list[SeriesResult]
     start: datetime
     end: datetime
+    hint: str = ""
 
     @property
     def anomalies(self) -> int:
@@ -57,3 +59,46 @@ class Signal:
     threshold: float
     baseline: float
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One incident on one series (a stored signal is an episode)."""
+
+    id: str
+    source: str  # "watch:<id>" or "probe:<query>"
+    watch_id: str
+    metric: str
+    labels: dict[str, str]
+    method: str
+    query: str
+    threshold: float
+    start_time: datetime
+    end_time: datetime | None
+    peak_time: datetime
+    peak_score: float
+    peak_value: float
+    baseline: float
+    last_seen_time: datetime
+    evaluated_time: datetime
+    normal_points: int
+    hint: str
+    created_at: datetime | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.end_time is None
+
+
+@dataclass(frozen=True)
+class Watch:
+    id: str
+    name: str
+    query: str
+    detector: dict[str, object]
+    interval_s: float
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    evaluated_time: datetime | None = None
+    evaluations: int = 0
+    last_error: str = ""

@@ -12,10 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 from google.protobuf.message import Message
 from neuralops.servers import validation as v
-from neuralops.servers.errors import FieldViolation, InvalidArgument
+from neuralops.servers.errors import FieldViolation
 
 MAX_QUERY_LENGTH = 10_000
 MAX_RANGE_POINTS = 11_000  # Prometheus' own per-series limit for query_range
@@ -71,26 +70,3 @@ def validate(request: Message) -> None:
     if not generic:  # the range check reads the (now known valid) times
         extra += _probe_range(request)
     v.raise_if(extra + generic)
-
-
-def sample_pairs(raw: Any, series: int) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Prometheus' ``[[unix_seconds, "value"], ...]`` as an (n, 2) float array.
-
-    A reply that is not that shape or holds non-numeric values is refused naming
-    the query ("NaN", "+Inf" and "-Inf" are numbers here, as in Prometheus)."""
-    try:
-        pairs = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidArgument.one(
-            "query",
-            f"Prometheus answered values that are not numbers for series {series}: "
-            f"{v.clip(str(exc))}",
-            reason="BAD_PROMETHEUS_REPLY",
-        ) from exc
-    if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.isfinite(pairs[:, 0]).all():
-        raise InvalidArgument.one(
-            "query",
-            f"Prometheus answered series {series} in a shape that is not [[time, value], ...]",
-            reason="BAD_PROMETHEUS_REPLY",
-        )
-    return pairs

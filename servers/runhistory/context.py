@@ -7,52 +7,34 @@ totals, interrupts, truncation) and the filters ListRuns offers on them.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
-from neuralops.servers import pagination
+from neuralops.servers import textcodec
 from neuralops.servers.db import Row, as_datetime, json_value
-from neuralops.servers.runhistory.model import EMPTY_CONTEXT, RunContext, RunFilter, RunSummary
+from neuralops.servers.runhistory.model import RunContext, RunFilter, RunSummary
 
 COLUMNS = (
     "thread_id, checkpoint_id, user_id, session_id, tags, metadata, usage, interrupts,"
     " omitted_node_logs, truncated"
 )
-PLACEHOLDERS = ", ".join(["%s"] * 10)
 _SUMMARY = f"id, wpk_id, run_id, status, duration_ms, created_at, error, {COLUMNS}"
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def params(ctx: RunContext | None) -> tuple[Any, ...]:
-    c = ctx or EMPTY_CONTEXT
-    return (
-        c.thread_id,
-        c.checkpoint_id,
-        c.user_id,
-        c.session_id,
-        _dumps(c.tags),
-        _dumps(c.metadata),
-        _dumps(c.usage),
-        _dumps(c.interrupts),
-        c.omitted_node_logs,
-        c.truncated,
-    )
+    return textcodec.dumps(value)
 
 
 def from_row(row: Row) -> RunContext:
     return RunContext(
-        thread_id=row["thread_id"],
-        checkpoint_id=row["checkpoint_id"],
-        user_id=row["user_id"],
-        session_id=row["session_id"],
-        tags=list(json_value(row["tags"]) or []),
-        metadata=dict(json_value(row["metadata"]) or {}),
+        thread_id=textcodec.unescape(row["thread_id"]),
+        checkpoint_id=textcodec.unescape(row["checkpoint_id"]),
+        user_id=textcodec.unescape(row["user_id"]),
+        session_id=textcodec.unescape(row["session_id"]),
+        tags=list(textcodec.restore(json_value(row["tags"])) or []),
+        metadata=dict(textcodec.restore(json_value(row["metadata"])) or {}),
         usage=dict(json_value(row["usage"]) or {}),
-        interrupts=list(json_value(row["interrupts"]) or []),
+        interrupts=list(textcodec.restore(json_value(row["interrupts"])) or []),
         omitted_node_logs=int(row["omitted_node_logs"]),
         truncated=bool(row["truncated"]),
     )
@@ -81,7 +63,7 @@ def list_query(
         value = getattr(flt, column)
         if value:
             where.append(f"{column} = %s")
-            args.append(value)
+            args.append(textcodec.escape(value))
     if flt.tag:
         if dialect == "postgres":
             where.append("tags @> %s::jsonb")
@@ -90,7 +72,10 @@ def list_query(
             where.append("EXISTS (SELECT 1 FROM json_each(workflow_runs.tags) WHERE value = %s)")
             args.append(flt.tag)
     if after is not None:
-        where.append(pagination.after(dialect, "created_at"))
+        if dialect == "postgres":
+            where.append("(created_at, id) < (%s::timestamptz, %s::uuid)")
+        else:
+            where.append("(created_at, id) < (%s, %s)")
         args.extend(after)
     sql = (
         f"SELECT {_SUMMARY} FROM workflow_runs WHERE {' AND '.join(where)}"

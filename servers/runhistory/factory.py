@@ -59,6 +59,8 @@ def build_runhistory(
         for run, result in zip(runs, results, strict=True):
             if result.created:
                 metrics.observe_run(run.wpk_id, run.status, run.duration_ms)
+            else:
+                metrics.RUNS_ALREADY_STORED.inc()
         relay_worker.wake()
         if embed_worker is not None:
             embed_worker.wake()

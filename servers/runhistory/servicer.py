@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers.convert import enum_text, from_struct, text_enum, to_struct, to_timestamp
+from neuralops.servers.convert import (
+    NotJson,
+    dict_message,
+    from_struct,
+    message_dict,
+    text_enum,
+    to_struct,
+    to_timestamp,
+)
+from neuralops.servers.errors import InvalidArgument
 from neuralops.servers.runhistory.model import (
     LogResult,
     NewRun,
@@ -24,84 +32,30 @@ _RUN = "RUN_STATUS_"
 _EMB = "EMBEDDING_STATUS_"
 
 
-_MAX_EXACT = 2**53
+_STATUS_TEXT = {v.number: v.name.removeprefix(_RUN).lower() for v in pb.RunStatus.DESCRIPTOR.values}
 
 
-def integral(value: Any) -> Any:
-    """Struct numbers arrive as doubles: store an integral one (up to 2^53) as an int."""
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and -_MAX_EXACT <= value <= _MAX_EXACT else value
-    if isinstance(value, dict):
-        return {k: integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [integral(v) for v in value]
-    return value
-
-
-def _fields(msg: Any) -> dict[str, Any]:
-    """A message of numbers and messages as a dict with int64s kept as ints
-    (MessageToDict would make them strings)."""
-    out: dict[str, Any] = {}
-    for f, v in msg.ListFields():
-        out[f.name] = _fields(v) if f.message_type is not None else v
-    return out
-
-
-def _call_dict(call: pb.Call) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        f.name: v for f, v in call.ListFields() if f.message_type is None and f.enum_type is None
-    }
-    d["kind"] = enum_text(pb.CallKind.Name(call.kind), "CALL_KIND_")
-    d["status"] = enum_text(pb.RunStatus.Name(call.status), _RUN)
-    for f, v in call.ListFields():
-        if f.name in ("start_time", "end_time"):
-            d[f.name] = v.ToJsonString()
-        elif f.name in ("input", "output", "parameters"):
-            d[f.name] = integral(from_struct(v))
-        elif f.name == "usage":
-            d["usage"] = _fields(v)
-    if call.calls:
-        d["calls"] = [_call_dict(c) for c in call.calls]
-    return d
-
-
-def _call_message(d: dict[str, Any]) -> pb.Call:
-    d = dict(d)
-    d["kind"] = "CALL_KIND_" + str(d.get("kind", "unspecified")).upper()
-    d["status"] = text_enum(str(d.get("status", "unspecified")), _RUN)
-    nested = d.pop("calls", None) or []
-    call = json_format.ParseDict(d, pb.Call(), ignore_unknown_fields=True)
-    call.calls.extend(_call_message(c) for c in nested)
-    return call
+def _status_text(number: int) -> str:
+    # An unknown number (a newer client) reads as a status validation refuses.
+    return _STATUS_TEXT.get(number, str(number))
 
 
 def _node_dict(node: pb.NodeLog) -> dict[str, Any]:
-    calls = [_call_dict(c) for c in node.calls]
-    d = json_format.MessageToDict(node, preserving_proto_field_name=True)
-    d.pop("calls", None)
-    d["status"] = enum_text(pb.RunStatus.Name(node.status), _RUN)
+    d = message_dict(node)  # nested calls included, their enums as lowercase names
+    # Always present, also when zero (proto3 leaves defaults out of ListFields).
+    d["status"] = _status_text(node.status)
     d["duration_ms"] = node.duration_ms
-    for name in ("input", "output"):
-        if name in d:
-            d[name] = integral(d[name])
-    if calls:
-        d["calls"] = calls
     return d
 
 
 def _node_message(d: dict[str, Any]) -> pb.NodeLog:
-    d = dict(d)
-    d["status"] = text_enum(str(d.get("status", "unspecified")), _RUN)
-    calls = d.pop("calls", None) or []
-    node = json_format.ParseDict(d, pb.NodeLog(), ignore_unknown_fields=True)
-    node.calls.extend(_call_message(c) for c in calls)
-    return node
+    return dict_message(d, pb.NodeLog())
 
 
 def _interrupt_dict(i: pb.Interrupt) -> dict[str, Any]:
     d: dict[str, Any] = {"id": i.id, "next_nodes": list(i.next_nodes)}
     if i.HasField("value"):
-        d["value"] = integral(json_format.MessageToDict(i.value))
+        d["value"] = message_dict(i)["value"]
     return d
 
 
@@ -112,16 +66,12 @@ def _context(run: pb.Run) -> RunContext:
         user_id=run.user_id,
         session_id=run.session_id,
         tags=list(run.tags),
-        metadata=integral(from_struct(run.metadata)),
-        usage=_fields(run.usage),
+        metadata=from_struct(run.metadata),
+        usage=message_dict(run.usage),
         interrupts=[_interrupt_dict(i) for i in run.interrupts],
         omitted_node_logs=run.omitted_node_logs,
         truncated=run.truncated,
     )
-
-
-def _usage_message(d: dict[str, Any]) -> pb.RunUsage:
-    return json_format.ParseDict(d, pb.RunUsage(), ignore_unknown_fields=True)
 
 
 def _context_fields(ctx: RunContext | None) -> dict[str, Any]:
@@ -134,21 +84,29 @@ def _context_fields(ctx: RunContext | None) -> dict[str, Any]:
         "user_id": ctx.user_id,
         "session_id": ctx.session_id,
         "tags": ctx.tags,
-        "usage": _usage_message(ctx.usage),
+        "usage": dict_message(ctx.usage, pb.RunUsage()),
     }
 
 
-def new_run(run: pb.Run) -> NewRun:
+def new_run(run: pb.Run, field: str = "run") -> NewRun:
+    """The run as domain values: one walk over the decoded message, no JSON round trip."""
+    try:
+        inputs = from_struct(run.inputs)
+        outputs = from_struct(run.outputs)
+        node_logs = [_node_dict(n) for n in run.node_logs]
+        context = _context(run)
+    except NotJson as exc:
+        raise InvalidArgument.one(field, str(exc)) from None
     return NewRun(
         wpk_id=run.wpk_id,
         run_id=run.run_id,
-        status=enum_text(pb.RunStatus.Name(run.status), _RUN),
-        inputs=integral(from_struct(run.inputs)),
-        outputs=integral(from_struct(run.outputs)),
+        status=_status_text(run.status),
+        inputs=inputs,
+        outputs=outputs,
         duration_ms=run.duration_ms,
-        node_logs=[_node_dict(n) for n in run.node_logs],
+        node_logs=node_logs,
         error=run.error,
-        context=_context(run),
+        context=context,
     )
 
 
@@ -174,7 +132,7 @@ def run_message(run: StoredRun) -> pb.Run:
         msg.omitted_node_logs = ctx.omitted_node_logs
         msg.truncated = ctx.truncated
         for i in ctx.interrupts:
-            msg.interrupts.append(json_format.ParseDict(i, pb.Interrupt()))
+            msg.interrupts.append(dict_message(i, pb.Interrupt()))
     return msg
 
 
@@ -208,7 +166,8 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
         self, request: pb.BatchLogRunsRequest, context: grpc.ServicerContext
     ) -> pb.BatchLogRunsResponse:
         validate(request)
-        results = self._history.log_runs([new_run(r) for r in request.runs], "runs")
+        runs = [new_run(r, f"runs[{i}]") for i, r in enumerate(request.runs)]
+        results = self._history.log_runs(runs, "runs")
         return pb.BatchLogRunsResponse(results=[_result(r) for r in results])
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
@@ -220,11 +179,8 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
     def ListRuns(
         self, request: pb.ListRunsRequest, context: grpc.ServicerContext
     ) -> pb.ListRunsResponse:
-        status = (
-            enum_text(pb.RunStatus.Name(request.status), _RUN)
-            if request.status in pb.RunStatus.values()
-            else "invalid"
-        )
+        validate(request)
+        status = _status_text(request.status)
         flt = RunFilter(
             thread_id=request.thread_id,
             status="" if status == "unspecified" else status,

@@ -65,7 +65,7 @@ function num(v) { return v === undefined || v === null || v === "" ? null : Numb
 // Token totals from whatever usage shape the contract carries.
 function tokensOf(obj) {
   if (!obj) return null;
-  const u = obj.usage || obj;
+  const u = obj.tokens || obj.usage || obj; // RunUsage keeps its token counts under "tokens"
   if (u && typeof u === "object") {
     const total = num(u.total_tokens);
     if (total) return total;

@@ -24,16 +24,23 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"neuralops/insight/v1/insight.proto\x12\x14neuralops.insight.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x02\n\x0cProbeRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12,\n\x06method\x18\x03 \x01(\x0e\x32\x1c.neuralops.insight.v1.Method\x12\x0e\n\x06points\x18\x04 \x01(\x05\x12+\n\x08lookback\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04step\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x0f\x65valuation_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61lpha\x18\x08 \x01(\x01\x12\x12\n\nmin_points\x18\t \x01(\x05\"\xc6\x02\n\x0bSeriesScore\x12=\n\x06labels\x18\x01 \x03(\x0b\x32-.neuralops.insight.v1.SeriesScore.LabelsEntry\x12\r\n\x05value\x18\x02 \x01(\x01\x12\r\n\x05score\x18\x03 \x01(\x01\x12/\n\x0bsample_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x07outcome\x18\x05 \x01(\x0e\x32#.neuralops.insight.v1.SeriesOutcome\x12\x11\n\tanomalous\x18\x06 \x01(\x08\x12\x11\n\tsignal_id\x18\x07 \x01(\t\x12\x0c\n\x04hint\x18\x08 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\t \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x01\n\rProbeResponse\x12\x31\n\x06series\x18\x01 \x03(\x0b\x32!.neuralops.insight.v1.SeriesScore\x12\x11\n\tanomalies\x18\x02 \x01(\x05\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x02\n\x06Signal\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0c\n\x04hint\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x06labels\x18\x07 \x03(\x0b\x32(.neuralops.insight.v1.Signal.LabelsEntry\x12,\n\x06method\x18\x08 \x01(\x0e\x32\x1c.neuralops.insight.v1.Method\x12/\n\x0bsample_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05query\x18\n \x01(\t\x12\x11\n\tthreshold\x18\x0b \x01(\x01\x12\x10\n\x08\x62\x61seline\x18\x0c \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\x12ListSignalsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x13ListSignalsResponse\x12-\n\x07signals\x18\x01 \x03(\x0b\x32\x1c.neuralops.insight.v1.Signal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*E\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0eMETHOD_Z_SCORE\x10\x01\x12\x0f\n\x0bMETHOD_EWMA\x10\x02*\xa4\x01\n\rSeriesOutcome\x12\x1e\n\x1aSERIES_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15SERIES_OUTCOME_SCORED\x10\x01\x12!\n\x1dSERIES_OUTCOME_TOO_FEW_POINTS\x10\x02\x12\x1b\n\x17SERIES_OUTCOME_CONSTANT\x10\x03\x12\x18\n\x14SERIES_OUTCOME_STALE\x10\x04\x32\xf3\x01\n\x0eInsightService\x12k\n\x05Probe\x12\".neuralops.insight.v1.ProbeRequest\x1a#.neuralops.insight.v1.ProbeResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/signals:probe:\x01*\x12t\n\x0bListSignals\x12(.neuralops.insight.v1.ListSignalsRequest\x1a).neuralops.insight.v1.ListSignalsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/signalsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"neuralops/insight/v1/insight.proto\x12\x14neuralops.insight.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n\x10\x44\x65tectorSettings\x12,\n\x06method\x18\x01 \x01(\x0e\x32\x1c.neuralops.insight.v1.Method\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12\x0e\n\x06window\x18\x03 \x01(\x05\x12\x12\n\nmin_points\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lose_after\x18\x05 \x01(\x05\x12\r\n\x05\x61lpha\x18\x06 \x01(\x01\x12\x13\n\x0bno_seasonal\x18\x07 \x01(\x08\"@\n\x05Point\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x01\"\x9e\x01\n\x06Series\x12\x38\n\x06labels\x18\x01 \x03(\x0b\x32(.neuralops.insight.v1.Series.LabelsEntry\x12+\n\x06points\x18\x02 \x03(\x0b\x32\x1b.neuralops.insight.v1.Point\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x03\n\x07\x45pisode\x12\n\n\x02id\x18\x01 \x01(\t\x12\x39\n\x06labels\x18\x02 \x03(\x0b\x32).neuralops.insight.v1.Episode.LabelsEntry\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tpeak_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npeak_score\x18\x06 \x01(\x01\x12\x12\n\npeak_value\x18\x07 \x01(\x01\x12\x32\n\x0elast_seen_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04open\x18\t \x01(\x08\x12\x10\n\x08watch_id\x18\n \x01(\t\x12\x0c\n\x04hint\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x02\n\x0f\x42\x61\x63ktestRequest\x12,\n\x06series\x18\x01 \x03(\x0b\x32\x1c.neuralops.insight.v1.Series\x12\r\n\x05query\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04step\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x38\n\x08\x64\x65tector\x18\x06 \x01(\x0b\x32&.neuralops.insight.v1.DetectorSettings\x12\x16\n\x0einclude_scores\x18\x07 \x01(\x08\"\xd2\x01\n\x0eSeriesBacktest\x12@\n\x06labels\x18\x01 \x03(\x0b\x32\x30.neuralops.insight.v1.SeriesBacktest.LabelsEntry\x12/\n\x08\x65pisodes\x18\x02 \x03(\x0b\x32\x1d.neuralops.insight.v1.Episode\x12\x0e\n\x06scores\x18\x03 \x03(\x01\x12\x0e\n\x06points\x18\x04 \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x10\x42\x61\x63ktestResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.neuralops.insight.v1.SeriesBacktest\x12\x38\n\x08\x64\x65tector\x18\x02 \x01(\x0b\x32&.neuralops.insight.v1.DetectorSettings\x12\x0c\n\x04hint\x18\x03 \x01(\t\"\xc6\x02\n\x05Watch\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12\x38\n\x08\x64\x65tector\x18\x04 \x01(\x0b\x32&.neuralops.insight.v1.DetectorSettings\x12+\n\x08interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_evaluated_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\t \x01(\t\"@\n\x12\x43reateWatchRequest\x12*\n\x05watch\x18\x01 \x01(\x0b\x32\x1b.neuralops.insight.v1.Watch\"A\n\x13\x43reateWatchResponse\x12*\n\x05watch\x18\x01 \x01(\x0b\x32\x1b.neuralops.insight.v1.Watch\"\x1d\n\x0fGetWatchRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x10GetWatchResponse\x12*\n\x05watch\x18\x01 \x01(\x0b\x32\x1b.neuralops.insight.v1.Watch\";\n\x12ListWatchesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\\\n\x13ListWatchesResponse\x12,\n\x07watches\x18\x01 \x03(\x0b\x32\x1b.neuralops.insight.v1.Watch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"q\n\x12UpdateWatchRequest\x12*\n\x05watch\x18\x01 \x01(\x0b\x32\x1b.neuralops.insight.v1.Watch\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"A\n\x13UpdateWatchResponse\x12*\n\x05watch\x18\x01 \x01(\x0b\x32\x1b.neuralops.insight.v1.Watch\" \n\x12\x44\x65leteWatchRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteWatchResponse\"\xb1\x02\n\x0cProbeRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x01\x12,\n\x06method\x18\x03 \x01(\x0e\x32\x1c.neuralops.insight.v1.Method\x12\x0e\n\x06points\x18\x04 \x01(\x05\x12+\n\x08lookback\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04step\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x0f\x65valuation_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61lpha\x18\x08 \x01(\x01\x12\x12\n\nmin_points\x18\t \x01(\x05\x12\x13\n\x0b\x63lose_after\x18\n \x01(\x05\"\xc6\x02\n\x0bSeriesScore\x12=\n\x06labels\x18\x01 \x03(\x0b\x32-.neuralops.insight.v1.SeriesScore.LabelsEntry\x12\r\n\x05value\x18\x02 \x01(\x01\x12\r\n\x05score\x18\x03 \x01(\x01\x12/\n\x0bsample_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x07outcome\x18\x05 \x01(\x0e\x32#.neuralops.insight.v1.SeriesOutcome\x12\x11\n\tanomalous\x18\x06 \x01(\x08\x12\x11\n\tsignal_id\x18\x07 \x01(\t\x12\x0c\n\x04hint\x18\x08 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\t \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc1\x01\n\rProbeResponse\x12\x31\n\x06series\x18\x01 \x03(\x0b\x32!.neuralops.insight.v1.SeriesScore\x12\x11\n\tanomalies\x18\x02 \x01(\x05\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04hint\x18\x05 \x01(\t\"\xae\x04\n\x06Signal\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0c\n\x04hint\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x06labels\x18\x07 \x03(\x0b\x32(.neuralops.insight.v1.Signal.LabelsEntry\x12,\n\x06method\x18\x08 \x01(\x0e\x32\x1c.neuralops.insight.v1.Method\x12/\n\x0bsample_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05query\x18\n \x01(\t\x12\x11\n\tthreshold\x18\x0b \x01(\x01\x12\x10\n\x08\x62\x61seline\x18\x0c \x01(\x01\x12.\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04open\x18\x0f \x01(\x08\x12\x32\n\x0elast_seen_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08watch_id\x18\x11 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xee\x01\n\x12ListSignalsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x05state\x18\x06 \x01(\x0e\x32\".neuralops.insight.v1.EpisodeState\x12\x10\n\x08watch_id\x18\x07 \x01(\t\"]\n\x13ListSignalsResponse\x12-\n\x07signals\x18\x01 \x03(\x0b\x32\x1c.neuralops.insight.v1.Signal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*X\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0eMETHOD_Z_SCORE\x10\x01\x12\x0f\n\x0bMETHOD_EWMA\x10\x02\x12\x11\n\rMETHOD_ROBUST\x10\x03*_\n\x0c\x45pisodeState\x12\x1d\n\x19\x45PISODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45PISODE_STATE_OPEN\x10\x01\x12\x18\n\x14\x45PISODE_STATE_CLOSED\x10\x02*\xa4\x01\n\rSeriesOutcome\x12\x1e\n\x1aSERIES_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15SERIES_OUTCOME_SCORED\x10\x01\x12!\n\x1dSERIES_OUTCOME_TOO_FEW_POINTS\x10\x02\x12\x1b\n\x17SERIES_OUTCOME_CONSTANT\x10\x03\x12\x18\n\x14SERIES_OUTCOME_STALE\x10\x04\x32\xb9\x06\n\x0eInsightService\x12k\n\x05Probe\x12\".neuralops.insight.v1.ProbeRequest\x1a#.neuralops.insight.v1.ProbeResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/signals:probe:\x01*\x12t\n\x0bListSignals\x12(.neuralops.insight.v1.ListSignalsRequest\x1a).neuralops.insight.v1.ListSignalsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/signals\x12Y\n\x08\x42\x61\x63ktest\x12%.neuralops.insight.v1.BacktestRequest\x1a&.neuralops.insight.v1.BacktestResponse\x12\x62\n\x0b\x43reateWatch\x12(.neuralops.insight.v1.CreateWatchRequest\x1a).neuralops.insight.v1.CreateWatchResponse\x12Y\n\x08GetWatch\x12%.neuralops.insight.v1.GetWatchRequest\x1a&.neuralops.insight.v1.GetWatchResponse\x12\x62\n\x0bListWatches\x12(.neuralops.insight.v1.ListWatchesRequest\x1a).neuralops.insight.v1.ListWatchesResponse\x12\x62\n\x0bUpdateWatch\x12(.neuralops.insight.v1.UpdateWatchRequest\x1a).neuralops.insight.v1.UpdateWatchResponse\x12\x62\n\x0b\x44\x65leteWatch\x12(.neuralops.insight.v1.DeleteWatchRequest\x1a).neuralops.insight.v1.DeleteWatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'neuralops.insight.v1.insight_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SERIES_LABELSENTRY']._loaded_options = None
+  _globals['_SERIES_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_EPISODE_LABELSENTRY']._loaded_options = None
+  _globals['_EPISODE_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_SERIESBACKTEST_LABELSENTRY']._loaded_options = None
+  _globals['_SERIESBACKTEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_SERIESSCORE_LABELSENTRY']._loaded_options = None
   _globals['_SERIESSCORE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_SIGNAL_LABELSENTRY']._loaded_options = None
@@ -42,26 +49,70 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSIGHTSERVICE'].methods_by_name['Probe']._serialized_options = b'\202\323\344\223\002\023\"\016/signals:probe:\001*'
   _globals['_INSIGHTSERVICE'].methods_by_name['ListSignals']._loaded_options = None
   _globals['_INSIGHTSERVICE'].methods_by_name['ListSignals']._serialized_options = b'\202\323\344\223\002\n\022\010/signals'
-  _globals['_METHOD']._serialized_start=1603
-  _globals['_METHOD']._serialized_end=1672
-  _globals['_SERIESOUTCOME']._serialized_start=1675
-  _globals['_SERIESOUTCOME']._serialized_end=1839
-  _globals['_PROBEREQUEST']._serialized_start=156
-  _globals['_PROBEREQUEST']._serialized_end=440
-  _globals['_SERIESSCORE']._serialized_start=443
-  _globals['_SERIESSCORE']._serialized_end=769
-  _globals['_SERIESSCORE_LABELSENTRY']._serialized_start=724
-  _globals['_SERIESSCORE_LABELSENTRY']._serialized_end=769
-  _globals['_PROBERESPONSE']._serialized_start=772
-  _globals['_PROBERESPONSE']._serialized_end=951
-  _globals['_SIGNAL']._serialized_start=954
-  _globals['_SIGNAL']._serialized_end=1334
-  _globals['_SIGNAL_LABELSENTRY']._serialized_start=724
-  _globals['_SIGNAL_LABELSENTRY']._serialized_end=769
-  _globals['_LISTSIGNALSREQUEST']._serialized_start=1337
-  _globals['_LISTSIGNALSREQUEST']._serialized_end=1506
-  _globals['_LISTSIGNALSRESPONSE']._serialized_start=1508
-  _globals['_LISTSIGNALSRESPONSE']._serialized_end=1601
-  _globals['_INSIGHTSERVICE']._serialized_start=1842
-  _globals['_INSIGHTSERVICE']._serialized_end=2085
+  _globals['_METHOD']._serialized_start=4344
+  _globals['_METHOD']._serialized_end=4432
+  _globals['_EPISODESTATE']._serialized_start=4434
+  _globals['_EPISODESTATE']._serialized_end=4529
+  _globals['_SERIESOUTCOME']._serialized_start=4532
+  _globals['_SERIESOUTCOME']._serialized_end=4696
+  _globals['_DETECTORSETTINGS']._serialized_start=190
+  _globals['_DETECTORSETTINGS']._serialized_end=366
+  _globals['_POINT']._serialized_start=368
+  _globals['_POINT']._serialized_end=432
+  _globals['_SERIES']._serialized_start=435
+  _globals['_SERIES']._serialized_end=593
+  _globals['_SERIES_LABELSENTRY']._serialized_start=548
+  _globals['_SERIES_LABELSENTRY']._serialized_end=593
+  _globals['_EPISODE']._serialized_start=596
+  _globals['_EPISODE']._serialized_end=1002
+  _globals['_EPISODE_LABELSENTRY']._serialized_start=548
+  _globals['_EPISODE_LABELSENTRY']._serialized_end=593
+  _globals['_BACKTESTREQUEST']._serialized_start=1005
+  _globals['_BACKTESTREQUEST']._serialized_end=1300
+  _globals['_SERIESBACKTEST']._serialized_start=1303
+  _globals['_SERIESBACKTEST']._serialized_end=1513
+  _globals['_SERIESBACKTEST_LABELSENTRY']._serialized_start=548
+  _globals['_SERIESBACKTEST_LABELSENTRY']._serialized_end=593
+  _globals['_BACKTESTRESPONSE']._serialized_start=1516
+  _globals['_BACKTESTRESPONSE']._serialized_end=1661
+  _globals['_WATCH']._serialized_start=1664
+  _globals['_WATCH']._serialized_end=1990
+  _globals['_CREATEWATCHREQUEST']._serialized_start=1992
+  _globals['_CREATEWATCHREQUEST']._serialized_end=2056
+  _globals['_CREATEWATCHRESPONSE']._serialized_start=2058
+  _globals['_CREATEWATCHRESPONSE']._serialized_end=2123
+  _globals['_GETWATCHREQUEST']._serialized_start=2125
+  _globals['_GETWATCHREQUEST']._serialized_end=2154
+  _globals['_GETWATCHRESPONSE']._serialized_start=2156
+  _globals['_GETWATCHRESPONSE']._serialized_end=2218
+  _globals['_LISTWATCHESREQUEST']._serialized_start=2220
+  _globals['_LISTWATCHESREQUEST']._serialized_end=2279
+  _globals['_LISTWATCHESRESPONSE']._serialized_start=2281
+  _globals['_LISTWATCHESRESPONSE']._serialized_end=2373
+  _globals['_UPDATEWATCHREQUEST']._serialized_start=2375
+  _globals['_UPDATEWATCHREQUEST']._serialized_end=2488
+  _globals['_UPDATEWATCHRESPONSE']._serialized_start=2490
+  _globals['_UPDATEWATCHRESPONSE']._serialized_end=2555
+  _globals['_DELETEWATCHREQUEST']._serialized_start=2557
+  _globals['_DELETEWATCHREQUEST']._serialized_end=2589
+  _globals['_DELETEWATCHRESPONSE']._serialized_start=2591
+  _globals['_DELETEWATCHRESPONSE']._serialized_end=2612
+  _globals['_PROBEREQUEST']._serialized_start=2615
+  _globals['_PROBEREQUEST']._serialized_end=2920
+  _globals['_SERIESSCORE']._serialized_start=2923
+  _globals['_SERIESSCORE']._serialized_end=3249
+  _globals['_SERIESSCORE_LABELSENTRY']._serialized_start=548
+  _globals['_SERIESSCORE_LABELSENTRY']._serialized_end=593
+  _globals['_PROBERESPONSE']._serialized_start=3252
+  _globals['_PROBERESPONSE']._serialized_end=3445
+  _globals['_SIGNAL']._serialized_start=3448
+  _globals['_SIGNAL']._serialized_end=4006
+  _globals['_SIGNAL_LABELSENTRY']._serialized_start=548
+  _globals['_SIGNAL_LABELSENTRY']._serialized_end=593
+  _globals['_LISTSIGNALSREQUEST']._serialized_start=4009
+  _globals['_LISTSIGNALSREQUEST']._serialized_end=4247
+  _globals['_LISTSIGNALSRESPONSE']._serialized_start=4249
+  _globals['_LISTSIGNALSRESPONSE']._serialized_end=4342
+  _globals['_INSIGHTSERVICE']._serialized_start=4699
+  _globals['_INSIGHTSERVICE']._serialized_end=5524
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -28,26 +29,62 @@ class _Method:
 class _MethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Method.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     METHOD_UNSPECIFIED: _Method.ValueType  # 0
-    """Treated as Z_SCORE."""
+    """Treated as ROBUST, the production default."""
     METHOD_Z_SCORE: _Method.ValueType  # 1
     """|latest - mean(window)| / std(window), window = the points before the latest."""
     METHOD_EWMA: _Method.ValueType  # 2
     """|latest - ewma| / ewm_std, both computed over the points before the latest
     with smoothing factor `alpha`.
     """
+    METHOD_ROBUST: _Method.ValueType  # 3
+    """|latest - median(window)| / spread, spread = 1.4826 x MAD with a floor
+    (2% of the window's 1%-99% range and of |median|); scored on the
+    residual from the daily profile where the history covers two days and
+    that profile explains the series. The production default.
+    """
 
 class Method(_Method, metaclass=_MethodEnumTypeWrapper):
     """Method is the scoring rule."""
 
 METHOD_UNSPECIFIED: Method.ValueType  # 0
-"""Treated as Z_SCORE."""
+"""Treated as ROBUST, the production default."""
 METHOD_Z_SCORE: Method.ValueType  # 1
 """|latest - mean(window)| / std(window), window = the points before the latest."""
 METHOD_EWMA: Method.ValueType  # 2
 """|latest - ewma| / ewm_std, both computed over the points before the latest
 with smoothing factor `alpha`.
 """
+METHOD_ROBUST: Method.ValueType  # 3
+"""|latest - median(window)| / spread, spread = 1.4826 x MAD with a floor
+(2% of the window's 1%-99% range and of |median|); scored on the
+residual from the daily profile where the history covers two days and
+that profile explains the series. The production default.
+"""
 Global___Method: _TypeAlias = Method  # noqa: Y015
+
+class _EpisodeState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EpisodeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EpisodeState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EPISODE_STATE_UNSPECIFIED: _EpisodeState.ValueType  # 0
+    """Any state."""
+    EPISODE_STATE_OPEN: _EpisodeState.ValueType  # 1
+    """Still anomalous, or not yet normal for `close_after` points."""
+    EPISODE_STATE_CLOSED: _EpisodeState.ValueType  # 2
+    """Closed."""
+
+class EpisodeState(_EpisodeState, metaclass=_EpisodeStateEnumTypeWrapper):
+    """EpisodeState filters episodes."""
+
+EPISODE_STATE_UNSPECIFIED: EpisodeState.ValueType  # 0
+"""Any state."""
+EPISODE_STATE_OPEN: EpisodeState.ValueType  # 1
+"""Still anomalous, or not yet normal for `close_after` points."""
+EPISODE_STATE_CLOSED: EpisodeState.ValueType  # 2
+"""Closed."""
+Global___EpisodeState: _TypeAlias = EpisodeState  # noqa: Y015
 
 class _SeriesOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -80,6 +117,683 @@ SERIES_OUTCOME_STALE: SeriesOutcome.ValueType  # 4
 Global___SeriesOutcome: _TypeAlias = SeriesOutcome  # noqa: Y015
 
 @_typing.final
+class DetectorSettings(_message.Message):
+    """DetectorSettings chooses and tunes a detector. Zero values mean the
+    production default for that field.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    MIN_POINTS_FIELD_NUMBER: _builtins.int
+    CLOSE_AFTER_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    NO_SEASONAL_FIELD_NUMBER: _builtins.int
+    method: Global___Method.ValueType
+    """Scoring rule; UNSPECIFIED means ROBUST."""
+    threshold: _builtins.float
+    """Score at or above which a point is anomalous; 0 means 5 (ROBUST) or 3."""
+    window: _builtins.int
+    """Baseline points before each scored point; 0 means 1,440."""
+    min_points: _builtins.int
+    """Baseline points needed before a point is scored; 0 means 30."""
+    close_after: _builtins.int
+    """Normal points in a row that close an episode; 0 means 72."""
+    alpha: _builtins.float
+    """EWMA smoothing factor in (0, 1]; 0 means 0.02."""
+    no_seasonal: _builtins.bool
+    """True turns off the daily-profile (seasonal) scoring of ROBUST."""
+    def __init__(
+        self,
+        *,
+        method: Global___Method.ValueType = ...,
+        threshold: _builtins.float = ...,
+        window: _builtins.int = ...,
+        min_points: _builtins.int = ...,
+        close_after: _builtins.int = ...,
+        alpha: _builtins.float = ...,
+        no_seasonal: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "close_after", b"close_after", "method", b"method", "min_points", b"min_points", "no_seasonal", b"no_seasonal", "threshold", b"threshold", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetectorSettings: _TypeAlias = DetectorSettings  # noqa: Y015
+
+@_typing.final
+class Point(_message.Message):
+    """Point is one sample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    value: _builtins.float
+    """Sample value (NaN means missing)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """Sample time."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time", b"time", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Point: _TypeAlias = Point  # noqa: Y015
+
+@_typing.final
+class Series(_message.Message):
+    """Series is one labelled series, points in time order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The series labels."""
+
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___Point]:
+        """Its samples, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        points: _abc.Iterable[Global___Point] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Series: _TypeAlias = Series  # noqa: Y015
+
+@_typing.final
+class Episode(_message.Message):
+    """Episode is one incident on one series: opened by its first anomalous
+    point, closed after `close_after` normal points.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PEAK_TIME_FIELD_NUMBER: _builtins.int
+    PEAK_SCORE_FIELD_NUMBER: _builtins.int
+    PEAK_VALUE_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
+    OPEN_FIELD_NUMBER: _builtins.int
+    WATCH_ID_FIELD_NUMBER: _builtins.int
+    HINT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Episode id (UUID); empty in Backtest results."""
+    peak_score: _builtins.float
+    """Its score."""
+    peak_value: _builtins.float
+    """Its value."""
+    open: _builtins.bool
+    """True while open."""
+    watch_id: _builtins.str
+    """The watch that opened it; empty for Probe and Backtest."""
+    hint: _builtins.str
+    """One-line explanation."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The series labels."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The first anomalous point."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it closed; unset while open."""
+
+    @_builtins.property
+    def peak_time(self) -> _timestamp_pb2.Timestamp:
+        """The point with the highest score."""
+
+    @_builtins.property
+    def last_seen_time(self) -> _timestamp_pb2.Timestamp:
+        """The last anomalous point."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        peak_time: _timestamp_pb2.Timestamp | None = ...,
+        peak_score: _builtins.float = ...,
+        peak_value: _builtins.float = ...,
+        last_seen_time: _timestamp_pb2.Timestamp | None = ...,
+        open: _builtins.bool = ...,
+        watch_id: _builtins.str = ...,
+        hint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "last_seen_time", b"last_seen_time", "peak_time", b"peak_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "hint", b"hint", "id", b"id", "labels", b"labels", "last_seen_time", b"last_seen_time", "open", b"open", "peak_score", b"peak_score", "peak_time", b"peak_time", "peak_value", b"peak_value", "start_time", b"start_time", "watch_id", b"watch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Episode: _TypeAlias = Episode  # noqa: Y015
+
+@_typing.final
+class BacktestRequest(_message.Message):
+    """BacktestRequest is one backtest: inline `series`, or `query` over a range."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    DETECTOR_FIELD_NUMBER: _builtins.int
+    INCLUDE_SCORES_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    """PromQL expression run over [`start_time`, `end_time`] at `step`."""
+    include_scores: _builtins.bool
+    """Also return every point's score."""
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
+        """Inline series (each at most 100,000 points). Either this or `query`."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the range for `query`."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the range for `query`; unset means now."""
+
+    @_builtins.property
+    def step(self) -> _duration_pb2.Duration:
+        """Resolution for `query`; 0 means 5 minutes."""
+
+    @_builtins.property
+    def detector(self) -> Global___DetectorSettings:
+        """The detector; unset means the production default."""
+
+    def __init__(
+        self,
+        *,
+        series: _abc.Iterable[Global___Series] | None = ...,
+        query: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        step: _duration_pb2.Duration | None = ...,
+        detector: Global___DetectorSettings | None = ...,
+        include_scores: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["detector", b"detector", "end_time", b"end_time", "start_time", b"start_time", "step", b"step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detector", b"detector", "end_time", b"end_time", "include_scores", b"include_scores", "query", b"query", "series", b"series", "start_time", b"start_time", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestRequest: _TypeAlias = BacktestRequest  # noqa: Y015
+
+@_typing.final
+class SeriesBacktest(_message.Message):
+    """SeriesBacktest is the outcome for one series."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    EPISODES_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    points: _builtins.int
+    """Number of points scored."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The series labels."""
+
+    @_builtins.property
+    def episodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Episode]:
+        """Episodes it would have opened, oldest first."""
+
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per-point scores when `include_scores` (NaN where not scored), aligned
+        with the inline points or with the query's grid.
+        """
+
+    def __init__(
+        self,
+        *,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        episodes: _abc.Iterable[Global___Episode] | None = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+        points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["episodes", b"episodes", "labels", b"labels", "points", b"points", "scores", b"scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeriesBacktest: _TypeAlias = SeriesBacktest  # noqa: Y015
+
+@_typing.final
+class BacktestResponse(_message.Message):
+    """BacktestResponse has one result per series, in request (or Prometheus) order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    DETECTOR_FIELD_NUMBER: _builtins.int
+    HINT_FIELD_NUMBER: _builtins.int
+    hint: _builtins.str
+    """Set when there is nothing to score (e.g. no series matched)."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeriesBacktest]:
+        """One per series."""
+
+    @_builtins.property
+    def detector(self) -> Global___DetectorSettings:
+        """The detector that ran, defaults filled in."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SeriesBacktest] | None = ...,
+        detector: Global___DetectorSettings | None = ...,
+        hint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["detector", b"detector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detector", b"detector", "hint", b"hint", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestResponse: _TypeAlias = BacktestResponse  # noqa: Y015
+
+@_typing.final
+class Watch(_message.Message):
+    """Watch is a query the server evaluates on a schedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    DETECTOR_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_EVALUATED_TIME_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Watch id (UUID), set by the server."""
+    name: _builtins.str
+    """A name for people."""
+    query: _builtins.str
+    """PromQL expression. Required."""
+    last_error: _builtins.str
+    """The last evaluation's error, empty when it succeeded."""
+    @_builtins.property
+    def detector(self) -> Global___DetectorSettings:
+        """The detector; unset means the production default."""
+
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
+        """Evaluation interval, also the query step; 0 means 1 minute, at least 1 s."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was last changed."""
+
+    @_builtins.property
+    def last_evaluated_time(self) -> _timestamp_pb2.Timestamp:
+        """The last grid time evaluated."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        query: _builtins.str = ...,
+        detector: Global___DetectorSettings | None = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        last_evaluated_time: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "detector", b"detector", "interval", b"interval", "last_evaluated_time", b"last_evaluated_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "detector", b"detector", "id", b"id", "interval", b"interval", "last_error", b"last_error", "last_evaluated_time", b"last_evaluated_time", "name", b"name", "query", b"query", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Watch: _TypeAlias = Watch  # noqa: Y015
+
+@_typing.final
+class CreateWatchRequest(_message.Message):
+    """CreateWatchRequest creates a watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def watch(self) -> Global___Watch:
+        """The watch; `id` and times are ignored."""
+
+    def __init__(
+        self,
+        *,
+        watch: Global___Watch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWatchRequest: _TypeAlias = CreateWatchRequest  # noqa: Y015
+
+@_typing.final
+class CreateWatchResponse(_message.Message):
+    """CreateWatchResponse is the stored watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def watch(self) -> Global___Watch:
+        """The watch, with its id."""
+
+    def __init__(
+        self,
+        *,
+        watch: Global___Watch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWatchResponse: _TypeAlias = CreateWatchResponse  # noqa: Y015
+
+@_typing.final
+class GetWatchRequest(_message.Message):
+    """GetWatchRequest names a watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Watch id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWatchRequest: _TypeAlias = GetWatchRequest  # noqa: Y015
+
+@_typing.final
+class GetWatchResponse(_message.Message):
+    """GetWatchResponse is the watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def watch(self) -> Global___Watch:
+        """The watch."""
+
+    def __init__(
+        self,
+        *,
+        watch: Global___Watch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWatchResponse: _TypeAlias = GetWatchResponse  # noqa: Y015
+
+@_typing.final
+class ListWatchesRequest(_message.Message):
+    """ListWatchesRequest pages through watches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Watches per page; 0 means 50, capped to 1,000."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWatchesRequest: _TypeAlias = ListWatchesRequest  # noqa: Y015
+
+@_typing.final
+class ListWatchesResponse(_message.Message):
+    """ListWatchesResponse is one page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCHES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def watches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Watch]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        watches: _abc.Iterable[Global___Watch] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "watches", b"watches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWatchesResponse: _TypeAlias = ListWatchesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateWatchRequest(_message.Message):
+    """UpdateWatchRequest changes a watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def watch(self) -> Global___Watch:
+        """The watch, `id` required."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to change (name, query, detector, interval); empty means all."""
+
+    def __init__(
+        self,
+        *,
+        watch: Global___Watch | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask", "watch", b"watch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["update_mask", b"update_mask", "watch", b"watch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateWatchRequest: _TypeAlias = UpdateWatchRequest  # noqa: Y015
+
+@_typing.final
+class UpdateWatchResponse(_message.Message):
+    """UpdateWatchResponse is the changed watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def watch(self) -> Global___Watch:
+        """The watch as stored."""
+
+    def __init__(
+        self,
+        *,
+        watch: Global___Watch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["watch", b"watch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateWatchResponse: _TypeAlias = UpdateWatchResponse  # noqa: Y015
+
+@_typing.final
+class DeleteWatchRequest(_message.Message):
+    """DeleteWatchRequest names a watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Watch id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWatchRequest: _TypeAlias = DeleteWatchRequest  # noqa: Y015
+
+@_typing.final
+class DeleteWatchResponse(_message.Message):
+    """DeleteWatchResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWatchResponse: _TypeAlias = DeleteWatchResponse  # noqa: Y015
+
+@_typing.final
 class ProbeRequest(_message.Message):
     """ProbeRequest is one anomaly probe."""
 
@@ -94,6 +808,7 @@ class ProbeRequest(_message.Message):
     EVALUATION_TIME_FIELD_NUMBER: _builtins.int
     ALPHA_FIELD_NUMBER: _builtins.int
     MIN_POINTS_FIELD_NUMBER: _builtins.int
+    CLOSE_AFTER_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """PromQL expression, e.g. `up` or a histogram_quantile(...). Required."""
     threshold: _builtins.float
@@ -108,6 +823,8 @@ class ProbeRequest(_message.Message):
     """EWMA smoothing factor in (0, 1]; 0 means 0.3. Used by METHOD_EWMA."""
     min_points: _builtins.int
     """Minimum number of usable window points to score; 0 means 5, at least 2."""
+    close_after: _builtins.int
+    """Normal points in a row that close the series' open episode; 0 means 72."""
     @_builtins.property
     def lookback(self) -> _duration_pb2.Duration:
         """Range to fetch, ending at `evaluation_time`. Optional."""
@@ -132,10 +849,11 @@ class ProbeRequest(_message.Message):
         evaluation_time: _timestamp_pb2.Timestamp | None = ...,
         alpha: _builtins.float = ...,
         min_points: _builtins.int = ...,
+        close_after: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation_time", b"evaluation_time", "lookback", b"lookback", "step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "evaluation_time", b"evaluation_time", "lookback", b"lookback", "method", b"method", "min_points", b"min_points", "points", b"points", "query", b"query", "step", b"step", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "close_after", b"close_after", "evaluation_time", b"evaluation_time", "lookback", b"lookback", "method", b"method", "min_points", b"min_points", "points", b"points", "query", b"query", "step", b"step", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,8 +947,13 @@ class ProbeResponse(_message.Message):
     ANOMALIES_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    HINT_FIELD_NUMBER: _builtins.int
     anomalies: _builtins.int
     """Number of anomalous series."""
+    hint: _builtins.str
+    """Set when there is nothing to score: no series matched, or no samples in
+    the range.
+    """
     @_builtins.property
     def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeriesScore]:
         """One entry per series Prometheus returned, in its order."""
@@ -250,10 +973,11 @@ class ProbeResponse(_message.Message):
         anomalies: _builtins.int = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        hint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies", b"anomalies", "end_time", b"end_time", "series", b"series", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies", b"anomalies", "end_time", b"end_time", "hint", b"hint", "series", b"series", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -261,7 +985,9 @@ Global___ProbeResponse: _TypeAlias = ProbeResponse  # noqa: Y015
 
 @_typing.final
 class Signal(_message.Message):
-    """Signal is one stored anomaly."""
+    """Signal is one stored anomaly episode (the anomalous value and score are
+    its peak's).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -297,6 +1023,11 @@ class Signal(_message.Message):
     QUERY_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     BASELINE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    OPEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
+    WATCH_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Signal id (UUID)."""
     metric: _builtins.str
@@ -315,6 +1046,10 @@ class Signal(_message.Message):
     """Threshold the score was compared with."""
     baseline: _builtins.float
     """Mean (or EWMA) of the window."""
+    open: _builtins.bool
+    """True while the episode is open."""
+    watch_id: _builtins.str
+    """The watch that opened it; empty for Probe."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the row was stored."""
@@ -326,6 +1061,18 @@ class Signal(_message.Message):
     @_builtins.property
     def sample_time(self) -> _timestamp_pb2.Timestamp:
         """Time of the anomalous sample."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The episode's first anomalous point."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the episode closed; unset while open."""
+
+    @_builtins.property
+    def last_seen_time(self) -> _timestamp_pb2.Timestamp:
+        """The last anomalous point."""
 
     def __init__(
         self,
@@ -342,10 +1089,15 @@ class Signal(_message.Message):
         query: _builtins.str = ...,
         threshold: _builtins.float = ...,
         baseline: _builtins.float = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        open: _builtins.bool = ...,
+        last_seen_time: _timestamp_pb2.Timestamp | None = ...,
+        watch_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "sample_time", b"sample_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "end_time", b"end_time", "last_seen_time", b"last_seen_time", "sample_time", b"sample_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "created_at", b"created_at", "hint", b"hint", "id", b"id", "labels", b"labels", "method", b"method", "metric", b"metric", "query", b"query", "sample_time", b"sample_time", "score", b"score", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "created_at", b"created_at", "end_time", b"end_time", "hint", b"hint", "id", b"id", "labels", b"labels", "last_seen_time", b"last_seen_time", "method", b"method", "metric", b"metric", "open", b"open", "query", b"query", "sample_time", b"sample_time", "score", b"score", "start_time", b"start_time", "threshold", b"threshold", "value", b"value", "watch_id", b"watch_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -362,12 +1114,18 @@ class ListSignalsRequest(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    WATCH_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Signals per page; 0 means 50, values above 1,000 are capped to 1,000."""
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     metric: _builtins.str
     """Only this metric; empty means all."""
+    state: Global___EpisodeState.ValueType
+    """Only open or only closed episodes; UNSPECIFIED means both."""
+    watch_id: _builtins.str
+    """Only episodes of this watch."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Only samples at or after this time."""
@@ -384,10 +1142,12 @@ class ListSignalsRequest(_message.Message):
         metric: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___EpisodeState.ValueType = ...,
+        watch_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "metric", b"metric", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "metric", b"metric", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "state", b"state", "watch_id", b"watch_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -51,6 +51,36 @@ class InsightServiceStub:
                 request_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.ListSignalsRequest.SerializeToString,
                 response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.ListSignalsResponse.FromString,
                 _registered_method=True)
+        self.Backtest = channel.unary_unary(
+                '/neuralops.insight.v1.InsightService/Backtest',
+                request_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.BacktestRequest.SerializeToString,
+                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.BacktestResponse.FromString,
+                _registered_method=True)
+        self.CreateWatch = channel.unary_unary(
+                '/neuralops.insight.v1.InsightService/CreateWatch',
+                request_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchRequest.SerializeToString,
+                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchResponse.FromString,
+                _registered_method=True)
+        self.GetWatch = channel.unary_unary(
+                '/neuralops.insight.v1.InsightService/GetWatch',
+                request_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchRequest.SerializeToString,
+                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchResponse.FromString,
+                _registered_method=True)
+        self.ListWatches = channel.unary_unary(
+                '/neuralops.insight.v1.InsightService/ListWatches',
+                request_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.ListWatchesRequest.SerializeToString,
+                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.ListWatchesResponse.FromString,
+                _registered_method=True)
+        self.UpdateWatch = channel.unary_unary(
+                '/neuralops.insight.v1.InsightService/UpdateWatch',
+                request_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchRequest.SerializeToString,
+                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchResponse.FromString,
+                _registered_method=True)
+        self.DeleteWatch = channel.unary_unary(
+                '/neuralops.insight.v1.InsightService/DeleteWatch',
+                request_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.DeleteWatchRequest.SerializeToString,
+                response_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.DeleteWatchResponse.FromString,
+                _registered_method=True)
 
 
 class InsightServiceServicer:
@@ -87,6 +117,57 @@ class InsightServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backtest(self, request, context):
+        """Backtest runs a detector (the production default unless `detector` says
+        otherwise) over history and returns, per series, the episodes it would
+        have opened. The history is either `series` given inline or `query`
+        over [`start_time`, `end_time`] at `step`. It stores nothing.
+
+        INVALID_ARGUMENT naming the field for a bad detector or range, or when
+        the work (series x points) is over the per-call limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateWatch(self, request, context):
+        """CreateWatch stores a watch: a query the server evaluates every
+        `interval`, opening and closing episodes as its series turn anomalous
+        and back to normal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWatch(self, request, context):
+        """GetWatch returns one watch; NOT_FOUND when there is none with that id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWatches(self, request, context):
+        """ListWatches lists watches by creation time, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateWatch(self, request, context):
+        """UpdateWatch changes the fields named in `update_mask` (all settable
+        fields when it is empty).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWatch(self, request, context):
+        """DeleteWatch stops evaluating a watch; its episodes stay listed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InsightServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +180,36 @@ def add_InsightServiceServicer_to_server(servicer, server):
                     servicer.ListSignals,
                     request_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.ListSignalsRequest.FromString,
                     response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.ListSignalsResponse.SerializeToString,
+            ),
+            'Backtest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backtest,
+                    request_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.BacktestRequest.FromString,
+                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.BacktestResponse.SerializeToString,
+            ),
+            'CreateWatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWatch,
+                    request_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchRequest.FromString,
+                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchResponse.SerializeToString,
+            ),
+            'GetWatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWatch,
+                    request_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchRequest.FromString,
+                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchResponse.SerializeToString,
+            ),
+            'ListWatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWatches,
+                    request_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.ListWatchesRequest.FromString,
+                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.ListWatchesResponse.SerializeToString,
+            ),
+            'UpdateWatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateWatch,
+                    request_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchRequest.FromString,
+                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchResponse.SerializeToString,
+            ),
+            'DeleteWatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWatch,
+                    request_deserializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.DeleteWatchRequest.FromString,
+                    response_serializer=neuralops_dot_insight_dot_v1_dot_insight__pb2.DeleteWatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -162,6 +273,168 @@ class InsightService:
             '/neuralops.insight.v1.InsightService/ListSignals',
             neuralops_dot_insight_dot_v1_dot_insight__pb2.ListSignalsRequest.SerializeToString,
             neuralops_dot_insight_dot_v1_dot_insight__pb2.ListSignalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backtest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuralops.insight.v1.InsightService/Backtest',
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.BacktestRequest.SerializeToString,
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.BacktestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuralops.insight.v1.InsightService/CreateWatch',
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchRequest.SerializeToString,
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.CreateWatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuralops.insight.v1.InsightService/GetWatch',
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchRequest.SerializeToString,
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.GetWatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuralops.insight.v1.InsightService/ListWatches',
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.ListWatchesRequest.SerializeToString,
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.ListWatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateWatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuralops.insight.v1.InsightService/UpdateWatch',
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchRequest.SerializeToString,
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.UpdateWatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuralops.insight.v1.InsightService/DeleteWatch',
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.DeleteWatchRequest.SerializeToString,
+            neuralops_dot_insight_dot_v1_dot_insight__pb2.DeleteWatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,30 @@ class InsightServiceStub:
     """ListSignals lists stored signals newest first (by sample time, then id),
     paginated and filterable by metric and sample time.
     """
+    Backtest: _grpc.UnaryUnaryMultiCallable[_insight_pb2.BacktestRequest, _insight_pb2.BacktestResponse]
+    """Backtest runs a detector (the production default unless `detector` says
+    otherwise) over history and returns, per series, the episodes it would
+    have opened. The history is either `series` given inline or `query`
+    over [`start_time`, `end_time`] at `step`. It stores nothing.
+
+    INVALID_ARGUMENT naming the field for a bad detector or range, or when
+    the work (series x points) is over the per-call limit.
+    """
+    CreateWatch: _grpc.UnaryUnaryMultiCallable[_insight_pb2.CreateWatchRequest, _insight_pb2.CreateWatchResponse]
+    """CreateWatch stores a watch: a query the server evaluates every
+    `interval`, opening and closing episodes as its series turn anomalous
+    and back to normal.
+    """
+    GetWatch: _grpc.UnaryUnaryMultiCallable[_insight_pb2.GetWatchRequest, _insight_pb2.GetWatchResponse]
+    """GetWatch returns one watch; NOT_FOUND when there is none with that id."""
+    ListWatches: _grpc.UnaryUnaryMultiCallable[_insight_pb2.ListWatchesRequest, _insight_pb2.ListWatchesResponse]
+    """ListWatches lists watches by creation time, paginated."""
+    UpdateWatch: _grpc.UnaryUnaryMultiCallable[_insight_pb2.UpdateWatchRequest, _insight_pb2.UpdateWatchResponse]
+    """UpdateWatch changes the fields named in `update_mask` (all settable
+    fields when it is empty).
+    """
+    DeleteWatch: _grpc.UnaryUnaryMultiCallable[_insight_pb2.DeleteWatchRequest, _insight_pb2.DeleteWatchResponse]
+    """DeleteWatch stops evaluating a watch; its episodes stay listed."""
 
 @_typing.type_check_only
 class InsightServiceAsyncStub(InsightServiceStub):
@@ -85,6 +109,30 @@ class InsightServiceAsyncStub(InsightServiceStub):
     """ListSignals lists stored signals newest first (by sample time, then id),
     paginated and filterable by metric and sample time.
     """
+    Backtest: _aio.UnaryUnaryMultiCallable[_insight_pb2.BacktestRequest, _insight_pb2.BacktestResponse]  # type: ignore[assignment]
+    """Backtest runs a detector (the production default unless `detector` says
+    otherwise) over history and returns, per series, the episodes it would
+    have opened. The history is either `series` given inline or `query`
+    over [`start_time`, `end_time`] at `step`. It stores nothing.
+
+    INVALID_ARGUMENT naming the field for a bad detector or range, or when
+    the work (series x points) is over the per-call limit.
+    """
+    CreateWatch: _aio.UnaryUnaryMultiCallable[_insight_pb2.CreateWatchRequest, _insight_pb2.CreateWatchResponse]  # type: ignore[assignment]
+    """CreateWatch stores a watch: a query the server evaluates every
+    `interval`, opening and closing episodes as its series turn anomalous
+    and back to normal.
+    """
+    GetWatch: _aio.UnaryUnaryMultiCallable[_insight_pb2.GetWatchRequest, _insight_pb2.GetWatchResponse]  # type: ignore[assignment]
+    """GetWatch returns one watch; NOT_FOUND when there is none with that id."""
+    ListWatches: _aio.UnaryUnaryMultiCallable[_insight_pb2.ListWatchesRequest, _insight_pb2.ListWatchesResponse]  # type: ignore[assignment]
+    """ListWatches lists watches by creation time, paginated."""
+    UpdateWatch: _aio.UnaryUnaryMultiCallable[_insight_pb2.UpdateWatchRequest, _insight_pb2.UpdateWatchResponse]  # type: ignore[assignment]
+    """UpdateWatch changes the fields named in `update_mask` (all settable
+    fields when it is empty).
+    """
+    DeleteWatch: _aio.UnaryUnaryMultiCallable[_insight_pb2.DeleteWatchRequest, _insight_pb2.DeleteWatchResponse]  # type: ignore[assignment]
+    """DeleteWatch stops evaluating a watch; its episodes stay listed."""
 
 class InsightServiceServicer(metaclass=_abc_1.ABCMeta):
     """InsightService turns Prometheus series into stored anomaly signals.
@@ -123,5 +171,65 @@ class InsightServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListSignals lists stored signals newest first (by sample time, then id),
         paginated and filterable by metric and sample time.
         """
+
+    @_abc_1.abstractmethod
+    def Backtest(
+        self,
+        request: _insight_pb2.BacktestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insight_pb2.BacktestResponse, _abc.Awaitable[_insight_pb2.BacktestResponse]]:
+        """Backtest runs a detector (the production default unless `detector` says
+        otherwise) over history and returns, per series, the episodes it would
+        have opened. The history is either `series` given inline or `query`
+        over [`start_time`, `end_time`] at `step`. It stores nothing.
+
+        INVALID_ARGUMENT naming the field for a bad detector or range, or when
+        the work (series x points) is over the per-call limit.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateWatch(
+        self,
+        request: _insight_pb2.CreateWatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insight_pb2.CreateWatchResponse, _abc.Awaitable[_insight_pb2.CreateWatchResponse]]:
+        """CreateWatch stores a watch: a query the server evaluates every
+        `interval`, opening and closing episodes as its series turn anomalous
+        and back to normal.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWatch(
+        self,
+        request: _insight_pb2.GetWatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insight_pb2.GetWatchResponse, _abc.Awaitable[_insight_pb2.GetWatchResponse]]:
+        """GetWatch returns one watch; NOT_FOUND when there is none with that id."""
+
+    @_abc_1.abstractmethod
+    def ListWatches(
+        self,
+        request: _insight_pb2.ListWatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insight_pb2.ListWatchesResponse, _abc.Awaitable[_insight_pb2.ListWatchesResponse]]:
+        """ListWatches lists watches by creation time, paginated."""
+
+    @_abc_1.abstractmethod
+    def UpdateWatch(
+        self,
+        request: _insight_pb2.UpdateWatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insight_pb2.UpdateWatchResponse, _abc.Awaitable[_insight_pb2.UpdateWatchResponse]]:
+        """UpdateWatch changes the fields named in `update_mask` (all settable
+        fields when it is empty).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteWatch(
+        self,
+        request: _insight_pb2.DeleteWatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insight_pb2.DeleteWatchResponse, _abc.Awaitable[_insight_pb2.DeleteWatchResponse]]:
+        """DeleteWatch stops evaluating a watch; its episodes stay listed."""
 
 def add_InsightServiceServicer_to_server(servicer: InsightServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

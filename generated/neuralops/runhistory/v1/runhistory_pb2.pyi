@@ -332,7 +332,10 @@ class Interrupt(_message.Message):
     """
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
-        """The value passed to `interrupt()`; null for a static breakpoint."""
+        """The value passed to `interrupt()`. For a static breakpoint (compiled
+        with interrupt_before / interrupt_after) the hook records
+        `{"breakpoint": "interrupt_before"}` (or "interrupt_after").
+        """
 
     @_builtins.property
     def next_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -501,8 +504,10 @@ class Run(_message.Message):
     and the runs that resume it share their thread id.
     """
     checkpoint_id: _builtins.str
-    """The checkpoint the run ended on (`checkpoint_id`), when a checkpointer
-    was used.
+    """LangGraph checkpoint id linking runs of one thread: the checkpoint an
+    interrupted run paused on, the checkpoint a resume started from, else
+    `config["configurable"]["checkpoint_id"]` when the caller gave one.
+    Empty without a checkpointer. At most 200 characters.
     """
     user_id: _builtins.str
     """End user, from `config["metadata"]["user_id"]`; filterable. At most 200

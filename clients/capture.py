@@ -1,0 +1,244 @@
+"""What the LangGraph hook captures, bounded, and the Run message built from it.
+
+Runs on the sender's thread (never the graph's): the callbacks only keep references
+and timestamps, and this module turns them into a :class:`pb.Run` within the capture
+budget. Two budgets bound the captured inputs/outputs: ``node_bytes`` per node or call
+(and for the run's own inputs and outputs) and ``run_bytes`` for the whole run; sizes
+are counted as the JSON text would be (roughly: characters of strings and keys, 8 per
+number). What does not fit is cut (strings get a trailing ``…``, containers an entry
+``"…": "N more"``) and the node, call and run are marked ``truncated``.
+
+Integers: Struct numbers are doubles, exact up to 2^53. A larger integer is captured as
+its decimal text, so it is never silently rounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import struct_pb2
+from neuralops.runhistory.v1 import runhistory_pb2 as pb
+
+MAX_EXACT_INT = 2**53
+_ELLIPSIS = "…"
+_STATUS = {
+    "running": pb.RUN_STATUS_RUNNING,
+    "completed": pb.RUN_STATUS_COMPLETED,
+    "failed": pb.RUN_STATUS_FAILED,
+    "interrupted": pb.RUN_STATUS_INTERRUPTED,
+    "cancelled": pb.RUN_STATUS_CANCELLED,
+}
+_KIND = {
+    "model": pb.CALL_KIND_MODEL,
+    "tool": pb.CALL_KIND_TOOL,
+    "retriever": pb.CALL_KIND_RETRIEVER,
+    "chain": pb.CALL_KIND_CHAIN,
+}
+
+
+class Budget:
+    """Bytes left for captured values: one per run, and one per node or call."""
+
+    __slots__ = ("cut", "left", "max_chars")
+
+    def __init__(self, left: int, max_chars: int) -> None:
+        self.left = left
+        self.cut = False
+        self.max_chars = max_chars
+
+
+def _text(value: str, b: Budget) -> str:
+    limit = min(b.max_chars or len(value), max(b.left, 0))
+    if len(value) > limit:
+        b.cut = True
+        value = value[:limit] + _ELLIPSIS
+    b.left -= len(value) + 2
+    return value
+
+
+def _message(m: Any) -> dict[str, Any]:
+    """A LangChain message, compactly (model_dump is ten times slower and noisier)."""
+    d: dict[str, Any] = {"type": m.type, "content": m.content}
+    for key in ("name", "id", "tool_call_id"):
+        v = getattr(m, key, None)
+        if v:
+            d[key] = v
+    calls = getattr(m, "tool_calls", None)
+    if calls:
+        d["tool_calls"] = calls
+    usage = getattr(m, "usage_metadata", None)
+    if usage:
+        d["usage_metadata"] = usage
+    return d
+
+
+def _plain(value: Any) -> Any:
+    """The JSON-like shape of LangChain/LangGraph objects; ``value`` itself when none."""
+    kind = type(value).__name__
+    if kind == "Command" and hasattr(value, "resume"):
+        return {
+            k: getattr(value, k)
+            for k in ("graph", "update", "resume", "goto")
+            if getattr(value, k, None) not in (None, (), [], {})
+        }
+    if kind == "Interrupt" and hasattr(value, "id"):
+        return {"id": value.id, "value": value.value}
+    if kind == "Send" and hasattr(value, "node"):
+        return {"node": value.node, "arg": value.arg}
+    if hasattr(value, "content") and hasattr(value, "type") and hasattr(value, "additional_kwargs"):
+        return _message(value)
+    if kind == "Document" and hasattr(value, "page_content"):
+        return {"page_content": value.page_content, "metadata": value.metadata}
+    return value
+
+
+def bounded(value: Any, b: Budget, depth: int = 0) -> Any:
+    """A JSON-safe copy of ``value`` within ``b`` (which it spends)."""
+    if value is None or isinstance(value, bool):
+        b.left -= 4
+        return value
+    if isinstance(value, int):
+        b.left -= 8
+        return value if -MAX_EXACT_INT <= value <= MAX_EXACT_INT else str(value)
+    if isinstance(value, float):
+        b.left -= 8
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _text(value, b)
+    if depth > 20:
+        b.cut = True
+        return _ELLIPSIS
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        items = list(value.items())
+        for i, (k, v) in enumerate(items):
+            if b.left <= 0:
+                b.cut = True
+                out[_ELLIPSIS] = f"{len(items) - i} more"
+                break
+            key = str(k)
+            b.left -= len(key) + 4
+            out[key] = bounded(v, b, depth + 1)
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        seq = list(value)
+        res: list[Any] = []
+        for i, v in enumerate(seq):
+            if b.left <= 0:
+                b.cut = True
+                res.append(f"{_ELLIPSIS} {len(seq) - i} more")
+                break
+            res.append(bounded(v, b, depth + 1))
+        return res
+    if isinstance(value, datetime):
+        return _text(value.isoformat(), b)
+    plain = _plain(value)
+    if plain is not value:
+        return bounded(plain, b, depth + 1)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return bounded(
+            {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}, b, depth + 1
+        )
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        try:
+            return bounded(dump(), b, depth + 1)
+        except Exception:
+            pass
+    return _text(repr(value), b)
+
+
+def capture(value: Any, run: Budget, per_item: int) -> tuple[dict[str, Any] | None, bool]:
+    """``value`` as a Struct-ready dict within ``per_item`` bytes and the run's budget;
+    ``(None, True)`` when the run's budget is already spent."""
+    if value is None:
+        return None, False
+    if run.left <= 0:
+        return None, True
+    b = Budget(min(per_item, run.left), run.max_chars)
+    start = b.left
+    v = bounded(value, b)
+    run.left -= start - b.left
+    return (v if isinstance(v, dict) else {"value": v}), b.cut
+
+
+def struct(d: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(d)
+    return s
+
+
+def stamp(epoch_s: float, msg: Any) -> None:
+    msg.FromNanoseconds(int(epoch_s * 1e9))
+
+
+def status(text: str) -> pb.RunStatus.ValueType:
+    return _STATUS[text]
+
+
+def kind(text: str) -> pb.CallKind.ValueType:
+    return _KIND[text]
+
+
+def usage_of(response: Any) -> tuple[dict[str, int], str]:
+    """Token usage and model name from a LangChain ``LLMResult``."""
+    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    model = ""
+    found = False
+    for gens in getattr(response, "generations", None) or []:
+        for g in gens:
+            msg = getattr(g, "message", None)
+            meta = getattr(msg, "response_metadata", None) or {}
+            model = model or str(meta.get("model_name") or meta.get("model") or "")
+            um = getattr(msg, "usage_metadata", None)
+            if not um:
+                continue
+            found = True
+            for key in ("input_tokens", "output_tokens", "total_tokens"):
+                totals[key] += int(um.get(key) or 0)
+            cached = (um.get("input_token_details") or {}).get("cache_read")
+            if cached:
+                totals["cached_input_tokens"] = totals.get("cached_input_tokens", 0) + int(cached)
+            reasoning = (um.get("output_token_details") or {}).get("reasoning")
+            if reasoning:
+                totals["reasoning_tokens"] = totals.get("reasoning_tokens", 0) + int(reasoning)
+    llm_output = getattr(response, "llm_output", None) or {}
+    model = model or str(llm_output.get("model_name") or llm_output.get("model") or "")
+    if not found:
+        tu = llm_output.get("token_usage") or llm_output.get("usage") or {}
+        if isinstance(tu, Mapping):
+            totals["input_tokens"] = int(tu.get("prompt_tokens") or tu.get("input_tokens") or 0)
+            totals["output_tokens"] = int(
+                tu.get("completion_tokens") or tu.get("output_tokens") or 0
+            )
+            totals["total_tokens"] = int(
+                tu.get("total_tokens") or totals["input_tokens"] + totals["output_tokens"]
+            )
+    if totals["total_tokens"] == 0:
+        totals["total_tokens"] = totals["input_tokens"] + totals["output_tokens"]
+    return totals, model
+
+
+def generation_output(response: Any) -> Any:
+    """What a model call returned: its first generation's message (or text)."""
+    gens = getattr(response, "generations", None) or []
+    if gens and gens[0]:
+        g = gens[0][0]
+        msg = getattr(g, "message", None)
+        return {"message": msg} if msg is not None else {"text": getattr(g, "text", "")}
+    return None
+
+
+def utc(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+def yield_gil() -> None:
+    """Let the graph's thread run: building a big record is many small Python steps,
+    and a waiting thread otherwise gets the GIL only after the switch interval (5 ms)."""
+    time.sleep(0)

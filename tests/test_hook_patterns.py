@@ -1,0 +1,472 @@
+"""LangGraph patterns through the hook, against a real RunHistory server, compared with
+what LangGraph itself reports (its debug stream, its state, its interrupts)."""
+
+from __future__ import annotations
+
+import operator
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.prebuilt import create_react_agent
+from langgraph.types import Command, RetryPolicy, Send, interrupt
+from neuralops.clients import RunHistoryClient
+from neuralops.clients.delivery import RunSender
+from neuralops.clients.langgraph import RunHistoryCallback
+from neuralops.clients.runs import to_python
+from neuralops.runhistory.v1 import runhistory_pb2 as pb
+from neuralops.servers.app import App
+from neuralops.servers.config import Config
+
+# create_react_agent is LangGraph's documented prebuilt agent (moved to langchain.agents
+# in LangGraph 1.0, which this project does not depend on); its deprecation is noise here.
+pytestmark = pytest.mark.filterwarnings("ignore:create_react_agent:DeprecationWarning")
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The hook's behaviour does not depend on the database (test_list_runs covers both)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def runhistory(config: Config) -> Iterator[App]:
+    app = App(config, services=("runhistory",), ports={"runhistory": 0}).start()
+    yield app
+    app.stop(grace=1)
+
+
+@pytest.fixture
+def sender(runhistory: App, tmp_path: Path) -> Iterator[RunSender]:
+    s = RunSender(runhistory.address("runhistory"), spool_dir=tmp_path / "spool", retry_s=0.2)
+    yield s
+    s.close()
+
+
+def _client(app: App) -> RunHistoryClient:
+    return RunHistoryClient(app.address("runhistory"))
+
+
+def _stored(app: App, sender: RunSender, wpk_id: str, run_id: str) -> pb.Run:
+    assert sender.flush(10)
+    return _client(app).get_run(wpk_id, run_id)
+
+
+def _debug_tasks(graph: Any, inputs: Any, config: dict[str, Any]) -> list[str]:
+    """Node names as LangGraph's debug stream reports its tasks (subgraphs included)."""
+    names = []
+    for item in graph.stream(inputs, config, stream_mode="debug", subgraphs=True):
+        _, event = item
+        if event["type"] == "task":
+            names.append(event["payload"]["name"])
+    return names
+
+
+class ToolChatModel(FakeMessagesListChatModel):
+    """The fake chat model create_react_agent can bind tools to."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+def _usage(i: int, o: int) -> dict[str, int]:
+    return {"input_tokens": i, "output_tokens": o, "total_tokens": i + o}
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@tool
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers."""
+    return a * b
+
+
+def _react_agent(name: str = "react") -> Any:
+    model = ToolChatModel(
+        responses=[
+            AIMessage(
+                content="",
+                tool_calls=[
+                    {"name": "add", "args": {"a": 2, "b": 3}, "id": "c1"},
+                    {"name": "multiply", "args": {"a": 4, "b": 5}, "id": "c2"},
+                ],
+                usage_metadata=_usage(12, 7),
+            ),
+            AIMessage(content="5 and 20", usage_metadata=_usage(30, 4)),
+        ]
+    )
+    return create_react_agent(model, [add, multiply], name=name)
+
+
+def _all_calls(run: pb.Run) -> list[pb.Call]:
+    out: list[pb.Call] = []
+
+    def walk(calls: Any) -> None:
+        for c in calls:
+            out.append(c)
+            walk(c.calls)
+
+    for n in run.node_logs:
+        walk(n.calls)
+    return out
+
+
+def test_react_agent_records_model_and_tool_calls_with_token_totals(
+    runhistory: App, sender: RunSender
+) -> None:
+    agent = _react_agent()
+    question = {"messages": [HumanMessage("what are 2+3 and 4*5?")]}
+    expected = _debug_tasks(_react_agent(), question, {})
+    run_id = str(uuid.uuid4())
+    out = agent.invoke(
+        question, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+    )
+    assert out["messages"][-1].content == "5 and 20"
+    run = _stored(runhistory, sender, "react", run_id)
+    assert run.status == pb.RUN_STATUS_COMPLETED
+    assert [n.name for n in run.node_logs] == expected
+    calls = _all_calls(run)
+    models = [c for c in calls if c.kind == pb.CALL_KIND_MODEL]
+    tools = sorted(
+        (c.name, to_python(c.output)["output"]["content"])
+        for c in calls
+        if c.kind == pb.CALL_KIND_TOOL
+    )
+    assert len(models) == 2 and tools == [("add", "5"), ("multiply", "20")]
+    assert [(m.usage.input_tokens, m.usage.output_tokens) for m in models] == [(12, 7), (30, 4)]
+    assert all(m.name == "ToolChatModel" and m.status == pb.RUN_STATUS_COMPLETED for m in models)
+    assert to_python(models[1].output)["message"]["content"] == "5 and 20"
+    assert run.usage.model_calls == 2 and run.usage.tool_calls == 2
+    assert (run.usage.tokens.input_tokens, run.usage.tokens.total_tokens) == (42, 53)
+    # Every model call sits in an "agent" node, every tool call in a "tools" node.
+    for n in run.node_logs:
+        kinds = {c.kind for c in n.calls}
+        assert kinds == ({pb.CALL_KIND_MODEL} if n.name == "agent" else {pb.CALL_KIND_TOOL})
+    listed, _ = _client(runhistory).list_runs("react")
+    assert listed[0].usage.tokens.total_tokens == 53
+
+
+def test_sub_agent_called_from_a_tool_is_recorded_inside_the_one_run(
+    runhistory: App, sender: RunSender
+) -> None:
+    sub = _react_agent("researcher")
+
+    @tool
+    def research(question: str) -> str:
+        """Ask the research sub-agent."""
+        result = sub.invoke({"messages": [HumanMessage(question)]})
+        return str(result["messages"][-1].content)
+
+    model = ToolChatModel(
+        responses=[
+            AIMessage(
+                content="",
+                tool_calls=[{"name": "research", "args": {"question": "sums?"}, "id": "r1"}],
+                usage_metadata=_usage(5, 5),
+            ),
+            AIMessage(content="done", usage_metadata=_usage(8, 1)),
+        ]
+    )
+    supervisor: Any = create_react_agent(model, [research], name="supervisor")
+    run_id = str(uuid.uuid4())
+    supervisor.invoke(
+        {"messages": [HumanMessage("go")]},
+        {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id},
+    )
+    run = _stored(runhistory, sender, "supervisor", run_id)
+    client = _client(runhistory)
+    assert [r.run_id for r in client.list_runs("supervisor")[0]] == [run_id]
+    assert client.list_runs("researcher")[0] == []  # no separate run for the sub-agent
+    inner = [n for n in run.node_logs if n.path.startswith("tools")]
+    assert sorted({n.name for n in inner}) == ["agent", "tools"]
+    research_call = next(c for c in _all_calls(run) if c.name == "research")
+    assert [c.kind for c in research_call.calls] == [pb.CALL_KIND_CHAIN]
+    # Supervisor's 2 model calls + the sub-agent's 2; tools: research + add + multiply.
+    assert (run.usage.model_calls, run.usage.tool_calls) == (4, 3)
+    assert run.usage.tokens.total_tokens == 10 + 9 + 19 + 34
+
+
+class Team(TypedDict, total=False):
+    log: Annotated[list[str], operator.add]
+    n: int
+
+
+def test_handoff_with_command_parent_is_not_a_failure(runhistory: App, sender: RunSender) -> None:
+    def hand_off(s: Team) -> Command[Any]:
+        return Command(graph=Command.PARENT, goto="billing", update={"log": ["handoff"]})
+
+    inner: Any = StateGraph(Team)
+    inner.add_node("triage", hand_off)
+    inner.add_edge(START, "triage")
+    outer: Any = StateGraph(Team)
+    outer.add_node("frontdesk", inner.compile())
+    outer.add_node("billing", lambda s: {"log": ["billing"]})
+    outer.add_edge(START, "frontdesk")
+    outer.add_edge("billing", END)
+    graph = outer.compile(name="handoff")
+    expected = _debug_tasks(graph, {"log": []}, {})
+    run_id = str(uuid.uuid4())
+    out = graph.invoke(
+        {"log": []}, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+    )
+    assert out["log"] == ["handoff", "billing"]
+    run = _stored(runhistory, sender, "handoff", run_id)
+    assert run.status == pb.RUN_STATUS_COMPLETED and run.error == ""
+    assert sorted(n.name for n in run.node_logs) == sorted(expected)
+    assert all(n.status == pb.RUN_STATUS_COMPLETED and not n.error for n in run.node_logs)
+    triage = next(n for n in run.node_logs if n.name == "triage")
+    assert to_python(triage.output)["goto"] == "billing"
+
+
+def _approval_graph() -> Any:
+    def ask(s: Team) -> dict[str, Any]:
+        answer = interrupt({"question": "refund 15?", "amount": 15})
+        return {"log": [str(answer)]}
+
+    g: Any = StateGraph(Team)
+    g.add_node("ask", ask)
+    g.add_edge(START, "ask")
+    g.add_edge("ask", END)
+    return g.compile(name="approval", checkpointer=InMemorySaver())
+
+
+def test_interrupt_and_resume_share_a_thread_and_keep_what_was_asked(
+    runhistory: App, sender: RunSender
+) -> None:
+    graph = _approval_graph()
+    hook = RunHistoryCallback(sender=sender)
+    first = str(uuid.uuid4())
+    meta = {"user_id": "ana", "session_id": "s-9", "ticket": 15}
+    cfg: dict[str, Any] = {
+        "callbacks": [hook],
+        "configurable": {"thread_id": "th-1"},
+        "tags": ["billing"],
+        "metadata": meta,
+    }
+    out = graph.invoke({"log": []}, {**cfg, "run_id": first})
+    asked = out["__interrupt__"][0]
+    paused_at = graph.get_state(cfg).config["configurable"]["checkpoint_id"]
+    graph.invoke(Command(resume="yes"), {**cfg, "run_id": first})  # run id reused
+    assert hook.reused_run_ids == 1
+    client = _client(runhistory)
+    run = _stored(runhistory, sender, "approval", first)
+    assert run.status == pb.RUN_STATUS_INTERRUPTED
+    assert [i.id for i in run.interrupts] == [asked.id]
+    assert to_python(run.interrupts[0].value) == {"question": "refund 15?", "amount": 15}
+    assert run.thread_id == "th-1" and run.checkpoint_id == paused_at
+    assert (run.user_id, run.session_id, list(run.tags)) == ("ana", "s-9", ["billing"])
+    assert to_python(run.metadata)["ticket"] == 15
+    resumed = client.get_run("approval", f"{first}~2")
+    assert resumed.status == pb.RUN_STATUS_COMPLETED
+    assert to_python(resumed.inputs) == {"resume": "yes"}
+    assert resumed.thread_id == "th-1" and resumed.checkpoint_id == paused_at
+    on_thread, _ = client.list_runs("approval", thread_id="th-1")
+    assert [r.run_id for r in on_thread] == [f"{first}~2", first]
+    assert [r.run_id for r in client.list_runs("approval", user_id="ana")[0]] == [
+        f"{first}~2",
+        first,
+    ]
+    assert client.list_runs("approval", status="interrupted")[0][0].run_id == first
+    assert client.list_runs("approval", tag="billing")[0][0].run_id == f"{first}~2"
+
+
+def test_static_breakpoint_is_interrupted_like_get_state_says(
+    runhistory: App, sender: RunSender
+) -> None:
+    g: Any = StateGraph(Team)
+    g.add_node("draft", lambda s: {"log": ["draft"], "n": 15})
+    g.add_node("send", lambda s: {"log": ["send"]})
+    g.add_edge(START, "draft")
+    g.add_edge("draft", "send")
+    g.add_edge("send", END)
+    graph = g.compile(name="breakpoint", checkpointer=InMemorySaver(), interrupt_before=["send"])
+    cfg: dict[str, Any] = {
+        "callbacks": [RunHistoryCallback(sender=sender)],
+        "configurable": {"thread_id": "b1"},
+    }
+    run_id = str(uuid.uuid4())
+    graph.invoke({"log": []}, {**cfg, "run_id": run_id})
+    assert graph.get_state(cfg).next == ("send",)
+    run = _stored(runhistory, sender, "breakpoint", run_id)
+    assert run.status == pb.RUN_STATUS_INTERRUPTED
+    assert [n.name for n in run.node_logs] == ["draft"]
+    assert to_python(run.interrupts[0].value) == {"breakpoint": "interrupt_before"}
+    assert run.outputs["n"] == 15 and to_python(run.outputs)["n"] == 15
+    assert isinstance(to_python(run.node_logs[0].output)["n"], int)
+
+
+def test_send_fan_out_records_each_task_and_no_hidden_start(
+    runhistory: App, sender: RunSender
+) -> None:
+    g: Any = StateGraph(Team)
+    g.add_node("work", lambda s: {"log": [f"w{s['n']}"]})
+    g.add_conditional_edges(START, lambda s: [Send("work", {"n": i}) for i in range(5)])
+    g.add_edge("work", END)
+    graph = g.compile(name="fanout")
+    expected = _debug_tasks(graph, {"log": []}, {})
+    assert "__start__" not in expected
+    run_id, capped = str(uuid.uuid4()), str(uuid.uuid4())
+    graph.invoke({"log": []}, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id})
+    graph.invoke(
+        {"log": []},
+        {"callbacks": [RunHistoryCallback(sender=sender, max_node_logs=3)], "run_id": capped},
+    )
+    run = _stored(runhistory, sender, "fanout", run_id)
+    assert [n.name for n in run.node_logs] == expected == ["work"] * 5
+    assert sorted(to_python(n.input)["n"] for n in run.node_logs) == [0, 1, 2, 3, 4]
+    cut = _client(runhistory).get_run("fanout", capped)
+    assert (len(cut.node_logs), cut.omitted_node_logs) == (3, 2)
+    assert cut.status == pb.RUN_STATUS_COMPLETED
+
+
+def test_retries_carry_attempt_numbers(runhistory: App, sender: RunSender) -> None:
+    calls = {"n": 0}
+
+    def flaky(s: Team) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise ConnectionError("upstream")
+        return {"log": ["ok"]}
+
+    g: Any = StateGraph(Team)
+    g.add_node(
+        "flaky",
+        flaky,
+        retry_policy=RetryPolicy(initial_interval=0.001, jitter=False, retry_on=ConnectionError),
+    )
+    g.add_edge(START, "flaky")
+    g.add_edge("flaky", END)
+    run_id = str(uuid.uuid4())
+    g.compile(name="retries").invoke(
+        {"log": []}, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+    )
+    run = _stored(runhistory, sender, "retries", run_id)
+    assert [(n.attempt, n.status) for n in run.node_logs] == [
+        (1, pb.RUN_STATUS_FAILED),
+        (2, pb.RUN_STATUS_FAILED),
+        (3, pb.RUN_STATUS_COMPLETED),
+    ]
+    assert run.node_logs[0].error == "ConnectionError: upstream"
+    assert run.status == pb.RUN_STATUS_COMPLETED
+
+
+def test_capture_budget_cuts_and_marks_big_io(runhistory: App, sender: RunSender) -> None:
+    g: Any = StateGraph(Team)
+    g.add_node("big", lambda s: {"log": ["x" * 50 for _ in range(200)]})
+    g.add_node("after", lambda s: {"n": 2**60})
+    g.add_edge(START, "big")
+    g.add_edge("big", "after")
+    g.add_edge("after", END)
+    run_id = str(uuid.uuid4())
+    hook = RunHistoryCallback(sender=sender, node_budget_bytes=1000, run_budget_bytes=3000)
+    g.compile(name="budget").invoke({"log": []}, {"callbacks": [hook], "run_id": run_id})
+    run = _stored(runhistory, sender, "budget", run_id)
+    big, after = run.node_logs
+    assert big.truncated and run.truncated
+    assert len(big.output.SerializeToString()) < 1500
+    assert to_python(big.output)["log"][-1].startswith("… ")
+    assert to_python(after.output)["n"] == str(2**60)  # beyond 2^53: kept exact as text
+
+
+def test_stream_left_open_at_exit_is_recorded_as_cancelled(runhistory: App, tmp_path: Path) -> None:
+    run_id = str(uuid.uuid4())
+    script = textwrap.dedent(
+        f"""
+        import operator
+        from typing import Annotated, TypedDict
+        from langgraph.graph import END, START, StateGraph
+        from neuralops.clients.langgraph import RunHistoryCallback
+
+        class S(TypedDict, total=False):
+            log: Annotated[list[str], operator.add]
+
+        g = StateGraph(S)
+        g.add_node("a", lambda s: {{"log": ["a"]}})
+        g.add_node("b", lambda s: {{"log": ["b"]}})
+        g.add_edge(START, "a")
+        g.add_edge("a", "b")
+        g.add_edge("b", END)
+        hook = RunHistoryCallback({runhistory.address("runhistory")!r}, wpk_id="open")
+        stream = g.compile().stream({{"log": []}}, {{"callbacks": [hook], "run_id": {run_id!r}}})
+        next(stream)  # the caller never closes the stream
+        """
+    )
+    env = {"NEURALOPS_DATA_DIR": str(tmp_path / "data")}
+    import os
+
+    subprocess.run(
+        [sys.executable, "-c", script], check=True, timeout=60, env={**os.environ, **env}
+    )
+    run = _client(runhistory).get_run("open", run_id)
+    assert run.status == pb.RUN_STATUS_CANCELLED
+    assert [n.name for n in run.node_logs] == ["a"]
+
+
+def test_streamed_model_retriever_and_nested_chain_calls_in_an_async_run(
+    runhistory: App, sender: RunSender
+) -> None:
+    import asyncio
+
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=8))
+    store.add_documents([Document("refunds take 5 days"), Document("invoices are monthly")])
+    retriever = store.as_retriever(search_kwargs={"k": 1})
+    streamer = GenericFakeChatModel(messages=iter([AIMessage("hello streamed world")]))
+    summary = ChatPromptTemplate.from_messages([("human", "{q}")]) | GenericFakeChatModel(
+        messages=iter([AIMessage("summary")])
+    )
+
+    @tool
+    def summarise(q: str) -> str:
+        """Summarise with an LCEL chain."""
+        return str(summary.invoke({"q": q}).content)
+
+    async def work(s: Team) -> dict[str, Any]:
+        docs = await retriever.ainvoke("refund")
+        text = "".join([str(c.content) async for c in streamer.astream("hi")])
+        await summarise.ainvoke({"q": docs[0].page_content})
+        return {"log": [text]}
+
+    g: Any = StateGraph(Team)
+    g.add_node("work", work)
+    g.add_edge(START, "work")
+    g.add_edge("work", END)
+    run_id = str(uuid.uuid4())
+    asyncio.run(
+        g.compile(name="calls").ainvoke(
+            {"log": []}, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+        )
+    )
+    run = _stored(runhistory, sender, "calls", run_id)
+    (node,) = run.node_logs
+    kinds = [c.kind for c in node.calls]
+    assert kinds == [pb.CALL_KIND_RETRIEVER, pb.CALL_KIND_MODEL, pb.CALL_KIND_TOOL]
+    found, streamed, tool_call = node.calls
+    assert to_python(found.input) == {"query": "refund"}
+    assert len(to_python(found.output)["documents"]) == 1
+    assert streamed.HasField("time_to_first_token_ms")
+    assert to_python(streamed.output)["message"]["content"] == "hello streamed world"
+    # The tool's LCEL chain is a CHAIN call holding the model call it made.
+    (chain,) = tool_call.calls
+    assert chain.kind == pb.CALL_KIND_CHAIN
+    assert [c.kind for c in chain.calls] == [pb.CALL_KIND_MODEL]
+    assert (run.usage.model_calls, run.usage.tool_calls, run.usage.retriever_calls) == (2, 1, 1)
