@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from neuralops.servers.processes import ServerProcess, free_port
+from neuralops.servers.tooling.processes import ServerProcess, free_port
 
 __all__ = ["Section", "free_port", "machine", "start_server", "stats_ms"]
 

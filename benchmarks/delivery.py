@@ -26,7 +26,7 @@ from pathlib import Path
 from neuralops.clients import NotFoundError, RunHistoryClient, UnavailableError
 from neuralops.clients.delivery import MIB, RunSender
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
-from neuralops.servers.processes import ServerProcess, free_port
+from neuralops.servers.tooling.processes import ServerProcess, free_port
 
 from benchmarks.common import Section, machine
 
@@ -216,8 +216,8 @@ def bad_disk_drill(
     (an in-process RunHistory on the port the client was given)."""
     from neuralops.clients import RunDroppedError, log_run
     from neuralops.clients.delivery import sender_for
-    from neuralops.servers.app import App
-    from neuralops.servers.config import Config
+    from neuralops.servers.runtime.app import App
+    from neuralops.servers.runtime.config import Config
 
     port = free_port()
     address = f"localhost:{port}"
@@ -352,7 +352,7 @@ def hung_server_drill(
 
 
 def run(section: Section, dsn: str) -> None:
-    from neuralops.servers.db import scratch_schema
+    from neuralops.servers.runtime.db import scratch_schema
 
     with scratch_schema(dsn, "nops_dlv") as schema_dsn, tempfile.TemporaryDirectory() as t:
         tmp = Path(t)

@@ -38,7 +38,7 @@ from neuralops.clients.langgraph import RunHistoryCallback
 from neuralops.registry.v1 import registry_pb2 as rpb
 from neuralops.registry.v1 import registry_pb2_grpc
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
-from neuralops.servers.processes import ServerProcess
+from neuralops.servers.tooling.processes import ServerProcess
 
 from benchmarks.common import Section, start_server, stats_ms
 

@@ -32,8 +32,8 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
-from neuralops.servers.db import PostgresDatabase, scratch_schema
-from neuralops.servers.migrate import migrate
+from neuralops.servers.runtime.db import PostgresDatabase, scratch_schema
+from neuralops.servers.runtime.migrate import migrate
 
 from benchmarks.common import Section, free_port, start_server, stats_ms
 

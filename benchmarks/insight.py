@@ -14,15 +14,15 @@ import orjson
 from google.protobuf import duration_pb2, timestamp_pb2
 from neuralops.insight.v1 import insight_pb2 as ipb
 from neuralops.insight.v1 import insight_pb2_grpc
-from neuralops.servers.db import SqliteDatabase
 from neuralops.servers.insight import scoring
 from neuralops.servers.insight.detector import DetectorSettings
 from neuralops.servers.insight.model import Watch
 from neuralops.servers.insight.prometheus import CHUNK_POINTS, PrometheusClient
 from neuralops.servers.insight.service import Insight
 from neuralops.servers.insight.storage import SignalStore
-from neuralops.servers.localprom import LocalPrometheus, Series
-from neuralops.servers.migrate import migrate
+from neuralops.servers.runtime.db import SqliteDatabase
+from neuralops.servers.runtime.migrate import migrate
+from neuralops.servers.tooling.localprom import LocalPrometheus, Series
 
 from benchmarks.common import Section, free_port, start_server, stats_ms
 

@@ -299,9 +299,9 @@ def main() -> None:
     from pathlib import Path
 
     from neuralops.insight.v1 import insight_pb2 as ipb
-    from neuralops.servers.app import App
-    from neuralops.servers.config import Config
     from neuralops.servers.insight.detector import DetectorSettings
+    from neuralops.servers.runtime.app import App
+    from neuralops.servers.runtime.config import Config
 
     series = corpus()
     n_windows = sum(len(s.windows) for s in series)

@@ -10,12 +10,12 @@ import grpc
 import psycopg
 from neuralops.registry.v1 import registry_pb2 as rpb
 from neuralops.registry.v1 import registry_pb2_grpc
-from neuralops.servers import pagination
-from neuralops.servers.db import PostgresDatabase, scratch_schema
-from neuralops.servers.migrate import migrate
-from neuralops.servers.processes import ServerProcess
 from neuralops.servers.runhistory.model import RunFilter
 from neuralops.servers.runhistory.service import _list_scope
+from neuralops.servers.runtime import pagination
+from neuralops.servers.runtime.db import PostgresDatabase, scratch_schema
+from neuralops.servers.runtime.migrate import migrate
+from neuralops.servers.tooling.processes import ServerProcess
 
 from benchmarks.common import Section, start_server, stats_ms
 

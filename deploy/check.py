@@ -34,7 +34,7 @@ def render(directory: Path = HERE) -> list[dict[str, Any]]:
 
 
 def problems(docs: list[dict[str, Any]]) -> list[str]:
-    from neuralops.servers.config import Config
+    from neuralops.servers.runtime.config import Config
 
     found: list[str] = []
     for doc in docs:

@@ -1,1 +1,1 @@
-"""Numbered SQL migrations, shipped as package data (see neuralops.servers.migrate)."""
+"""Numbered SQL migrations, shipped as package data (see neuralops.servers.runtime.migrate)."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import grpc
 from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
-from neuralops.servers.processes import ServerProcess
+from neuralops.servers.tooling.processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 # Server-extra packages that the light install may still hold because a client dependency

@@ -1,1 +1,2 @@
-"""NeuralOps gRPC servers: RunHistory, Insight and Registry, and their shared plumbing."""
+"""NeuralOps gRPC servers: one package per service (registry, runhistory, insight, gateway),
+the shared server runtime (runtime/) and the operator tooling (tooling/)."""

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
-from neuralops.servers.db import Database, open_database, with_search_path
-from neuralops.servers.migrate import migrate
-from neuralops.servers.processes import free_port
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
+from neuralops.servers.runtime.db import Database, open_database, with_search_path
+from neuralops.servers.runtime.migrate import migrate
+from neuralops.servers.tooling.processes import free_port
 
 BACKENDS = ["sqlite", "postgres"]
 

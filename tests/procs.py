@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 from typing import Any
 
-from neuralops.servers import processes
-from neuralops.servers.processes import ServerProcess, grpcurl_path
+from neuralops.servers.tooling import processes
+from neuralops.servers.tooling.processes import ServerProcess, grpcurl_path
 
 __all__ = ["ServerProcess", "grpcurl", "grpcurl_path"]
 

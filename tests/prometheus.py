@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neuralops.servers.localprom import LocalPrometheus, Series, available, openmetrics
+from neuralops.servers.tooling.localprom import LocalPrometheus, Series, available, openmetrics
 
 from tests.conftest import free_port
 

@@ -17,10 +17,10 @@ from grpc_status import rpc_status
 from neuralops.clients.delivery import RunSender
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers.app import App
-from neuralops.servers.budget import InflightBudget
-from neuralops.servers.config import Config
-from neuralops.servers.processes import free_port
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.budget import InflightBudget
+from neuralops.servers.runtime.config import Config
+from neuralops.servers.tooling.processes import free_port
 
 from tests.helpers import wait_for
 

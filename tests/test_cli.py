@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from neuralops.servers.processes import ServerProcess
+from neuralops.servers.tooling.processes import ServerProcess
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "neuralops.servers.cli", *args],
+        [sys.executable, "-m", "neuralops.servers.tooling.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -22,8 +22,8 @@ from neuralops.clients.delivery import RunSender, sender_for
 from neuralops.clients.exporter import is_transient
 from neuralops.clients.framing import frame
 from neuralops.clients.spool import Spool
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
 
 from benchmarks import delivery as drills
 from benchmarks.delivery import run_msg

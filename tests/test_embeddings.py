@@ -10,8 +10,8 @@ from google.protobuf import struct_pb2
 from neuralops.clients import InvalidArgumentError, RunHistoryClient
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
 
 from tests.helpers import wait_for
 from tests.openai_server import OpenAIServer

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from neuralops.insight.v1 import insight_pb2
 from neuralops.registry.v1 import registry_pb2
 from neuralops.runhistory.v1 import runhistory_pb2 as rh
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
 
 from tests.conftest import ALL_ZERO
 from tests.prometheus import PrometheusProcess

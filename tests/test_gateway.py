@@ -15,10 +15,10 @@ import grpc
 import httpx
 import pytest
 from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
 from neuralops.servers.gateway.app import Gateway
 from neuralops.servers.gateway.server import HttpPortUnavailable, HttpServer
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
 
 from tests.conftest import ALL_ZERO, free_port
 from tests.procs import ServerProcess

@@ -22,8 +22,8 @@ from neuralops.clients.delivery import RunSender
 from neuralops.clients.example import ReviewRejected, build_graph
 from neuralops.clients.langgraph import RunHistoryCallback, instrument
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
 
 from tests.conftest import free_port
 from tests.helpers import wait_for

@@ -25,8 +25,8 @@ from neuralops.clients.delivery import RunSender
 from neuralops.clients.langgraph import RunHistoryCallback
 from neuralops.clients.runs import to_python
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
 
 # create_react_agent is LangGraph's documented prebuilt agent (moved to langchain.agents
 # in LangGraph 1.0, which this project does not depend on); its deprecation is noise here.

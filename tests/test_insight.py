@@ -15,14 +15,14 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from neuralops.insight.v1 import insight_pb2 as ipb
 from neuralops.insight.v1 import insight_pb2_grpc
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
-from neuralops.servers.db import Database
-from neuralops.servers.errors import InvalidArgument
 from neuralops.servers.insight.model import ProbeSpec
 from neuralops.servers.insight.prometheus import PrometheusClient
 from neuralops.servers.insight.service import Insight
 from neuralops.servers.insight.storage import SignalStore
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
+from neuralops.servers.runtime.db import Database
+from neuralops.servers.runtime.errors import InvalidArgument
 from scipy import stats
 
 from tests.conftest import free_port

@@ -7,8 +7,8 @@ import httpx
 import pytest
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers.app import App
-from neuralops.servers.processes import free_port
+from neuralops.servers.runtime.app import App
+from neuralops.servers.tooling.processes import free_port
 from prometheus_client import REGISTRY, start_http_server
 
 
@@ -66,7 +66,7 @@ def test_rpcs_runs_and_the_outbox_are_exported(stack: App) -> None:
 
 
 def test_workflow_label_cardinality_is_bounded() -> None:
-    from neuralops.servers.metrics import OTHER, BoundedLabel
+    from neuralops.servers.runtime.metrics import OTHER, BoundedLabel
 
     label = BoundedLabel(limit=3)
     assert [label(v) for v in ("a", "b", "c", "d", "a", "e")] == ["a", "b", "c", OTHER, "a", OTHER]

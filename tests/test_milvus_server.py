@@ -15,8 +15,8 @@ import pytest
 from google.protobuf import struct_pb2
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
 
 from tests.helpers import wait_for
 from tests.milvus_server import MilvusProcess

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from neuralops.servers import localprom
-from neuralops.servers.processes import ServerProcess
+from neuralops.servers.tooling import localprom
+from neuralops.servers.tooling.processes import ServerProcess
 
 from tests.conftest import free_port
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "neuralops.servers.cli", *args],
+        [sys.executable, "-m", "neuralops.servers.tooling.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -16,12 +16,12 @@ from neuralops.registry.v1 import registry_pb2 as rpb
 from neuralops.registry.v1 import registry_pb2_grpc
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers import metrics, outbox
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
-from neuralops.servers.db import Database
 from neuralops.servers.registry.model import RunNotice
 from neuralops.servers.registry.storage import RegistryStore
+from neuralops.servers.runtime import metrics, outbox
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
+from neuralops.servers.runtime.db import Database
 
 from tests.conftest import free_port
 from tests.helpers import error_reason, field_violations, wait_for

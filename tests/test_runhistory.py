@@ -7,8 +7,8 @@ import pytest
 from google.protobuf import struct_pb2
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
 
 from tests.conftest import free_port
 from tests.helpers import error_reason, field_violations

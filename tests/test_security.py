@@ -23,9 +23,9 @@ from neuralops.registry.v1 import registry_pb2 as rpb
 from neuralops.registry.v1 import registry_pb2_grpc
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers import auth
-from neuralops.servers.app import App
-from neuralops.servers.config import Config, ConfigError
+from neuralops.servers.runtime import auth
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config, ConfigError
 
 from tests.certs import Certs, make_certs
 from tests.conftest import ALL_ZERO

@@ -36,7 +36,7 @@ def test_up_then_demo_shows_runs_latest_runs_and_a_signal(tmp_path: Path) -> Non
         for port in stack.ports.values():
             assert f"127.0.0.1:{port}" in banner
         demo = subprocess.run(
-            [sys.executable, "-m", "neuralops.servers.cli", "demo", "--seconds", "12"],
+            [sys.executable, "-m", "neuralops.servers.tooling.cli", "demo", "--seconds", "12"],
             env=stack.env,
             capture_output=True,
             text=True,

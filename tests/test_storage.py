@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from neuralops.servers.db import Database, json_value
-from neuralops.servers.migrate import applied, load_migrations, migrate
 from neuralops.servers.runhistory import storage
 from neuralops.servers.runhistory.model import NewRun
 from neuralops.servers.runhistory.storage import RunStore
+from neuralops.servers.runtime.db import Database, json_value
+from neuralops.servers.runtime.migrate import applied, load_migrations, migrate
 
 
 def _run(run_id: str, wpk_id: str = "test", **kw: object) -> NewRun:

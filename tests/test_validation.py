@@ -17,8 +17,8 @@ from neuralops.insight.v1 import insight_pb2, insight_pb2_grpc
 from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
 
 from tests.helpers import field_violations
 

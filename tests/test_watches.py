@@ -14,15 +14,15 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from neuralops.insight.v1 import insight_pb2 as ipb
 from neuralops.insight.v1 import insight_pb2_grpc
-from neuralops.servers.app import App
-from neuralops.servers.config import Config
-from neuralops.servers.db import Database
 from neuralops.servers.insight import detector
 from neuralops.servers.insight.detector import DetectorSettings
 from neuralops.servers.insight.model import Watch
 from neuralops.servers.insight.prometheus import PrometheusClient
 from neuralops.servers.insight.service import Insight, Scheduler, Walker
 from neuralops.servers.insight.storage import SignalStore
+from neuralops.servers.runtime.app import App
+from neuralops.servers.runtime.config import Config
+from neuralops.servers.runtime.db import Database
 from prometheus_client import REGISTRY
 
 from tests.prometheus import PrometheusProcess
@@ -210,7 +210,7 @@ def test_backtest_query_matches_inline_and_bounds_the_work(insight: App) -> None
                 step=duration_pb2.Duration(seconds=1),
             )
         )
-    # A per-call limit: servers/interceptors.py answers it as INVALID_ARGUMENT.
+    # A per-call limit: servers/runtime/interceptors.py answers it as INVALID_ARGUMENT.
     assert err.value.code() in (
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from neuralops.servers.db import Database
 from neuralops.servers.insight.model import Watch
 from neuralops.servers.insight.storage import SignalStore
+from neuralops.servers.runtime.db import Database
 
 DEFAULT_WATCH_NAME = "run-durations"
 DEFAULT_WATCH_QUERY = "neuralops_workflow_last_run_duration_seconds"

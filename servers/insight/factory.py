@@ -6,14 +6,15 @@ import logging
 
 import grpc
 from neuralops.insight.v1 import insight_pb2, insight_pb2_grpc
-from neuralops.servers.app import ServiceParts
-from neuralops.servers.config import Config
-from neuralops.servers.db import Database
 from neuralops.servers.insight.prometheus import PrometheusClient
 from neuralops.servers.insight.service import Insight, Scheduler
 from neuralops.servers.insight.servicer import InsightServicer
 from neuralops.servers.insight.storage import SignalStore
-from neuralops.servers.worker import Worker
+from neuralops.servers.runtime.app import ServiceParts
+from neuralops.servers.runtime.config import Config
+from neuralops.servers.runtime.db import Database
+from neuralops.servers.runtime.services import ServiceContext
+from neuralops.servers.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +38,8 @@ def build_insight(config: Config, db: Database) -> ServiceParts:
     return ServiceParts(
         "insight", full_name, register, workers=workers, closers=[prom.close] if prom else []
     )
+
+
+def build(ctx: ServiceContext) -> ServiceParts:
+    """Insight as servers/runtime/services.py starts it."""
+    return build_insight(ctx.config, ctx.db)

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
-from neuralops.servers.errors import InvalidArgument, ResourceExhausted, Unavailable
 from neuralops.servers.insight.scoring import FloatArray
+from neuralops.servers.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 CHUNK_POINTS = 10_000
 

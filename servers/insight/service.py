@@ -13,15 +13,6 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
-from neuralops.servers import metrics, pagination
-from neuralops.servers.db import as_datetime, utcnow
-from neuralops.servers.errors import (
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-)
 from neuralops.servers.insight import detector, scoring
 from neuralops.servers.insight.detector import DetectorSettings, FloatArray
 from neuralops.servers.insight.model import (
@@ -33,6 +24,15 @@ from neuralops.servers.insight.model import (
 )
 from neuralops.servers.insight.prometheus import PrometheusClient
 from neuralops.servers.insight.storage import SignalStore, series_key
+from neuralops.servers.runtime import metrics, pagination
+from neuralops.servers.runtime.db import as_datetime, utcnow
+from neuralops.servers.runtime.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 
 log = logging.getLogger(__name__)
 

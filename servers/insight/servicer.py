@@ -10,8 +10,6 @@ import numpy as np
 from google.protobuf import duration_pb2, timestamp_pb2
 from neuralops.insight.v1 import insight_pb2 as pb
 from neuralops.insight.v1 import insight_pb2_grpc
-from neuralops.servers.convert import enum_text, text_enum, to_timestamp
-from neuralops.servers.errors import InvalidArgument
 from neuralops.servers.insight.detector import DetectorSettings
 from neuralops.servers.insight.model import Episode, ProbeSpec, Watch
 from neuralops.servers.insight.service import (
@@ -21,6 +19,8 @@ from neuralops.servers.insight.service import (
     settings_from,
 )
 from neuralops.servers.insight.validation import validate
+from neuralops.servers.runtime.convert import enum_text, text_enum, to_timestamp
+from neuralops.servers.runtime.errors import InvalidArgument
 
 _METHOD = "METHOD_"
 _MIN_TS, _MAX_TS = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31

@@ -8,8 +8,8 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from neuralops.servers.db import Database, Row, as_datetime, json_value, utcnow
 from neuralops.servers.insight.model import Episode, Watch
+from neuralops.servers.runtime.db import Database, Row, as_datetime, json_value, utcnow
 
 _EP_COLUMNS = (
     "id, source, watch_id, metric, labels, method, query, threshold, start_time, end_time,"

@@ -1,7 +1,7 @@
 """Insight request validation: the one place its servicer checks a request, plus the
 check of what Prometheus answers (a PromQL-compatible store may answer anything).
 
-Generic checks come from :mod:`neuralops.servers.validation`; here are Insight's own:
+Generic checks come from :mod:`neuralops.servers.runtime.validation`; here are Insight's own:
 a query and a metric filter without NUL and of bounded length, page tokens with a
 valid time and UUID, and a Probe range (``evaluation_time`` back by ``lookback``, or
 by ``step`` times the points) that stays within 1970 to 9999, so no date overflows.
@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 from google.protobuf.message import Message
-from neuralops.servers import validation as v
-from neuralops.servers.errors import FieldViolation
+from neuralops.servers.runtime import validation as v
+from neuralops.servers.runtime.errors import FieldViolation
 
 MAX_QUERY_LENGTH = 10_000
 MAX_RANGE_POINTS = 11_000  # Prometheus' own per-series limit for query_range

@@ -6,14 +6,15 @@ from collections.abc import Callable
 
 import grpc
 from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
-from neuralops.servers import auth
-from neuralops.servers.app import ServiceParts
-from neuralops.servers.config import Config
-from neuralops.servers.db import Database
 from neuralops.servers.registry.runs import RunHistoryRuns
 from neuralops.servers.registry.service import Registry
 from neuralops.servers.registry.servicer import RegistryServicer
 from neuralops.servers.registry.storage import RegistryStore
+from neuralops.servers.runtime import auth
+from neuralops.servers.runtime.app import ServiceParts
+from neuralops.servers.runtime.config import Config
+from neuralops.servers.runtime.db import Database
+from neuralops.servers.runtime.services import ServiceContext
 
 
 def build_registry(
@@ -32,3 +33,8 @@ def build_registry(
 
     full_name = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
     return ServiceParts("registry", full_name, register)
+
+
+def build(ctx: ServiceContext) -> ServiceParts:
+    """The Registry as servers/runtime/services.py starts it: RunHistory where it answers."""
+    return build_registry(ctx.config, ctx.db, lambda: ctx.address("runhistory"))

@@ -21,9 +21,9 @@ from neuralops.clients.errors import (
 )
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers.convert import from_timestamp
-from neuralops.servers.errors import FieldViolation, InvalidArgument, Unavailable
 from neuralops.servers.registry.model import RunNotice, WorkflowRun
+from neuralops.servers.runtime.convert import from_timestamp
+from neuralops.servers.runtime.errors import FieldViolation, InvalidArgument, Unavailable
 
 SERVICE = "neuralops.runhistory.v1.RunHistoryService"
 DEFAULT_TIMEOUT_S = 5.0

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from neuralops.servers import pagination
-from neuralops.servers.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from neuralops.servers.registry.model import NotifyResult, Workflow, WorkflowRun
 from neuralops.servers.registry.runs import RunSource
 from neuralops.servers.registry.storage import RegistryStore
+from neuralops.servers.runtime import pagination
+from neuralops.servers.runtime.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 
 DEFAULT_RUNS_PAGE = 20
 MAX_RUNS_PAGE = 1000

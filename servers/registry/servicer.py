@@ -6,10 +6,10 @@ import grpc
 from neuralops.clients.enums import RUN_STATUS
 from neuralops.registry.v1 import registry_pb2 as pb
 from neuralops.registry.v1 import registry_pb2_grpc
-from neuralops.servers.convert import from_struct, to_struct, to_timestamp
 from neuralops.servers.registry.model import Workflow
 from neuralops.servers.registry.service import Registry
 from neuralops.servers.registry.validation import validate
+from neuralops.servers.runtime.convert import from_struct, to_struct, to_timestamp
 
 
 def workflow_message(wf: Workflow) -> pb.Workflow:

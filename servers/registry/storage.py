@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from neuralops.servers import textcodec
-from neuralops.servers.db import Database, Row, as_datetime, json_value, utcnow
 from neuralops.servers.registry.model import NotifyResult, RunNotice, Workflow
+from neuralops.servers.runtime import textcodec
+from neuralops.servers.runtime.db import Database, Row, as_datetime, json_value, utcnow
 
 _COLUMNS = (
     "id, name, description, metadata, latest_run_id, latest_run_status, latest_run_at,"

@@ -1,6 +1,6 @@
 """Registry request validation: the one place its servicer checks a request.
 
-Generic checks come from :mod:`neuralops.servers.validation`; here are the
+Generic checks come from :mod:`neuralops.servers.runtime.validation`; here are the
 Registry's own: ``workflow_id`` (and NotifyRun's ``run_id``) required, at most 200
 characters, without NUL, on every RPC (NotifyRun's other fields are ignored: the run is
 read from RunHistory); page tokens carry a valid time and UUID.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 from neuralops.registry.v1 import registry_pb2 as pb
-from neuralops.servers import validation as v
-from neuralops.servers.errors import FieldViolation
+from neuralops.servers.runtime import validation as v
+from neuralops.servers.runtime.errors import FieldViolation
 
 
 def _notify(request: pb.NotifyRunRequest) -> list[FieldViolation]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from neuralops.servers import textcodec
-from neuralops.servers.db import Row, as_datetime, json_value
 from neuralops.servers.runhistory.model import RunContext, RunFilter, RunSummary
+from neuralops.servers.runtime import textcodec
+from neuralops.servers.runtime.db import Row, as_datetime, json_value
 
 COLUMNS = (
     "thread_id, checkpoint_id, user_id, session_id, tags, metadata, usage, interrupts,"

@@ -20,10 +20,10 @@ from datetime import timedelta
 from typing import Any
 
 import openai
-from neuralops.servers.db import utcnow
-from neuralops.servers.errors import FailedPrecondition, Unavailable
 from neuralops.servers.runhistory.model import SearchHit
 from neuralops.servers.runhistory.storage import RunStore
+from neuralops.servers.runtime.db import utcnow
+from neuralops.servers.runtime.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -6,17 +6,18 @@ import logging
 
 import grpc
 from neuralops.runhistory.v1 import runhistory_pb2, runhistory_pb2_grpc
-from neuralops.servers import auth, metrics
-from neuralops.servers.app import ServiceParts
-from neuralops.servers.config import Config
-from neuralops.servers.db import Database
 from neuralops.servers.runhistory.embeddings import Embedder, EmbeddingService, VectorIndex
 from neuralops.servers.runhistory.model import LogResult, NewRun
 from neuralops.servers.runhistory.relay import OutboxRelay
 from neuralops.servers.runhistory.service import RunHistory
 from neuralops.servers.runhistory.servicer import RunHistoryServicer
 from neuralops.servers.runhistory.storage import RunStore
-from neuralops.servers.worker import Worker
+from neuralops.servers.runtime import auth, metrics
+from neuralops.servers.runtime.app import ServiceParts
+from neuralops.servers.runtime.config import Config
+from neuralops.servers.runtime.db import Database
+from neuralops.servers.runtime.services import ServiceContext
+from neuralops.servers.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +74,9 @@ def build_runhistory(
 
     full_name = runhistory_pb2.DESCRIPTOR.services_by_name["RunHistoryService"].full_name
     return ServiceParts("runhistory", full_name, register, workers, closers)
+
+
+def build(ctx: ServiceContext) -> ServiceParts:
+    """RunHistory as servers/runtime/services.py starts it: its outbox relays to the
+    Registry where it answers (started before RunHistory, in this process or not)."""
+    return build_runhistory(ctx.config, ctx.db, ctx.address("registry"), ctx.relay_backoff_s)

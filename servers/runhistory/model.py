@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from neuralops.clients.enums import EMBEDDING_STATUS, RUN_STATUS
-from neuralops.servers.errors import FieldViolation, InvalidArgument
+from neuralops.servers.runtime.errors import FieldViolation, InvalidArgument
 
 RUN_STATUSES = RUN_STATUS.names
 EMBEDDING_STATUSES = EMBEDDING_STATUS.names

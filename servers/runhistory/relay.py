@@ -14,10 +14,10 @@ import grpc
 from neuralops.clients.channels import Security, open_channel
 from neuralops.clients.enums import RUN_STATUS
 from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
-from neuralops.servers import metrics, outbox
-from neuralops.servers.convert import to_timestamp
-from neuralops.servers.db import Database
 from neuralops.servers.runhistory.storage import NOTIFY_TOPIC
+from neuralops.servers.runtime import metrics, outbox
+from neuralops.servers.runtime.convert import to_timestamp
+from neuralops.servers.runtime.db import Database
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from neuralops.servers import pagination
-from neuralops.servers.errors import FieldViolation, InvalidArgument, NotFound
 from neuralops.servers.runhistory import embeddings
 from neuralops.servers.runhistory.embeddings import EmbeddingService
 from neuralops.servers.runhistory.model import (
@@ -21,6 +19,8 @@ from neuralops.servers.runhistory.model import (
     validate_runs,
 )
 from neuralops.servers.runhistory.storage import RunStore
+from neuralops.servers.runtime import pagination
+from neuralops.servers.runtime.errors import FieldViolation, InvalidArgument, NotFound
 
 DEFAULT_RUNS_PAGE = 20
 MAX_RUNS_PAGE = 1000

@@ -7,16 +7,6 @@ from typing import Any
 import grpc
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
-from neuralops.servers.convert import (
-    NotJson,
-    dict_message,
-    from_struct,
-    message_dict,
-    text_enum,
-    to_struct,
-    to_timestamp,
-)
-from neuralops.servers.errors import InvalidArgument
 from neuralops.servers.runhistory.model import (
     LogResult,
     NewRun,
@@ -27,6 +17,16 @@ from neuralops.servers.runhistory.model import (
 )
 from neuralops.servers.runhistory.service import RunHistory
 from neuralops.servers.runhistory.validation import validate
+from neuralops.servers.runtime.convert import (
+    NotJson,
+    dict_message,
+    from_struct,
+    message_dict,
+    text_enum,
+    to_struct,
+    to_timestamp,
+)
+from neuralops.servers.runtime.errors import InvalidArgument
 
 _RUN = "RUN_STATUS_"
 _EMB = "EMBEDDING_STATUS_"

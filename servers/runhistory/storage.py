@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from neuralops.servers import outbox, textcodec
-from neuralops.servers.db import Database, Row, as_datetime, json_value, utcnow
 from neuralops.servers.runhistory import context
 from neuralops.servers.runhistory.model import (
     EMPTY_CONTEXT,
@@ -20,6 +18,8 @@ from neuralops.servers.runhistory.model import (
     RunSummary,
     StoredRun,
 )
+from neuralops.servers.runtime import outbox, textcodec
+from neuralops.servers.runtime.db import Database, Row, as_datetime, json_value, utcnow
 
 NOTIFY_TOPIC = "registry.notify_run"
 # Column text per insert statement, at most (a larger batch takes several, in one

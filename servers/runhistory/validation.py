@@ -1,18 +1,18 @@
 """RunHistory request validation: the one place its servicer checks a request.
 
 Generic checks (enums, timestamps, NaN, Struct depth) come from
-:mod:`neuralops.servers.validation`; here are RunHistory's own: ids required, at most
+:mod:`neuralops.servers.runtime.validation`; here are RunHistory's own: ids required, at most
 200 characters, without NUL, on every RPC that takes them. Free text and Struct
-content may hold NUL: storage escapes it (:mod:`neuralops.servers.textcodec`).
+content may hold NUL: storage escapes it (:mod:`neuralops.servers.runtime.textcodec`).
 """
 
 from __future__ import annotations
 
 from google.protobuf.message import Message
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
-from neuralops.servers import validation as v
-from neuralops.servers.errors import FieldViolation
 from neuralops.servers.runhistory import embeddings
+from neuralops.servers.runtime import validation as v
+from neuralops.servers.runtime.errors import FieldViolation
 
 _RUN_IDS = ("wpk_id", "run_id")
 

@@ -28,8 +28,8 @@ from neuralops.insight.v1 import insight_pb2 as ipb
 from neuralops.insight.v1 import insight_pb2_grpc
 from neuralops.registry.v1 import registry_pb2 as rpb
 from neuralops.registry.v1 import registry_pb2_grpc
-from neuralops.servers import auth
-from neuralops.servers.config import Config
+from neuralops.servers.runtime import auth
+from neuralops.servers.runtime.config import Config
 from tqdm import tqdm
 
 WORKFLOWS = ("support-triage", "billing-triage")

@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 
 import psycopg
 import psycopg_pool
-from neuralops.servers.errors import StorageUnavailable
+from neuralops.servers.runtime.errors import StorageUnavailable
 from psycopg.rows import dict_row
 
 log = logging.getLogger(__name__)

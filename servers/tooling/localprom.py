@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
-from neuralops.servers.processes import die_with_parent
+from neuralops.servers.tooling.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 

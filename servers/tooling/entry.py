@@ -41,7 +41,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    from neuralops.servers.cli import main as cli_main
+    from neuralops.servers.tooling.cli import main as cli_main
 
     return cli_main()
 

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from neuralops.servers.db import as_datetime
-from neuralops.servers.errors import InvalidArgument
+from neuralops.servers.runtime.db import as_datetime
+from neuralops.servers.runtime.errors import InvalidArgument
 
 T = TypeVar("T")
 # A row's place in a newest-first listing: its time, then its row id (a UUID).

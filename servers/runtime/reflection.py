@@ -15,18 +15,14 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
-from neuralops.insight.v1 import insight_pb2
-from neuralops.registry.v1 import registry_pb2
-from neuralops.runhistory.v1 import runhistory_pb2
-
-_MODULES = (runhistory_pb2, insight_pb2, registry_pb2)
+from neuralops.servers.runtime import services
 
 
 def _documented() -> dict[str, bytes]:
     """Serialized FileDescriptorProtos with source info, by file name. (The proto
     packages are namespace packages, so the files are found beside the modules.)"""
     out: dict[str, bytes] = {}
-    for module in _MODULES:
+    for module in (s.load_proto() for s in services.SERVICES):
         stem = module.__name__.rsplit(".", 1)[1].removesuffix("_pb2")
         raw = (Path(module.__file__ or "").parent / f"{stem}_descriptor.binpb").read_bytes()
         files = descriptor_pb2.FileDescriptorSet.FromString(raw)

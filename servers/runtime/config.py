@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-DEFAULT_REGISTRY_ADDR = "localhost:8000"
-DEFAULT_INSIGHT_ADDR = "localhost:8001"
-DEFAULT_RUNHISTORY_ADDR = "localhost:8002"
+from neuralops.servers.runtime import services
+
 DEFAULT_DATA_DIR = ".neuralops"
 
 
@@ -56,9 +55,9 @@ class Config:
     openai_key: str | None = field(default=None, repr=False)
     openai_base_url: str | None = None
     embedding_model: str = "text-embedding-3-small"
-    registry_addr: str = DEFAULT_REGISTRY_ADDR
-    insight_addr: str = DEFAULT_INSIGHT_ADDR
-    runhistory_addr: str = DEFAULT_RUNHISTORY_ADDR
+    # Where each service of servers/runtime/services.py listens and is called
+    # (NEURALOPS_<NAME>_ADDR); a service missing here is at its default address.
+    service_addrs: Mapping[str, str] = field(default_factory=dict)
     bind_host: str = "127.0.0.1"
     metrics_port: int = 9464
     prometheus_port: int = 9090
@@ -80,7 +79,7 @@ class Config:
     tls_ca: Path | None = None
     tls_client_cert: Path | None = None
     tls_client_key: Path | None = None
-    # Request bytes all calls of a process may hold at once (servers/budget.py).
+    # Request bytes all calls of a process may hold at once (servers/runtime/budget.py).
     max_inflight_bytes: int = 128 * 1024 * 1024
 
     @classmethod
@@ -100,9 +99,7 @@ class Config:
             openai_key=get("OPENAI_KEY") or get("OPENAI_API_KEY"),
             openai_base_url=get("OPENAI_BASE_URL"),
             embedding_model=get("NEURALOPS_EMBEDDING_MODEL") or "text-embedding-3-small",
-            registry_addr=get("NEURALOPS_REGISTRY_ADDR") or DEFAULT_REGISTRY_ADDR,
-            insight_addr=get("NEURALOPS_INSIGHT_ADDR") or DEFAULT_INSIGHT_ADDR,
-            runhistory_addr=get("NEURALOPS_RUNHISTORY_ADDR") or DEFAULT_RUNHISTORY_ADDR,
+            service_addrs={s.name: get(s.addr_var) or s.default_addr for s in services.SERVICES},
             bind_host=get("NEURALOPS_BIND_HOST") or "127.0.0.1",
             metrics_port=int(get("NEURALOPS_METRICS_PORT") or 9464),
             prometheus_port=int(get("NEURALOPS_PROMETHEUS_PORT") or 9090),
@@ -124,8 +121,29 @@ class Config:
         )
 
     def with_(self, **changes: object) -> Config:
-        """A copy with some fields changed (tests, CLI flags)."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        """A copy with some fields changed (tests, CLI flags); ``<service>_addr=`` sets
+        that service's address."""
+        addrs = dict(self.service_addrs)
+        for name in services.NAMES:
+            if f"{name}_addr" in changes:
+                addrs[name] = str(changes.pop(f"{name}_addr"))
+        return replace(self, service_addrs=addrs, **changes)  # type: ignore[arg-type]
+
+    def address(self, service: str) -> str:
+        """Where ``service`` listens and is called (its NEURALOPS_<NAME>_ADDR)."""
+        return self.service_addrs.get(service) or services.spec(service).default_addr
+
+    @property
+    def registry_addr(self) -> str:
+        return self.address("registry")
+
+    @property
+    def insight_addr(self) -> str:
+        return self.address("insight")
+
+    @property
+    def runhistory_addr(self) -> str:
+        return self.address("runhistory")
 
     @property
     def sqlite_path(self) -> Path:
@@ -155,9 +173,4 @@ class Config:
 
     def listen_port(self, service: str) -> int:
         """The port a service listens on, taken from its client address."""
-        addr = {
-            "registry": self.registry_addr,
-            "insight": self.insight_addr,
-            "runhistory": self.runhistory_addr,
-        }[service]
-        return _port(addr)
+        return _port(self.address(service))

@@ -31,7 +31,7 @@ from typing import Any
 
 import grpc
 from neuralops.clients.channels import Security
-from neuralops.servers.config import Config, ConfigError
+from neuralops.servers.runtime.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Domain exceptions. Domain code raises these; one interceptor maps them to gRPC
-status codes (:mod:`neuralops.servers.interceptors`)."""
+status codes (:mod:`neuralops.servers.runtime.interceptors`)."""
 
 from __future__ import annotations
 

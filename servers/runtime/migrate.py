@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from neuralops.servers.db import Database, utcnow
+from neuralops.servers.runtime.db import Database, utcnow
 
 log = logging.getLogger(__name__)
 

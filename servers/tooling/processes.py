@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-SERVICE_NAMES = ("registry", "insight", "runhistory")
+from neuralops.servers.runtime.services import NAMES as SERVICE_NAMES
+from neuralops.servers.runtime.services import spec
+
 _INHERITED_OFF = ("NEURALOPS_", "OPENAI", "PROM_URL", "POSTGRES_DSN", "MILVUS")
 
 
@@ -120,7 +122,7 @@ class ServerProcess:
                 "NEURALOPS_METRICS_PORT": "0",
                 "NEURALOPS_HTTP_PORT": "0",
                 "PYTHONUNBUFFERED": "1",
-                **{f"NEURALOPS_{n.upper()}_ADDR": f"localhost:{p}" for n, p in self.ports.items()},
+                **{spec(n).addr_var: f"localhost:{p}" for n, p in self.ports.items()},
             }
         )
         if postgres_dsn:
@@ -128,7 +130,7 @@ class ServerProcess:
         env.update(extra_env or {})
         self.env = env
         self.log = data_dir / "server.log"
-        cli = [sys.executable, "-m", "neuralops.servers.cli"]
+        cli = [sys.executable, "-m", "neuralops.servers.tooling.cli"]
         if command == "serve":
             self.command = [*cli, "serve", "--services", services, "--grace", "5"]
         else:

@@ -21,7 +21,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from neuralops.servers.errors import FieldViolation, InvalidArgument
+from neuralops.servers.runtime.errors import FieldViolation, InvalidArgument
 
 MAX_ID_LENGTH = 200
 MAX_FILTER_LENGTH = 1000
@@ -190,7 +190,7 @@ def text_violations(value: str, path: str, *, limit: int) -> list[FieldViolation
 def page_token_violations(token: str, path: str = "page_token") -> list[FieldViolation]:
     """A keyset token's time (``t``) and id (``i``) parts must be a time and a UUID.
 
-    The token format is :mod:`neuralops.servers.pagination`'s; the service still
+    The token format is :mod:`neuralops.servers.runtime.pagination`'s; the service still
     checks that the token belongs to its listing. This only keeps a forged token's
     position out of the SQL."""
     if not token:

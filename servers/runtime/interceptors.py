@@ -16,8 +16,8 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from neuralops.servers import errors, metrics
-from neuralops.servers.validation import clip
+from neuralops.servers.runtime import errors, metrics
+from neuralops.servers.runtime.validation import clip
 
 log = logging.getLogger(__name__)
 

@@ -12,21 +12,24 @@ import logging
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from neuralops.servers import auth, metrics, outbox, reflection
-from neuralops.servers.budget import BudgetInterceptor, InflightBudget
-from neuralops.servers.config import Config
-from neuralops.servers.db import Database, open_database
-from neuralops.servers.gateway.server import HttpServer
-from neuralops.servers.interceptors import ServiceInterceptor
-from neuralops.servers.migrate import migrate
-from neuralops.servers.worker import Worker
+from neuralops.servers.runtime import auth, metrics, outbox, reflection, services
+from neuralops.servers.runtime.budget import BudgetInterceptor, InflightBudget
+from neuralops.servers.runtime.config import Config
+from neuralops.servers.runtime.db import Database, open_database
+from neuralops.servers.runtime.interceptors import ServiceInterceptor
+from neuralops.servers.runtime.migrate import migrate
+from neuralops.servers.runtime.worker import Worker
+
+if TYPE_CHECKING:
+    from neuralops.servers.gateway.server import HttpServer
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("registry", "insight", "runhistory")
+SERVICES = services.NAMES
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
@@ -73,7 +76,7 @@ def create_server(
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A server for one service with health and reflection, bound but not started.
     ``config`` brings TLS (NEURALOPS_TLS_*) and tokens (NEURALOPS_*_TOKENS); ``budget``
-    bounds the request bytes all calls may hold at once (servers/budget.py)."""
+    bounds the request bytes all calls may hold at once (servers/runtime/budget.py)."""
     cfg = config or Config()
     credentials = auth.server_credentials(cfg)
     # The budget runs first, so calls it turns away are never read or authenticated.
@@ -140,10 +143,6 @@ class App:
         return self.running[service].address
 
     def start(self) -> App:
-        from neuralops.servers.insight.factory import build_insight
-        from neuralops.servers.registry.factory import build_registry
-        from neuralops.servers.runhistory.factory import build_runhistory
-
         cfg = self.config
         auth.warn_if_exposed(cfg)
         self.db = open_database(
@@ -156,18 +155,9 @@ class App:
         if self._run_migrations:
             applied = migrate(self.db)
             log.info("migrations applied now: %s", ", ".join(applied) or "none (up to date)")
+        ctx = services.ServiceContext(cfg, self.db, self._address_of, self._relay_backoff_s)
         for name in self.services:
-            if name == "registry":
-                parts = build_registry(cfg, self.db, self._runhistory_address)
-            elif name == "insight":
-                parts = build_insight(cfg, self.db)
-            else:
-                registry_addr = (
-                    self.running["registry"].address
-                    if "registry" in self.running
-                    else cfg.registry_addr
-                )
-                parts = build_runhistory(cfg, self.db, registry_addr, self._relay_backoff_s)
+            parts = services.spec(name).load_factory()(ctx)
             port = self._ports.get(name, cfg.listen_port(name))
             server, bound, health_servicer = create_server(
                 parts, f"{cfg.bind_host}:{port}", config=cfg, budget=self.budget
@@ -181,25 +171,22 @@ class App:
         self._start_http()
         return self
 
-    def _runhistory_address(self) -> str:
-        """RunHistory in this process once it listens, else the configured address."""
-        rh = self.running.get("runhistory")
-        return rh.address if rh is not None else self.config.runhistory_addr
+    def _address_of(self, service: str) -> str:
+        """A service in this process once it listens, else its configured address."""
+        running = self.running.get(service)
+        return running.address if running is not None else self.config.address(service)
 
     def _start_http(self) -> None:
         """The HTTP/JSON gateway and console (NEURALOPS_HTTP_PORT; 0 turns it off), calling
         this process's servers, and the configured addresses for the other services."""
         from neuralops.servers.gateway.app import Gateway
+        from neuralops.servers.gateway.server import HttpServer
 
         port = self._ports.get("http", self.config.http_port)
         if not port:
             return
         cfg = self.config
-        targets = {
-            "neuralops.registry.v1.RegistryService": cfg.registry_addr,
-            "neuralops.insight.v1.InsightService": cfg.insight_addr,
-            "neuralops.runhistory.v1.RunHistoryService": cfg.runhistory_addr,
-        }
+        targets = {s.full_name: cfg.address(s.name) for s in services.SERVICES}
         for svc in self.running.values():
             targets[svc.parts.full_name] = svc.address
         gateway = Gateway(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from neuralops.servers.db import Database, Tx, json_value, utcnow
+from neuralops.servers.runtime.db import Database, Tx, json_value, utcnow
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from neuralops.servers import localprom
-from neuralops.servers.config import Config
-from neuralops.servers.db import open_database, scratch_schema
-from neuralops.servers.processes import ServerProcess, free_port, grpcurl, grpcurl_path
+from neuralops.servers.runtime.config import Config
+from neuralops.servers.runtime.db import open_database, scratch_schema
+from neuralops.servers.tooling import localprom
+from neuralops.servers.tooling.processes import ServerProcess, free_port, grpcurl, grpcurl_path
 
 RH = "neuralops.runhistory.v1.RunHistoryService"
 REG = "neuralops.registry.v1.RegistryService"
@@ -163,7 +163,7 @@ def report_a1(dsn: str | None, work: Path) -> Report:
     data = work / "a1"
     server = ServerProcess(data, postgres_dsn=dsn, services="runhistory")
     env = server.env
-    cli = [sys.executable, "-m", "neuralops.servers.cli"]
+    cli = [sys.executable, "-m", "neuralops.servers.tooling.cli"]
     out, code = _run([*cli, "migrate"], env)
     r.check(
         "migrations apply",

@@ -17,10 +17,10 @@ import sys
 import threading
 from typing import Any
 
-from neuralops.servers import localprom
-from neuralops.servers.app import App, PortUnavailable
-from neuralops.servers.config import Config
-from neuralops.servers.processes import follow_parent, free_port, grpcurl_path
+from neuralops.servers.runtime.app import App, PortUnavailable
+from neuralops.servers.runtime.config import Config
+from neuralops.servers.tooling import localprom
+from neuralops.servers.tooling.processes import follow_parent, free_port, grpcurl_path
 
 log = logging.getLogger("neuralops")
 
@@ -177,7 +177,7 @@ def add_commands(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_up)
 
-    from neuralops.servers import demo, reports
+    from neuralops.servers.tooling import demo, reports
 
     demo.add_command(sub)
     reports.add_command(sub)

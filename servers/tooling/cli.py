@@ -7,13 +7,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from neuralops.servers import localprom
-from neuralops.servers.app import SERVICES, App, PortUnavailable
-from neuralops.servers.config import Config, ConfigError
-from neuralops.servers.db import open_database
-from neuralops.servers.errors import StorageUnavailable
 from neuralops.servers.gateway.server import HttpPortUnavailable
-from neuralops.servers.migrate import MigrationError, applied, migrate
+from neuralops.servers.runtime.app import SERVICES, App, PortUnavailable
+from neuralops.servers.runtime.config import Config, ConfigError
+from neuralops.servers.runtime.db import open_database
+from neuralops.servers.runtime.errors import StorageUnavailable
+from neuralops.servers.runtime.migrate import MigrationError, applied, migrate
+from neuralops.servers.tooling import localprom
 
 log = logging.getLogger("neuralops")
 
@@ -51,7 +51,7 @@ def _parse_services(text: str) -> tuple[str, ...]:
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from neuralops.servers.stack import start_metrics, wait_for_stop_signal
+    from neuralops.servers.tooling.stack import start_metrics, wait_for_stop_signal
 
     app = App(config, args.services)
     try:
@@ -98,14 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--services",
         type=_parse_services,
         default=SERVICES,
-        help="comma-separated subset of registry,insight,runhistory (default: all)",
+        help=f"comma-separated subset of {','.join(SERVICES)} (default: all)",
     )
     p.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight calls get on shutdown"
     )
     p.set_defaults(func=cmd_serve)
 
-    from neuralops.servers import stack
+    from neuralops.servers.tooling import stack
 
     stack.add_commands(sub)
 
