@@ -63,8 +63,16 @@ def _node(
 
 
 def _call(
-    kind: str, name: str, node: dict[str, Any], at: float, ms: int, *, model: str = "",
-    tokens: tuple[int, int] | None = None, ttft: int | None = None, error: str = "",
+    kind: str,
+    name: str,
+    node: dict[str, Any],
+    at: float,
+    ms: int,
+    *,
+    model: str = "",
+    tokens: tuple[int, int] | None = None,
+    ttft: int | None = None,
+    error: str = "",
     calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     start = datetime.fromisoformat(node["start_time"].replace("Z", "+00:00"))
@@ -82,7 +90,9 @@ def _call(
     }
     if tokens:
         call["usage"] = {
-            "input_tokens": tokens[0], "output_tokens": tokens[1], "total_tokens": sum(tokens)
+            "input_tokens": tokens[0],
+            "output_tokens": tokens[1],
+            "total_tokens": sum(tokens),
         }
     if ttft is not None:
         call["time_to_first_token_ms"] = ttft
@@ -95,8 +105,16 @@ def _calls(nodes: list[dict[str, Any]], *, fail: bool) -> None:
     failed run, whose summarize is a retry: attempt 2)."""
     by = {n["name"]: n for n in nodes}
     by["classify"]["calls"] = [
-        _call("model", "ChatOpenAI", by["classify"], 0.05, 150, model="gpt-4o-mini",
-              tokens=(120, 30), ttft=85)
+        _call(
+            "model",
+            "ChatOpenAI",
+            by["classify"],
+            0.05,
+            150,
+            model="gpt-4o-mini",
+            tokens=(120, 30),
+            ttft=85,
+        )
     ]
     kb = by["search_kb"]
     inner = _call("model", "ChatOpenAI", kb, 0.3, 120, model="gpt-4o-mini", tokens=(50, 10))
@@ -105,17 +123,40 @@ def _calls(nodes: list[dict[str, Any]], *, fail: bool) -> None:
     if fail:
         summarize["attempt"] = 2
         summarize["calls"] = [
-            _call("model", "ChatOpenAI", summarize, 0.02, 680, model="gpt-4o",
-                  error="TimeoutError: summarizer model did not answer in 30s")
+            _call(
+                "model",
+                "ChatOpenAI",
+                summarize,
+                0.02,
+                680,
+                model="gpt-4o",
+                error="TimeoutError: summarizer model did not answer in 30s",
+            )
         ]
     else:
         summarize["calls"] = [
-            _call("model", "ChatOpenAI", summarize, 0.05, 600, model="gpt-4o",
-                  tokens=(800, 200), ttft=140)
+            _call(
+                "model",
+                "ChatOpenAI",
+                summarize,
+                0.05,
+                600,
+                model="gpt-4o",
+                tokens=(800, 200),
+                ttft=140,
+            )
         ]
         by["respond"]["calls"] = [
-            _call("model", "ChatOpenAI", by["respond"], 0.1, 200, model="gpt-4o-mini",
-                  tokens=(400, 80), ttft=60)
+            _call(
+                "model",
+                "ChatOpenAI",
+                by["respond"],
+                0.1,
+                200,
+                model="gpt-4o-mini",
+                tokens=(400, 80),
+                ttft=60,
+            )
         ]
 
 
@@ -328,10 +369,13 @@ def test_workflow_to_runs_to_failed_timeline_to_signal(console: str, browser: We
     # The thread filter is ListRuns' too: one ticket's two runs.
     browser.get(console + "/#/workflows/support-triage?thread=ticket-12")
     WebDriverWait(browser, 10).until(
-        lambda b: [
-            r.get_attribute("data-run") for r in b.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
-        ]
-        == ["support-triage-025", "support-triage-024"]
+        lambda b: (
+            [
+                r.get_attribute("data-run")
+                for r in b.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
+            ]
+            == ["support-triage-025", "support-triage-024"]
+        )
     )
     browser.get(console + "/#/workflows/support-triage?status=failed")
     _wait(browser, "#runs tbody tr[data-run='support-triage-022']")
@@ -363,7 +407,9 @@ def test_workflow_to_runs_to_failed_timeline_to_signal(console: str, browser: We
     assert "selected" in _attr(bad, "class")
     assert "summarizer model did not answer" in browser.find_element(By.ID, "node-detail").text
     assert "5 (1 failed)" in browser.find_element(By.ID, "run-facts").text
-    assert "attempt 2" in bad.text and "attempt 2" in browser.find_element(By.ID, "node-detail").text
+    assert (
+        "attempt 2" in bad.text and "attempt 2" in browser.find_element(By.ID, "node-detail").text
+    )
     # Calls nested under their node on the timeline, and in the node's calls table.
     calls = browser.find_elements(By.CSS_SELECTOR, "#timeline .tl-call")
     assert sorted((_attr(c, "data-node"), _attr(c, "data-call")) for c in calls) == [
@@ -387,11 +433,13 @@ def test_workflow_to_runs_to_failed_timeline_to_signal(console: str, browser: We
     assert row.find_element(By.CSS_SELECTOR, ".call-tokens").text == "150"
     groups[""].find_element(By.CSS_SELECTOR, ".tl-bar[data-node='search_kb']").click()
     WebDriverWait(browser, 5).until(
-        lambda b: [
-            (_attr(r, "data-kind"), r.find_element(By.CSS_SELECTOR, ".call-tokens").text)
-            for r in b.find_elements(By.CSS_SELECTOR, "#calls tr.call-row")
-        ]
-        == [("tool", "—"), ("model", "60")]
+        lambda b: (
+            [
+                (_attr(r, "data-kind"), r.find_element(By.CSS_SELECTOR, ".call-tokens").text)
+                for r in b.find_elements(By.CSS_SELECTOR, "#calls tr.call-row")
+            ]
+            == [("tool", "—"), ("model", "60")]
+        )
     )
     assert "↳" in browser.find_elements(By.CSS_SELECTOR, "#calls tr.call-row")[1].text
     fetch = groups["research"].find_element(By.CSS_SELECTOR, ".tl-bar[data-node='fetch']")

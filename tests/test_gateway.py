@@ -295,8 +295,13 @@ def test_list_runs_route_filters_and_pages(http: httpx.Client) -> None:
     wf = "listruns-http"
     usage = {"model_calls": 2, "tool_calls": 1, "tokens": {"input_tokens": 30, "total_tokens": 42}}
     runs = [
-        _run(wf, f"r{i}", "RUN_STATUS_FAILED" if i % 3 == 0 else "RUN_STATUS_COMPLETED",
-             thread_id="t-a" if i % 2 else "t-b", usage=usage)
+        _run(
+            wf,
+            f"r{i}",
+            "RUN_STATUS_FAILED" if i % 3 == 0 else "RUN_STATUS_COMPLETED",
+            thread_id="t-a" if i % 2 else "t-b",
+            usage=usage,
+        )
         for i in range(7)
     ]
     for run in runs:  # one at a time, so created_at orders them
@@ -347,7 +352,9 @@ def test_backtest_route_with_inline_series(http: httpx.Client) -> None:
     assert result["labels"] == {"job": "api"} and result["points"] == len(values) - 30
     (episode,) = result["episodes"]
     assert episode["peak_value"] == 95.0
-    assert episode["peak_time"].startswith(datetime.fromtimestamp(t0 + 60 * 60, UTC).strftime("%Y-%m-%dT%H:%M"))
+    assert episode["peak_time"].startswith(
+        datetime.fromtimestamp(t0 + 60 * 60, UTC).strftime("%Y-%m-%dT%H:%M")
+    )
     bad = http.post("/signals:backtest", json={"series": [series], "detector": {"alpha": 7}})
     assert bad.status_code == 400 and any("alpha" in f for f in _violations(_error(bad)[2]))
     bad = http.post("/signals:backtest", json={"series": [series], "bogus": 1})
