@@ -242,6 +242,12 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with httpx.Client(base_url=base, timeout=30) as http:
             runs = [_run("support-triage", i, fail=i % 6 == 4) for i in range(26)]
             runs += [_run("billing-triage", i, fail=i == 7) for i in range(9)]
+            paused = _run("billing-triage", 9, fail=False)
+            paused["status"] = "RUN_STATUS_INTERRUPTED"
+            paused["interrupts"] = [
+                {"id": "int-1", "value": {"question": "refund 120 EUR?"}, "next_nodes": ["approve"]}
+            ]
+            runs.append(paused)
             # Through the real RunHistory server with the generated client, as the hook sends.
             stub = runhistory_pb2_grpc.RunHistoryServiceStub(
                 grpc.insecure_channel(app.address("runhistory"))
@@ -495,3 +501,11 @@ def test_watches_view_lists_watches(console: str, browser: WebDriver) -> None:
         lambda _: row.find_element(By.CSS_SELECTOR, "td.episodes").text != "…"
     )
     _shot(browser, "watches")
+
+
+def test_an_interrupted_run_shows_what_it_paused_on(console: str, browser: WebDriver) -> None:
+    browser.get(console + "/#/runs/billing-triage/billing-triage-009")
+    box = _wait(browser, "#interrupts")
+    assert "Paused on 1 interrupt" in box.text and "refund 120 EUR?" in box.text
+    assert "approve" in box.text and "int-1" in box.text
+    assert "ticket-4" in browser.find_element(By.ID, "run-thread").text
