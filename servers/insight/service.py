@@ -412,13 +412,7 @@ class Insight:
                 watch_id,
             )
         )
-        pos = pagination.decode(token, scope)
-        after = None
-        if pos is not None:
-            at = as_datetime(pos.get("t"))
-            if at is None or not isinstance(pos.get("i"), str):
-                raise InvalidArgument.one("page_token", "is not a token this service issued")
-            after = (at, pos["i"])
+        after = pagination.decode_position(token, scope)
         found = self._store.list_episodes(
             limit + 1,
             metric=metric,
@@ -428,11 +422,7 @@ class Insight:
             watch_id=watch_id,
             after=after,
         )
-        page, more = found[:limit], len(found) > limit
-        nxt = ""
-        if more:
-            nxt = pagination.encode(scope, {"t": page[-1].start_time.isoformat(), "i": page[-1].id})
-        return page, nxt
+        return pagination.keyset_page(found, limit, scope, lambda e: (e.start_time, e.id))
 
     # ------------------------------------------------------------------ Backtest
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from neuralops.servers.insight.model import Episode, Watch
+from neuralops.servers.runtime import pagination
 from neuralops.servers.runtime.db import Database, Row, as_datetime, json_value, utcnow
 
 _EP_COLUMNS = (
@@ -198,11 +199,7 @@ class SignalStore:
             where.append("start_time < %s")
             params.append(end)
         if after is not None:
-            where.append(
-                "(start_time, id) < (%s::timestamptz, %s::uuid)"
-                if self._db.dialect == "postgres"
-                else "(start_time, id) < (%s, %s)"
-            )
+            where.append(pagination.after(self._db.dialect, "start_time"))
             params.extend(after)
         sql = f"SELECT {_EP_COLUMNS} FROM insight_episodes"
         if where:
