@@ -17,7 +17,9 @@ Methods:
   a few sorts per block across all series at once. When the history covers at least
   two days and removing the daily profile (the median of the same time of day on
   previous days) shrinks the spread by a quarter or more, the series is scored on
-  its residual instead: a daily peak is then normal, a flat noon is not.
+  its residual instead: a daily peak is then normal, a flat noon is not. The final
+  score is ``max(|z_t|, level_gain * |median(z over the last level_points points)|)``:
+  a level shift that heavy tails hide point by point still alerts within the hour.
 - ``z_score``: ``|x_t - mean(B)| / std(B)``; ``ewma``: exponentially weighted mean and
   deviation with factor ``alpha``. Both kept for comparison; they use the same floor.
 
@@ -48,14 +50,14 @@ class DetectorSettings:
 
     method: str = "robust"
     threshold: float = 5.0
-    window: int = 1440  # baseline points (5 days at 5-minute steps)
+    window: int = 720  # baseline points (2.5 days at 5-minute steps)
     min_points: int = 30  # baseline points needed before a point is scored
-    close_after: int = 72  # normal points in a row that close an episode
+    close_after: int = 144  # normal points in a row that close an episode (12 h at 5 min)
     alpha: float = 0.02  # EWMA factor
     spread_floor: float = 0.02  # fraction of the baseline's range and of |median|
     seasonal: bool = True  # use the daily profile where the history covers it
     surprise: float = 1.05  # robust: a point must also beat this x the window's highest score
-    surprise_cap: float = 3.0  # ... that bar capped at this x the threshold
+    surprise_cap: float = 2.0  # ... that bar capped at this x the threshold
     level_points: int = 12  # robust: also score the median of the last this many points
     level_gain: float = 1.5  # ... times this (a sustained shift of threshold/gain alerts)
 
