@@ -41,6 +41,8 @@ typecheck:
 	ln -s ../../../clients build/typecheck/neuralops/clients
 	.venv/bin/mypy -p neuralops.servers -p neuralops.clients
 	.venv/bin/mypy tests benchmarks
+	# Import rules ([tool.importlinter] in pyproject.toml), over the same namespace tree.
+	PYTHONPATH=build/typecheck .venv/bin/lint-imports --no-cache
 
 # The test suite: SQLite and the real Postgres (POSTGRES_DSN, default the local server),
 # real Prometheus, Milvus Lite, grpcurl. Bootstraps .venv first.

@@ -14,6 +14,8 @@ from neuralops.servers import pagination
 from neuralops.servers.db import PostgresDatabase, scratch_schema
 from neuralops.servers.migrate import migrate
 from neuralops.servers.processes import ServerProcess
+from neuralops.servers.runhistory.model import RunFilter
+from neuralops.servers.runhistory.service import _list_scope
 
 from benchmarks.common import Section, start_server, stats_ms
 
@@ -45,14 +47,14 @@ def run(
             "fill", f"{total:,} runs ({big:,} in {BIG!r}) in {time.perf_counter() - t0:.1f} s"
         )
         with tempfile.TemporaryDirectory() as tmp:
-            server = start_server(Path(tmp), services="registry", postgres_dsn=dsn)
+            server = start_server(Path(tmp), services="registry,runhistory", postgres_dsn=dsn)
             try:
                 _measure(section, server, dsn, big, calls)
             finally:
                 server.stop()
     section.notes.append(
         "Each figure is the gRPC round trip of ListWorkflowRuns (page_size 20) measured by a client "
-        f"in this process against the Registry server in another, {calls} calls per depth. The deep "
+        f"in this process against the Registry server in another (which asks RunHistory's ListRuns), {calls} calls per depth. The deep "
         "tokens are the ones the server would hand out at that depth (built from the row at that "
         "position). OFFSET rows time the same page with LIMIT/OFFSET in SQL, for comparison."
     )
@@ -65,7 +67,8 @@ def _token_at(dsn: str, offset: int) -> str:
             (BIG, offset - 1),
         ).fetchone()
     assert row is not None
-    return pagination.encode(f"runs:{BIG}", {"t": row[1].isoformat(), "i": str(row[0])})
+    # The Registry passes RunHistory's ListRuns token through: build the one it would issue.
+    return pagination.encode_position(_list_scope(BIG, RunFilter()), (row[1], str(row[0])))
 
 
 def _measure(section: Section, server: ServerProcess, dsn: str, big: int, calls: int) -> None:

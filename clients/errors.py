@@ -1,12 +1,21 @@
-"""Python exceptions for gRPC errors, with the server's field violations and reason."""
+"""Python exceptions for gRPC errors, with the server's field violations and reason.
+
+:func:`rpc_call` is the one place a client call's ``grpc.RpcError`` becomes one of
+these (as temporalio's ``_rpc_call`` does); typed clients call every RPC through it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 @dataclass(frozen=True)
@@ -89,3 +98,12 @@ def from_rpc_error(exc: grpc.RpcError) -> NeuralOpsError:
                 violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
     kind = _KINDS.get(code, NeuralOpsError)
     return kind(code, message, reason=reason, violations=tuple(violations))
+
+
+def rpc_call(method: Callable[..., Resp], request: Req, *, timeout: float) -> Resp:
+    """Call one unary RPC with a deadline; any gRPC error is raised as the matching
+    :class:`NeuralOpsError` (the gRPC traceback is dropped: the status says it all)."""
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc) from None

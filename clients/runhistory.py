@@ -9,7 +9,8 @@ from typing import Any
 
 import grpc
 from neuralops.clients import channels
-from neuralops.clients.errors import from_rpc_error
+from neuralops.clients.enums import RUN_STATUS
+from neuralops.clients.errors import FieldViolation, InvalidArgumentError, rpc_call
 from neuralops.clients.runs import run_message
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
@@ -50,31 +51,25 @@ class RunHistoryClient:
 
     def log_run(self, run: RunLike, *, timeout_s: float | None = None) -> LogResult:
         msg = run_message(run)
-        try:
-            r = self._stub.LogRun(pb.LogRunRequest(run=msg), timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        r = rpc_call(
+            self._stub.LogRun, pb.LogRunRequest(run=msg), timeout=timeout_s or self.timeout_s
+        )
         return LogResult(r.id, r.run_id, r.created)
 
     def batch_log_runs(
         self, runs: Iterable[RunLike], *, timeout_s: float | None = None
     ) -> list[LogResult]:
         msgs = [run_message(r) for r in runs]
-        try:
-            reply = self._stub.BatchLogRuns(
-                pb.BatchLogRunsRequest(runs=msgs), timeout=timeout_s or self.timeout_s
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        reply = rpc_call(
+            self._stub.BatchLogRuns,
+            pb.BatchLogRunsRequest(runs=msgs),
+            timeout=timeout_s or self.timeout_s,
+        )
         return [LogResult(r.id, r.run_id, r.created) for r in reply.results]
 
     def get_run(self, wpk_id: str, run_id: str) -> pb.Run:
-        try:
-            return self._stub.GetRun(
-                pb.GetRunRequest(wpk_id=wpk_id, run_id=run_id), timeout=self.timeout_s
-            ).run
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        request = pb.GetRunRequest(wpk_id=wpk_id, run_id=run_id)
+        return rpc_call(self._stub.GetRun, request, timeout=self.timeout_s).run
 
     def list_runs(
         self,
@@ -100,20 +95,20 @@ class RunHistoryClient:
             tag=tag,
         )
         if status:
-            request.status = pb.RunStatus.Value("RUN_STATUS_" + status.upper())
-        try:
-            reply = self._stub.ListRuns(request, timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+            member = RUN_STATUS.parse(status.lower())
+            if member is None:
+                raise InvalidArgumentError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"status must be one of {', '.join(RUN_STATUS.names)}; got {status!r}",
+                    violations=(FieldViolation("status", "is not a run status"),),
+                )
+            request.status = RUN_STATUS.to_proto(member)
+        reply = rpc_call(self._stub.ListRuns, request, timeout=self.timeout_s)
         return list(reply.runs), reply.next_page_token
 
     def search_runs(
         self, text: str, *, wpk_id: str = "", limit: int = 10
     ) -> list[pb.SearchRunsHit]:
-        try:
-            reply = self._stub.SearchRuns(
-                pb.SearchRunsRequest(text=text, wpk_id=wpk_id, limit=limit), timeout=self.timeout_s
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        request = pb.SearchRunsRequest(text=text, wpk_id=wpk_id, limit=limit)
+        reply = rpc_call(self._stub.SearchRuns, request, timeout=self.timeout_s)
         return list(reply.hits)

@@ -22,7 +22,7 @@ stamp=".venv/.neuralops-installed-$( (cat pyproject.toml; .venv/bin/python --ver
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing neuralops and its dev tools into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[server,dev]"
   rm -f .venv/.neuralops-installed-*
   touch "$stamp"
 fi

@@ -158,7 +158,7 @@ class App:
             log.info("migrations applied now: %s", ", ".join(applied) or "none (up to date)")
         for name in self.services:
             if name == "registry":
-                parts = build_registry(cfg, self.db)
+                parts = build_registry(cfg, self.db, self._runhistory_address)
             elif name == "insight":
                 parts = build_insight(cfg, self.db)
             else:
@@ -180,6 +180,11 @@ class App:
         metrics.track_backlog(self._backlog)
         self._start_http()
         return self
+
+    def _runhistory_address(self) -> str:
+        """RunHistory in this process once it listens, else the configured address."""
+        rh = self.running.get("runhistory")
+        return rh.address if rh is not None else self.config.runhistory_addr
 
     def _start_http(self) -> None:
         """The HTTP/JSON gateway and console (NEURALOPS_HTTP_PORT; 0 turns it off), calling

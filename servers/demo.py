@@ -21,13 +21,13 @@ import grpc
 from google.protobuf import duration_pb2
 from neuralops.clients.channels import open_channel
 from neuralops.clients.delivery import sender_for
+from neuralops.clients.enums import RUN_STATUS
 from neuralops.clients.example import ReviewRejected, build_graph
 from neuralops.clients.langgraph import RunHistoryCallback
 from neuralops.insight.v1 import insight_pb2 as ipb
 from neuralops.insight.v1 import insight_pb2_grpc
 from neuralops.registry.v1 import registry_pb2 as rpb
 from neuralops.registry.v1 import registry_pb2_grpc
-from neuralops.runhistory.v1 import runhistory_pb2
 from neuralops.servers import auth
 from neuralops.servers.config import Config
 from tqdm import tqdm
@@ -139,7 +139,7 @@ def run_demo(
         wf = reg.GetWorkflow(rpb.GetWorkflowRequest(workflow_id=w), timeout=10).workflow
         latest[w] = (
             wf.latest_run_id,
-            runhistory_pb2.RunStatus.Name(wf.latest_run_status).removeprefix("RUN_STATUS_").lower(),
+            RUN_STATUS.text(wf.latest_run_status),
         )
     return DemoResult(runs, failed, stored, latest, signals, len(before))
 

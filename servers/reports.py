@@ -447,13 +447,7 @@ def report_a3(dsn: str | None, work: Path) -> Report:
             code == 0 and runs == ["run-2", "run-1"],
             "run-2, run-1",
         )
-        old = {
-            "workflow_id": "test-workflow",
-            "run_id": "run-0",
-            "id": str(uuid.uuid4()),
-            "status": "RUN_STATUS_FAILED",
-            "created_at": "2020-01-01T00:00:00Z",
-        }
+        old = {"workflow_id": "test-workflow", "run_id": "run-1"}
         shown, out, code = _grpcurl(reg, f"{REG}/NotifyRun", old)
         r.check(
             "a late notice of an older run changes nothing",
@@ -463,6 +457,21 @@ def report_a3(dsn: str | None, work: Path) -> Report:
             and _json(out).get("latest_run_id") == "run-2"
             and "updated" not in _json(out),
             "updated false, latest stays run-2",
+        )
+        forged = {
+            "workflow_id": "test-workflow",
+            "run_id": "run-9",
+            "id": str(uuid.uuid4()),
+            "status": "RUN_STATUS_FAILED",
+            "created_at": "9999-01-01T00:00:00Z",
+        }
+        shown, out, code = _grpcurl(reg, f"{REG}/NotifyRun", forged)
+        r.check(
+            "a notice of a run RunHistory never stored is refused",
+            shown,
+            out,
+            code != 0 and "NotFound" in out and latest() == "run-2",
+            "NOT_FOUND, latest stays run-2",
         )
         shown, out, code = _grpcurl(
             reg, f"{REG}/ListWorkflowRuns", {"workflow_id": "test-workflow", "page_size": 1}

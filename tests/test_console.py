@@ -16,8 +16,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from google.protobuf import json_format
+from neuralops.runhistory.v1 import runhistory_pb2, runhistory_pb2_grpc
 from neuralops.servers.app import App
 from neuralops.servers.config import Config
 from selenium import webdriver
@@ -59,6 +62,114 @@ def _node(
     }
 
 
+def _call(
+    kind: str,
+    name: str,
+    node: dict[str, Any],
+    at: float,
+    ms: int,
+    *,
+    model: str = "",
+    tokens: tuple[int, int] | None = None,
+    ttft: int | None = None,
+    error: str = "",
+    calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    start = datetime.fromisoformat(node["start_time"].replace("Z", "+00:00"))
+    t = start + timedelta(milliseconds=node["duration_ms"] * at)
+    call: dict[str, Any] = {
+        "kind": f"CALL_KIND_{kind.upper()}",
+        "name": name,
+        "model": model,
+        "start_time": _ts(t),
+        "end_time": _ts(t + timedelta(milliseconds=ms)),
+        "duration_ms": ms,
+        "status": "RUN_STATUS_FAILED" if error else "RUN_STATUS_COMPLETED",
+        "error": error,
+        "calls": calls or [],
+    }
+    if tokens:
+        call["usage"] = {
+            "input_tokens": tokens[0],
+            "output_tokens": tokens[1],
+            "total_tokens": sum(tokens),
+        }
+    if ttft is not None:
+        call["time_to_first_token_ms"] = ttft
+    return call
+
+
+def _calls(nodes: list[dict[str, Any]], *, fail: bool) -> None:
+    """Model and tool calls as the hook records them: a streamed model call in classify,
+    a tool that calls a model in search_kb, the summarizer's model call (failing in a
+    failed run, whose summarize is a retry: attempt 2)."""
+    by = {n["name"]: n for n in nodes}
+    by["classify"]["calls"] = [
+        _call(
+            "model",
+            "ChatOpenAI",
+            by["classify"],
+            0.05,
+            150,
+            model="gpt-4o-mini",
+            tokens=(120, 30),
+            ttft=85,
+        )
+    ]
+    kb = by["search_kb"]
+    inner = _call("model", "ChatOpenAI", kb, 0.3, 120, model="gpt-4o-mini", tokens=(50, 10))
+    kb["calls"] = [_call("tool", "kb_search", kb, 0.1, 300, calls=[inner])]
+    summarize = by["summarize"]
+    if fail:
+        summarize["attempt"] = 2
+        summarize["calls"] = [
+            _call(
+                "model",
+                "ChatOpenAI",
+                summarize,
+                0.02,
+                680,
+                model="gpt-4o",
+                error="TimeoutError: summarizer model did not answer in 30s",
+            )
+        ]
+    else:
+        summarize["calls"] = [
+            _call(
+                "model",
+                "ChatOpenAI",
+                summarize,
+                0.05,
+                600,
+                model="gpt-4o",
+                tokens=(800, 200),
+                ttft=140,
+            )
+        ]
+        by["respond"]["calls"] = [
+            _call(
+                "model",
+                "ChatOpenAI",
+                by["respond"],
+                0.1,
+                200,
+                model="gpt-4o-mini",
+                tokens=(400, 80),
+                ttft=60,
+            )
+        ]
+
+
+def _all_calls(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    todo = [c for n in nodes for c in n.get("calls", [])]
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo.extend(c["calls"])
+    return out
+
+
 def _run(wpk: str, i: int, *, fail: bool) -> dict[str, Any]:
     """One triage run: classify, two retrievals in parallel, a 'research' subgraph
     (fetch, summarize), respond. A failing run fails in the subgraph's summarize."""
@@ -76,8 +187,17 @@ def _run(wpk: str, i: int, *, fail: bool) -> dict[str, Any]:
     )
     if not fail:
         nodes.append(_node("respond", 5, t + timedelta(milliseconds=1920), 260))
+    _calls(nodes, fail=fail)
     end = max(datetime.fromisoformat(n["end_time"].replace("Z", "+00:00")) for n in nodes)
+    tokens = sum(c["usage"]["total_tokens"] for c in _all_calls(nodes) if "usage" in c)
     return {
+        "thread_id": f"ticket-{i // 2}",
+        "usage": {
+            "model_calls": sum(c["kind"] == "CALL_KIND_MODEL" for c in _all_calls(nodes)),
+            "tool_calls": sum(c["kind"] == "CALL_KIND_TOOL" for c in _all_calls(nodes)),
+            "failed_calls": int(fail),
+            "tokens": {"total_tokens": tokens},
+        },
         "wpk_id": wpk,
         "run_id": f"{wpk}-{i:03d}",
         "status": "RUN_STATUS_FAILED" if fail else "RUN_STATUS_COMPLETED",
@@ -122,8 +242,18 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with httpx.Client(base_url=base, timeout=30) as http:
             runs = [_run("support-triage", i, fail=i % 6 == 4) for i in range(26)]
             runs += [_run("billing-triage", i, fail=i == 7) for i in range(9)]
-            reply = http.post("/runs:batchLog", json={"runs": runs})
-            assert reply.status_code == 200, reply.text
+            paused = _run("billing-triage", 9, fail=False)
+            paused["status"] = "RUN_STATUS_INTERRUPTED"
+            paused["interrupts"] = [
+                {"id": "int-1", "value": {"question": "refund 120 EUR?"}, "next_nodes": ["approve"]}
+            ]
+            runs.append(paused)
+            # Through the real RunHistory server with the generated client, as the hook sends.
+            stub = runhistory_pb2_grpc.RunHistoryServiceStub(
+                grpc.insecure_channel(app.address("runhistory"))
+            )
+            request = json_format.ParseDict({"runs": runs}, runhistory_pb2.BatchLogRunsRequest())
+            assert len(stub.BatchLogRuns(request, timeout=30).results) == len(runs)
             probe = http.post(
                 "/signals:probe",
                 json={
@@ -217,6 +347,10 @@ def test_workflow_to_runs_to_failed_timeline_to_signal(console: str, browser: We
         for r in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
     ]
     assert ids == [f"support-triage-{i:03d}" for i in range(25, 5, -1)]
+    # Tokens and calls per run, from ListRuns' usage totals (the server's RunSummary).
+    first = browser.find_element(By.CSS_SELECTOR, "#runs tbody tr[data-run='support-triage-025']")
+    assert first.find_element(By.CSS_SELECTOR, "td.tokens").text.replace(",", "") == "1690"
+    assert "4 model · 1 tool" in first.text and "ticket-12" in first.text
     assert browser.find_element(By.ID, "next").is_enabled()
     assert not browser.find_element(By.ID, "prev").is_enabled()
     Select(browser.find_element(By.ID, "status-filter")).select_by_value("failed")
@@ -233,7 +367,24 @@ def test_workflow_to_runs_to_failed_timeline_to_signal(console: str, browser: We
         for r in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
     ]
     assert failed == [f"support-triage-{i:03d}" for i in (22, 16, 10, 4)]
+    assert {
+        r.find_element(By.CSS_SELECTOR, "td.tokens").text
+        for r in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
+    } == {"210"}
     _shot(browser, "runs")
+    # The thread filter is ListRuns' too: one ticket's two runs.
+    browser.get(console + "/#/workflows/support-triage?thread=ticket-12")
+    WebDriverWait(browser, 10).until(
+        lambda b: (
+            [
+                r.get_attribute("data-run")
+                for r in b.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
+            ]
+            == ["support-triage-025", "support-triage-024"]
+        )
+    )
+    browser.get(console + "/#/workflows/support-triage?status=failed")
+    _wait(browser, "#runs tbody tr[data-run='support-triage-022']")
 
     # The failed run's timeline: parallel branches in two lanes, the subgraph as its own
     # group, the failing node marked and its error shown.
@@ -262,6 +413,41 @@ def test_workflow_to_runs_to_failed_timeline_to_signal(console: str, browser: We
     assert "selected" in _attr(bad, "class")
     assert "summarizer model did not answer" in browser.find_element(By.ID, "node-detail").text
     assert "5 (1 failed)" in browser.find_element(By.ID, "run-facts").text
+    assert (
+        "attempt 2" in bad.text and "attempt 2" in browser.find_element(By.ID, "node-detail").text
+    )
+    # Calls nested under their node on the timeline, and in the node's calls table.
+    calls = browser.find_elements(By.CSS_SELECTOR, "#timeline .tl-call")
+    assert sorted((_attr(c, "data-node"), _attr(c, "data-call")) for c in calls) == [
+        ("classify", "ChatOpenAI"),
+        ("search_kb", "ChatOpenAI"),
+        ("search_kb", "kb_search"),
+        ("summarize", "ChatOpenAI"),
+    ]
+    failed_call = groups["research"].find_element(By.CSS_SELECTOR, ".tl-call.failed")
+    assert "TimeoutError" in _attr(failed_call, "title")
+    detail_calls = browser.find_element(By.ID, "calls")
+    assert "gpt-4o" in detail_calls.text and "TimeoutError" in detail_calls.text
+    facts = browser.find_element(By.ID, "run-facts").text
+    assert "210" in facts and "ticket-11" in facts and "3 model · 1 tool · 1 failed" in facts
+    groups[""].find_element(By.CSS_SELECTOR, ".tl-bar[data-node='classify']").click()
+    WebDriverWait(browser, 5).until(
+        lambda b: "Node classify" in b.find_element(By.ID, "node-detail").text
+    )
+    row = browser.find_element(By.CSS_SELECTOR, "#calls tr.call-row")
+    assert "gpt-4o-mini" in row.text and "85 ms" in row.text and "120 / 30" in row.text
+    assert row.find_element(By.CSS_SELECTOR, ".call-tokens").text == "150"
+    groups[""].find_element(By.CSS_SELECTOR, ".tl-bar[data-node='search_kb']").click()
+    WebDriverWait(browser, 5).until(
+        lambda b: (
+            [
+                (_attr(r, "data-kind"), r.find_element(By.CSS_SELECTOR, ".call-tokens").text)
+                for r in b.find_elements(By.CSS_SELECTOR, "#calls tr.call-row")
+            ]
+            == [("tool", "—"), ("model", "60")]
+        )
+    )
+    assert "↳" in browser.find_elements(By.CSS_SELECTOR, "#calls tr.call-row")[1].text
     fetch = groups["research"].find_element(By.CSS_SELECTOR, ".tl-bar[data-node='fetch']")
     fetch.click()
     WebDriverWait(browser, 5).until(
@@ -298,3 +484,28 @@ def test_errors_are_shown_not_swallowed(console: str, browser: WebDriver) -> Non
     browser.get(console + "/#/workflows/no-such-workflow")
     box = _wait(browser, "#error")
     assert "404" in box.text
+
+
+def test_watches_view_lists_watches(console: str, browser: WebDriver) -> None:
+    made = httpx.post(
+        console + "/watches",
+        json={"name": "triage duration", "query": METRIC, "interval": "3600s"},
+        timeout=30,
+    )
+    assert made.status_code == 200, made.text
+    wid = made.json()["watch"]["id"]
+    browser.get(console + "/#/watches")
+    row = _wait(browser, f"#watches tr[data-watch='{wid}']")
+    assert "triage duration" in row.text and METRIC in row.text and "3600s" in row.text
+    WebDriverWait(browser, 10).until(
+        lambda _: row.find_element(By.CSS_SELECTOR, "td.episodes").text != "…"
+    )
+    _shot(browser, "watches")
+
+
+def test_an_interrupted_run_shows_what_it_paused_on(console: str, browser: WebDriver) -> None:
+    browser.get(console + "/#/runs/billing-triage/billing-triage-009")
+    box = _wait(browser, "#interrupts")
+    assert "Paused on 1 interrupt" in box.text and "refund 120 EUR?" in box.text
+    assert "approve" in box.text and "int-1" in box.text
+    assert "ticket-4" in browser.find_element(By.ID, "run-thread").text

@@ -8,6 +8,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent import futures
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +289,103 @@ def test_run_integers_stay_integers_over_http(http: httpx.Client) -> None:
     assert http.post("/runs", json=run).status_code == 200
     got = http.get("/runs/ints-wf/r-int").json()["run"]
     assert got["inputs"] == {"n": 15, "f": 1.5} and isinstance(got["inputs"]["n"], int)
+
+
+def test_list_runs_route_filters_and_pages(http: httpx.Client) -> None:
+    wf = "listruns-http"
+    usage = {"model_calls": 2, "tool_calls": 1, "tokens": {"input_tokens": 30, "total_tokens": 42}}
+    runs = [
+        _run(
+            wf,
+            f"r{i}",
+            "RUN_STATUS_FAILED" if i % 3 == 0 else "RUN_STATUS_COMPLETED",
+            thread_id="t-a" if i % 2 else "t-b",
+            usage=usage,
+        )
+        for i in range(7)
+    ]
+    for run in runs:  # one at a time, so created_at orders them
+        assert http.post("/runs", json=run).status_code == 200
+    # GET /runs/{wpk_id} is ListRuns; /runs/{wpk_id}/{run_id} is still GetRun.
+    page = http.get(f"/runs/{wf}", params={"page_size": 3})
+    assert page.status_code == 200, page.text
+    body = page.json()
+    assert [r["run_id"] for r in body["runs"]] == ["r6", "r5", "r4"]
+    assert body["runs"][0]["usage"]["tokens"]["total_tokens"] == "42"  # int64 as JSON text
+    assert body["runs"][0]["usage"]["model_calls"] == "2"
+    rest = http.get(f"/runs/{wf}", params={"page_size": 3, "page_token": body["next_page_token"]})
+    assert [r["run_id"] for r in rest.json()["runs"]] == ["r3", "r2", "r1"]
+    assert http.get(f"/runs/{wf}/r3").json()["run"]["thread_id"] == "t-a"
+    failed = http.get(f"/runs/{wf}", params={"status": "failed"}).json()["runs"]
+    assert [r["run_id"] for r in failed] == ["r6", "r3", "r0"]
+    both = http.get(f"/runs/{wf}", params={"status": "RUN_STATUS_FAILED", "thread_id": "t-a"})
+    assert [r["run_id"] for r in both.json()["runs"]] == ["r3"]
+    # An unknown workflow is an empty list (the contract); the console asks the registry.
+    assert http.get("/runs/no-such-workflow").json()["runs"] == []
+    bad = http.get(f"/runs/{wf}", params={"page_size": -1})
+    assert bad.status_code == 400 and "page_size" in _violations(_error(bad)[2])
+    bad = http.get(f"/runs/{wf}", params={"status": "sideways"})
+    assert bad.status_code == 400 and _violations(_error(bad)[2]) == ["status"]
+    bad = http.get(f"/runs/{wf}", params={"page_token": "garbage"})
+    assert bad.status_code == 400 and "page_token" in _violations(_error(bad)[2])
+
+
+def test_backtest_route_with_inline_series(http: httpx.Client) -> None:
+    t0 = 1_700_000_000
+    values = [10.0 + (k % 5) * 0.1 for k in range(60)] + [95.0] + [10.0] * 5
+    series = {
+        "labels": {"job": "api"},
+        "points": [
+            {"time": f"{datetime.fromtimestamp(t0 + 60 * k, UTC).isoformat()}", "value": v}
+            for k, v in enumerate(values)
+        ],
+    }
+    reply = http.post(
+        "/signals:backtest",
+        json={
+            "series": [series],
+            "detector": {"method": "METHOD_Z_SCORE", "window": 30, "min_points": 30},
+        },
+    )
+    assert reply.status_code == 200, reply.text
+    (result,) = reply.json()["results"]
+    assert result["labels"] == {"job": "api"} and result["points"] == len(values) - 30
+    (episode,) = result["episodes"]
+    assert episode["peak_value"] == 95.0
+    assert episode["peak_time"].startswith(
+        datetime.fromtimestamp(t0 + 60 * 60, UTC).strftime("%Y-%m-%dT%H:%M")
+    )
+    bad = http.post("/signals:backtest", json={"series": [series], "detector": {"alpha": 7}})
+    assert bad.status_code == 400 and any("alpha" in f for f in _violations(_error(bad)[2]))
+    bad = http.post("/signals:backtest", json={"series": [series], "bogus": 1})
+    assert bad.status_code == 400 and _violations(_error(bad)[2]) == ["body"]
+
+
+def test_watch_crud_over_http(http: httpx.Client) -> None:
+    made = http.post("/watches", json={"name": "api up", "query": "up", "interval": "30s"})
+    assert made.status_code == 200, made.text
+    watch = made.json()["watch"]
+    wid = watch["id"]
+    assert watch["name"] == "api up" and watch["interval"] == "30s"
+    assert http.get(f"/watches/{wid}").json()["watch"]["query"] == "up"
+    listed = http.get("/watches", params={"page_size": 1000}).json()["watches"]
+    assert wid in [w["id"] for w in listed]
+    # PATCH with update_mask from the query string: only the name changes.
+    patched = http.patch(
+        f"/watches/{wid}",
+        params={"update_mask": "name"},
+        json={"name": "api liveness", "query": "not applied"},
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["watch"]["name"] == "api liveness"
+    assert http.get(f"/watches/{wid}").json()["watch"]["query"] == "up"
+    bad = http.post("/watches", json={"name": "no query"})
+    assert bad.status_code == 400 and any("query" in f for f in _violations(_error(bad)[2]))
+    bad = http.patch(f"/watches/{wid}", params={"update_mask": "nope"}, json={"name": "x"})
+    assert bad.status_code == 400 and any("update_mask" in f for f in _violations(_error(bad)[2]))
+    assert http.delete(f"/watches/{wid}").status_code == 200
+    gone = http.get(f"/watches/{wid}")
+    assert gone.status_code == 404 and _error(gone)[0] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert http.delete(f"/watches/{wid}").status_code == 404
+    missing = http.patch("/watches/00000000-0000-4000-8000-000000000000", json={"name": "x"})
+    assert missing.status_code == 404

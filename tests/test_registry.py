@@ -6,7 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -19,6 +19,9 @@ from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers import metrics, outbox
 from neuralops.servers.app import App
 from neuralops.servers.config import Config
+from neuralops.servers.db import Database
+from neuralops.servers.registry.model import RunNotice
+from neuralops.servers.registry.storage import RegistryStore
 
 from tests.conftest import free_port
 from tests.helpers import error_reason, field_violations, wait_for
@@ -84,7 +87,10 @@ def test_missing_ids_are_invalid_argument(stack: App) -> None:
     with pytest.raises(grpc.RpcError) as err:
         reg.NotifyRun(rpb.NotifyRunRequest(workflow_id="w"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field_violations(err.value) == ["run_id", "id", "created_at"]  # all named at once
+    assert field_violations(err.value) == ["run_id"]
+    with pytest.raises(grpc.RpcError) as err:
+        reg.NotifyRun(rpb.NotifyRunRequest(workflow_id=" ", run_id="r" * 201))
+    assert field_violations(err.value) == ["workflow_id", "run_id"]
 
 
 def test_list_workflows_pages_through_all(stack: App) -> None:
@@ -215,40 +221,100 @@ def test_walk_sees_every_run_once_while_runs_arrive(stack: App) -> None:
     assert [r for r in seen if r.startswith("old-")] == list(reversed(before))
 
 
-def test_out_of_order_notifies_keep_the_newest_run(stack: App) -> None:
+def _latest(reg: registry_pb2_grpc.RegistryServiceStub, workflow_id: str) -> rpb.Workflow:
+    return reg.GetWorkflow(rpb.GetWorkflowRequest(workflow_id=workflow_id)).workflow
+
+
+def _latest_id(reg: registry_pb2_grpc.RegistryServiceStub, workflow_id: str) -> str:
+    """The workflow's latest run id; "" while the registry does not know the workflow."""
+    try:
+        return _latest(reg, workflow_id).latest_run_id
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND
+        return ""
+
+
+def test_late_notice_of_an_older_run_changes_nothing(stack: App) -> None:
+    _history(stack.address("runhistory")).BatchLogRuns(
+        pb.BatchLogRunsRequest(
+            runs=[_run("late", "r1"), _run("late", "r2", status=pb.RUN_STATUS_FAILED)]
+        )
+    )
     reg = _registry(stack)
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    newer = rpb.NotifyRunRequest(
-        workflow_id="late",
-        run_id="r2",
-        id="00000000-0000-4000-8000-000000000002",
-        status=pb.RUN_STATUS_FAILED,
-        created_at=_ts(t0 + timedelta(seconds=5)),
-    )
-    older = rpb.NotifyRunRequest(
-        workflow_id="late",
-        run_id="r1",
-        id="00000000-0000-4000-8000-000000000001",
-        status=pb.RUN_STATUS_COMPLETED,
-        created_at=_ts(t0),
-    )
-    first = reg.NotifyRun(newer)
-    assert first.updated and first.workflow_created
-    late = reg.NotifyRun(older)
+    wait_for(lambda: _latest_id(reg, "late") == "r2")
+    late = reg.NotifyRun(rpb.NotifyRunRequest(workflow_id="late", run_id="r1"))
     assert not late.updated and not late.workflow_created and late.latest_run_id == "r2"
-    again = reg.NotifyRun(newer)
+    again = reg.NotifyRun(rpb.NotifyRunRequest(workflow_id="late", run_id="r2"))
     assert not again.updated and again.latest_run_id == "r2"
-    wf = reg.GetWorkflow(rpb.GetWorkflowRequest(workflow_id="late")).workflow
+    wf = _latest(reg, "late")
     assert (wf.latest_run_id, wf.latest_run_status) == ("r2", pb.RUN_STATUS_FAILED)
-    # Same instant: the higher row id wins, whatever the arrival order.
-    tie = rpb.NotifyRunRequest(
-        workflow_id="late",
-        run_id="r3",
-        id="00000000-0000-4000-8000-000000000003",
-        status=pb.RUN_STATUS_COMPLETED,
-        created_at=_ts(t0 + timedelta(seconds=5)),
+
+
+def test_same_instant_the_higher_row_id_wins(db: Database) -> None:
+    store = RegistryStore(db)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def notice(run_id: str, row: int) -> RunNotice:
+        return RunNotice(
+            "tie", run_id, f"00000000-0000-4000-8000-00000000000{row}", "completed", t0
+        )
+
+    assert store.notify(notice("r2", 2)).workflow_created
+    assert not store.notify(notice("r1", 1)).updated
+    assert store.notify(notice("r3", 3)).updated
+    assert store.notify(notice("r2", 2)).latest_run_id == "r3"
+
+
+def test_forged_notice_is_refused_and_changes_nothing(stack: App) -> None:
+    hist = _history(stack.address("runhistory"))
+    hist.LogRun(pb.LogRunRequest(run=_run("real", "r1")))
+    reg = _registry(stack)
+    wait_for(lambda: _latest_id(reg, "real") == "r1")
+    before = _latest(reg, "real")
+    far = _ts(datetime(9999, 1, 1, tzinfo=UTC))
+    forged = rpb.NotifyRunRequest(
+        workflow_id="real",
+        run_id="never-stored",
+        id="ffffffff-ffff-4fff-bfff-ffffffffffff",
+        status=pb.RUN_STATUS_FAILED,
+        created_at=far,
     )
-    assert reg.NotifyRun(tie).updated
+    with pytest.raises(grpc.RpcError) as err:
+        reg.NotifyRun(forged)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(err.value) == "RUN_NOT_FOUND"
+    assert _latest(reg, "real") == before
+    # A real run with a claimed time and status: the stored ones count, not the claim.
+    lying = rpb.NotifyRunRequest(
+        workflow_id="real", run_id="r1", status=pb.RUN_STATUS_FAILED, created_at=far
+    )
+    assert reg.NotifyRun(lying).latest_run_id == "r1"
+    assert _latest(reg, "real") == before
+    # Nothing was pinned: the next real run still becomes the latest.
+    hist.LogRun(pb.LogRunRequest(run=_run("real", "r2")))
+    wait_for(lambda: _latest_id(reg, "real") == "r2")
+    # A workflow first seen through a forged notice is not registered.
+    with pytest.raises(grpc.RpcError) as err:
+        reg.NotifyRun(rpb.NotifyRunRequest(workflow_id="ghost", run_id="x", created_at=far))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert _code(lambda: _latest(reg, "ghost")) == grpc.StatusCode.NOT_FOUND
+
+
+def test_notify_run_with_runhistory_down_is_unavailable(config: Config) -> None:
+    registry = App(
+        config.with_(runhistory_addr=f"localhost:{free_port()}"),
+        services=("registry",),
+        ports={"registry": 0},
+    ).start()
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            _registry(registry).NotifyRun(
+                rpb.NotifyRunRequest(workflow_id="w", run_id="r1"), timeout=30
+            )
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(err.value) == "RUNHISTORY_UNAVAILABLE"
+    finally:
+        registry.stop(grace=1)
 
 
 def test_registry_outage_loses_nothing(config: Config) -> None:
@@ -279,7 +345,11 @@ def test_registry_outage_loses_nothing(config: Config) -> None:
             "neuralops.registry.v1.RegistryService", "NotifyRun", "OK"
         )
         calls_before = notify._value.get()
-        registry = App(config, services=("registry",), ports={"registry": registry_port}).start()
+        registry = App(
+            config.with_(runhistory_addr=history.address("runhistory")),
+            services=("registry",),
+            ports={"registry": registry_port},
+        ).start()
         try:
             reg = _registry(registry)
             wait_for(lambda: outbox.backlog(history.db) == 0, timeout=30)  # type: ignore[arg-type]

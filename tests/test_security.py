@@ -111,6 +111,14 @@ def test_tokens_and_roles(token_stack: App) -> None:
     assert _code(svc.GetWorkflow, get) == grpc.StatusCode.NOT_FOUND
     # NotifyRun is for the services only.
     assert _code(app.NotifyRun, NOTIFY) == grpc.StatusCode.PERMISSION_DENIED
+    # Past auth, the Registry asks RunHistory (with its own service credentials, else
+    # this would be UNAVAILABLE): a notice of a run never stored is refused, and one of a
+    # stored run is taken.
+    assert _code(svc.NotifyRun, NOTIFY) == grpc.StatusCode.NOT_FOUND
+    history = runhistory_pb2_grpc.RunHistoryServiceStub(
+        channels.open_channel(token_stack.address("runhistory"), Security(token=APP_TOKEN))
+    )
+    history.LogRun(pb.LogRunRequest(run=pb.Run(wpk_id="wf", run_id="r1", status=NOTIFY.status)))
     assert svc.NotifyRun(NOTIFY, timeout=5).latest_run_id == "r1"
 
     # Health and reflection need no token.

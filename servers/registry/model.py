@@ -38,8 +38,11 @@ class NotifyResult:
 
 @dataclass(frozen=True)
 class WorkflowRun:
+    """A run as RunHistory's ListRuns summarises it."""
+
     id: str
     run_id: str
     status: str
     duration_ms: int
     created_at: datetime
+    thread_id: str = ""

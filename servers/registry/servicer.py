@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-
 import grpc
+from neuralops.clients.enums import RUN_STATUS
 from neuralops.registry.v1 import registry_pb2 as pb
 from neuralops.registry.v1 import registry_pb2_grpc
-from neuralops.runhistory.v1 import runhistory_pb2
-from neuralops.servers.convert import (
-    enum_text,
-    from_struct,
-    from_timestamp,
-    text_enum,
-    to_struct,
-    to_timestamp,
-)
-from neuralops.servers.errors import InvalidArgument
-from neuralops.servers.registry.model import RunNotice, Workflow
+from neuralops.servers.convert import from_struct, to_struct, to_timestamp
+from neuralops.servers.registry.model import Workflow
 from neuralops.servers.registry.service import Registry
 from neuralops.servers.registry.validation import validate
-
-_RUN = "RUN_STATUS_"
-
-
-def _status(text: str) -> runhistory_pb2.RunStatus.ValueType:
-    return (
-        runhistory_pb2.RunStatus.Value(text_enum(text, _RUN))
-        if text
-        else runhistory_pb2.RUN_STATUS_UNSPECIFIED
-    )
 
 
 def workflow_message(wf: Workflow) -> pb.Workflow:
@@ -39,7 +19,7 @@ def workflow_message(wf: Workflow) -> pb.Workflow:
         description=wf.description,
         metadata=to_struct(wf.metadata),
         latest_run_id=wf.latest_run_id,
-        latest_run_status=_status(wf.latest_run_status),
+        latest_run_status=RUN_STATUS.to_proto(wf.latest_run_status),
         latest_run_at=to_timestamp(wf.latest_run_at),
         created_at=to_timestamp(wf.created_at),
         updated_at=to_timestamp(wf.updated_at),
@@ -85,15 +65,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> pb.ListWorkflowRunsResponse:
         validate(request)
         page, token = self._registry.runs(
-            request.workflow_id, request.page_size, request.page_token
+            request.workflow_id, request.page_size, request.page_token, request.thread_id
         )
         return pb.ListWorkflowRunsResponse(
             runs=[
                 pb.WorkflowRun(
                     run_id=r.run_id,
-                    status=_status(r.status),
+                    status=RUN_STATUS.to_proto(r.status),
                     duration_ms=r.duration_ms,
                     created_at=to_timestamp(r.created_at),
+                    thread_id=r.thread_id,
                 )
                 for r in page
             ],
@@ -104,22 +85,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: pb.NotifyRunRequest, context: grpc.ServicerContext
     ) -> pb.NotifyRunResponse:
         validate(request)
-        if not request.HasField("created_at"):
-            raise InvalidArgument.one("created_at", "is required")
-        if request.id:
-            try:
-                uuid.UUID(request.id)
-            except ValueError as exc:
-                raise InvalidArgument.one("id", "must be a UUID (RunHistory's row id)") from exc
-        result = self._registry.notify(
-            RunNotice(
-                workflow_id=request.workflow_id,
-                run_id=request.run_id,
-                row_id=request.id,
-                status=enum_text(runhistory_pb2.RunStatus.Name(request.status), _RUN),
-                created_at=from_timestamp(request.created_at),
-            )
-        )
+        # Only the ids are taken from the request: the Registry reads the run itself
+        # from RunHistory (its status, created_at and row id are ignored here).
+        result = self._registry.notify(request.workflow_id, request.run_id)
         return pb.NotifyRunResponse(
             updated=result.updated,
             workflow_created=result.workflow_created,

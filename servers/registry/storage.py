@@ -1,35 +1,15 @@
-"""Registry SQL: workflows and their latest-run link; run listings over workflow_runs."""
+"""Registry SQL: the workflows table, the only one the Registry owns (runs are RunHistory's)."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from neuralops.servers import textcodec
 from neuralops.servers.db import Database, Row, as_datetime, json_value, utcnow
-from neuralops.servers.registry.model import NotifyResult, RunNotice, Workflow, WorkflowRun
+from neuralops.servers.registry.model import NotifyResult, RunNotice, Workflow
 
 _COLUMNS = (
     "id, name, description, metadata, latest_run_id, latest_run_status, latest_run_at,"
     " created_at, updated_at"
 )
-
-# Keyset step of ListWorkflowRuns, served by workflow_runs (wpk_id, created_at DESC, id DESC).
-_RUNS_FIRST = (
-    "SELECT id, run_id, status, duration_ms, created_at FROM workflow_runs WHERE wpk_id = %s"
-    " ORDER BY created_at DESC, id DESC LIMIT %s"
-)
-_RUNS_AFTER = {
-    "postgres": (
-        "SELECT id, run_id, status, duration_ms, created_at FROM workflow_runs WHERE wpk_id = %s"
-        " AND (created_at, id) < (%s::timestamptz, %s::uuid)"
-        " ORDER BY created_at DESC, id DESC LIMIT %s"
-    ),
-    "sqlite": (
-        "SELECT id, run_id, status, duration_ms, created_at FROM workflow_runs WHERE wpk_id = %s"
-        " AND (created_at, id) < (%s, %s)"
-        " ORDER BY created_at DESC, id DESC LIMIT %s"
-    ),
-}
 
 
 def _workflow(row: Row) -> Workflow:
@@ -131,24 +111,3 @@ class RegistryStore:
                 "SELECT latest_run_id FROM workflows WHERE id = %s", (n.workflow_id,)
             )
         return NotifyResult(False, False, current[0]["latest_run_id"] or "")
-
-    def runs(
-        self, workflow_id: str, limit: int, after: tuple[datetime, str] | None
-    ) -> list[WorkflowRun]:
-        with self._db.transaction(write=False) as tx:
-            if after is None:
-                rows = tx.execute(_RUNS_FIRST, (workflow_id, limit))
-            else:
-                rows = tx.execute(
-                    _RUNS_AFTER[self._db.dialect], (workflow_id, after[0], after[1], limit)
-                )
-        return [
-            WorkflowRun(
-                id=str(r["id"]),
-                run_id=r["run_id"],
-                status=r["status"],
-                duration_ms=int(r["duration_ms"]),
-                created_at=as_datetime(r["created_at"]) or utcnow(),
-            )
-            for r in rows
-        ]

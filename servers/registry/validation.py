@@ -1,14 +1,12 @@
 """Registry request validation: the one place its servicer checks a request.
 
 Generic checks come from :mod:`neuralops.servers.validation`; here are the
-Registry's own: ``workflow_id`` (and NotifyRun's ``run_id``, ``id``) required, at
-most 200 characters, without NUL, on every RPC; NotifyRun's ``id`` is a UUID and its
-``created_at`` is required; page tokens carry a valid time and UUID.
+Registry's own: ``workflow_id`` (and NotifyRun's ``run_id``) required, at most 200
+characters, without NUL, on every RPC (NotifyRun's other fields are ignored: the run is
+read from RunHistory); page tokens carry a valid time and UUID.
 """
 
 from __future__ import annotations
-
-import uuid
 
 from google.protobuf.message import Message
 from neuralops.registry.v1 import registry_pb2 as pb
@@ -17,18 +15,11 @@ from neuralops.servers.errors import FieldViolation
 
 
 def _notify(request: pb.NotifyRunRequest) -> list[FieldViolation]:
-    out = v.id_violations(request.workflow_id, "workflow_id")
-    out += v.id_violations(request.run_id, "run_id")
-    id_bad = v.id_violations(request.id, "id")
-    if not id_bad:
-        try:
-            uuid.UUID(request.id)
-        except ValueError:
-            id_bad = [FieldViolation("id", "must be a UUID (RunHistory's row id)")]
-    out += id_bad
-    if not request.HasField("created_at"):
-        out.append(FieldViolation("created_at", "is required"))
-    return out
+    # Only the ids are taken from a NotifyRun: the Registry reads the run's row id,
+    # status and created_at from RunHistory, so those request fields are ignored.
+    return v.id_violations(request.workflow_id, "workflow_id") + v.id_violations(
+        request.run_id, "run_id"
+    )
 
 
 def validate(request: Message) -> None:

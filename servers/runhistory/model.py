@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from neuralops.clients.enums import EMBEDDING_STATUS, RUN_STATUS
 from neuralops.servers.errors import FieldViolation, InvalidArgument
 
-RUN_STATUSES = ("running", "completed", "failed", "interrupted", "cancelled")
-EMBEDDING_STATUSES = ("pending", "done", "failed", "skipped")
+RUN_STATUSES = RUN_STATUS.names
+EMBEDDING_STATUSES = EMBEDDING_STATUS.names
 MAX_ID_LENGTH = 200
 MAX_NODE_LOGS = 10_000
 MAX_BATCH = 500

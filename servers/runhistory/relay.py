@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 from neuralops.clients.channels import Security, open_channel
+from neuralops.clients.enums import RUN_STATUS
 from neuralops.registry.v1 import registry_pb2, registry_pb2_grpc
-from neuralops.runhistory.v1 import runhistory_pb2
 from neuralops.servers import metrics, outbox
-from neuralops.servers.convert import text_enum, to_timestamp
+from neuralops.servers.convert import to_timestamp
 from neuralops.servers.db import Database
 from neuralops.servers.runhistory.storage import NOTIFY_TOPIC
 
@@ -67,8 +67,9 @@ class OutboxRelay:
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-                if code == grpc.StatusCode.INVALID_ARGUMENT:
-                    # A notice the registry will never accept: drop it, loudly.
+                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                    # A notice the registry will never accept (NOT_FOUND: it found no
+                    # such stored run when it asked RunHistory): drop it, loudly.
                     log.error("registry refused notice %s: %s", newest.payload, details)
                     done.extend(i.id for i in group)
                 else:
@@ -102,6 +103,6 @@ def _request(payload: dict[str, object]) -> registry_pb2.NotifyRunRequest:
         workflow_id=str(payload["workflow_id"]),
         run_id=str(payload["run_id"]),
         id=str(payload["id"]),
-        status=runhistory_pb2.RunStatus.Value(text_enum(str(payload["status"]), "RUN_STATUS_")),
+        status=RUN_STATUS.to_proto(str(payload["status"])),
         created_at=to_timestamp(created),
     )

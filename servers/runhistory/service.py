@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Callable
-from datetime import datetime
 
 from neuralops.servers import pagination
-from neuralops.servers.db import as_datetime
 from neuralops.servers.errors import FieldViolation, InvalidArgument, NotFound
 from neuralops.servers.runhistory import embeddings
 from neuralops.servers.runhistory.embeddings import EmbeddingService
@@ -27,14 +24,6 @@ from neuralops.servers.runhistory.storage import RunStore
 
 DEFAULT_RUNS_PAGE = 20
 MAX_RUNS_PAGE = 1000
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _list_scope(wpk_id: str, flt: RunFilter) -> str:
@@ -100,24 +89,9 @@ class RunHistory:
             raise InvalidArgument(violations)
         limit = pagination.page_size(size, default=DEFAULT_RUNS_PAGE, maximum=MAX_RUNS_PAGE)
         scope = _list_scope(wpk_id, flt)
-        pos = pagination.decode(token, scope)
-        after: tuple[datetime, str] | None = None
-        if pos is not None:
-            try:
-                at = as_datetime(pos.get("t"))
-            except (TypeError, ValueError):
-                at = None
-            row_id = pos.get("i")
-            if at is None or not isinstance(row_id, str) or not _is_uuid(row_id):
-                raise InvalidArgument.one("page_token", "is not a token this service issued")
-            after = (at, row_id)
+        after = pagination.decode_position(token, scope)
         found = self._store.list_runs(wpk_id, flt, limit + 1, after)
-        page, more = found[:limit], len(found) > limit
-        nxt = ""
-        if more:
-            last = page[-1]
-            nxt = pagination.encode(scope, {"t": last.created_at.isoformat(), "i": last.id})
-        return page, nxt
+        return pagination.keyset_page(found, limit, scope, lambda r: (r.created_at, r.id))
 
     def search(self, text: str, wpk_id: str, limit: int) -> list[SearchHit]:
         service = embeddings.require(self._embedding)

@@ -85,8 +85,24 @@ function nodeTokens(n) {
   const direct = tokensOf(n.usage);
   if (direct) return direct;
   let total = 0;
-  for (const c of n.calls || []) total += tokensOf(c.usage || c) || 0;
+  for (const { c } of flatCalls(n.calls, 0, 0)) total += tokensOf(c.usage) || 0;
   return total || null;
+}
+function callCounts(u) {
+  if (!u) return "";
+  const parts = [];
+  if (num(u.model_calls)) parts.push(`${num(u.model_calls)} model`);
+  if (num(u.tool_calls)) parts.push(`${num(u.tool_calls)} tool`);
+  if (num(u.retriever_calls)) parts.push(`${num(u.retriever_calls)} retriever`);
+  if (num(u.failed_calls)) parts.push(`${num(u.failed_calls)} failed`);
+  return parts.join(" · ");
+}
+function tokenTitle(u) {
+  if (!u) return null;
+  const bits = [`in ${num(u.input_tokens) || 0}`, `out ${num(u.output_tokens) || 0}`];
+  if (num(u.cached_input_tokens)) bits.push(`cached ${num(u.cached_input_tokens)}`);
+  if (num(u.reasoning_tokens)) bits.push(`reasoning ${num(u.reasoning_tokens)}`);
+  return bits.join(", ");
 }
 function fmtTokens(t) { return t ? Number(t).toLocaleString() : "—"; }
 
@@ -196,14 +212,11 @@ async function viewRuns(workflowId, params) {
   const thread = params.get("thread") || "";
   const tokens = (params.get("tokens") || "").split(",").filter(Boolean); // page-token stack
   const token = tokens[tokens.length - 1] || "";
-  const listRuns = await routeFor("ListRuns").catch(() => null);
-  const serverFilter = listRuns && listRuns.method === "GET" && listRuns.fields.includes("status");
-  const threadField = listRuns && listRuns.fields.includes("thread_id");
   const form = el("form", { class: "filters", id: "filters" },
     el("label", {}, "Status", el("select", { name: "status", id: "status-filter" },
       ["", "completed", "failed", "interrupted", "cancelled", "running"].map((s) =>
         el("option", { value: s, selected: s === status ? "selected" : null }, s || "any")))),
-    threadField ? el("label", {}, "Thread", el("input", { name: "thread", value: thread, placeholder: "thread id" })) : null,
+    el("label", {}, "Thread", el("input", { name: "thread", id: "thread-filter", value: thread, placeholder: "thread id" })),
     el("button", { type: "submit" }, "Filter"));
   form.addEventListener("change", () => form.requestSubmit());
   form.addEventListener("submit", (e) => {
@@ -213,56 +226,42 @@ async function viewRuns(workflowId, params) {
   });
   page(workflowId, [el("a", { href: "#/" }, "Workflows"), " / ", workflowId, " / runs"],
     el("div", { id: "wf-facts", class: "facts" }), form, el("div", { id: "body" }, el("p", { class: "muted", text: "Loading…" })));
-  api(`/workflows/${enc(workflowId)}`).then((r) => {
+  // The registry knows the workflow (facts); RunHistory's ListRuns lists its runs with the
+  // status and thread filters applied server-side. ListRuns answers an empty list for a
+  // workflow it has no runs of, so an unknown workflow is told apart by the registry's 404.
+  const registered = api(`/workflows/${enc(workflowId)}`).then((r) => {
     const w = r.workflow || {};
     fill(document.getElementById("wf-facts"),
       el("div", {}, el("b", { text: "Latest run" }), w.latest_run_id ? el("a", { href: `#/runs/${enc(workflowId)}/${enc(w.latest_run_id)}`, class: "mono" }, w.latest_run_id) : "none"),
       el("div", {}, el("b", { text: "Latest status" }), w.latest_run_id ? badge(w.latest_run_status) : "—"),
       el("div", {}, el("b", { text: "Registered" }), when(w.created_at)),
       w.description ? el("div", {}, el("b", { text: "Description" }), w.description) : null);
-  }).catch(() => {});
+    return null;
+  }).catch((err) => err);
   const body = document.getElementById("body");
   let runs = [];
   let next = "";
-  let note = null;
   try {
-    if (serverFilter) {
-      const q = { wpk_id: workflowId, page_size: PAGE, page_token: token, status: status || null };
-      if (threadField) q.thread_id = thread || null;
-      // The workflow id goes into the path when the route has it there, else the query.
-      const path = listRuns.path.replace(/\{([\w.]+)(=[^}]*)?\}/g, (m, f) => {
-        if (f === "wpk_id" || f === "workflow_id") { delete q.wpk_id; return enc(workflowId); }
-        return "";
-      });
-      const r = await api(`${path}${qs(q)}`);
-      runs = r.runs || []; next = r.next_page_token || "";
-    } else {
-      // The registry listing has no status filter: walk its pages and keep the matches.
-      let t = token;
-      for (let i = 0; i < 25; i++) {
-        const r = await api(`/workflows/${enc(workflowId)}/runs${qs({ page_size: status ? 200 : PAGE, page_token: t })}`);
-        const got = (r.runs || []).filter((x) => !status || statusName(x.status) === status);
-        runs = runs.concat(got);
-        t = r.next_page_token || "";
-        if (!status || !t || runs.length >= PAGE) break;
-      }
-      next = t;
-      if (status) note = "filtered here: the run listing of this deployment has no status filter";
-    }
+    const r = await api(`/runs/${enc(workflowId)}${qs({ page_size: PAGE, page_token: token, status: status || null, thread_id: thread || null })}`);
+    runs = r.runs || []; next = r.next_page_token || "";
   } catch (err) { showError(body, err); return; }
+  const regErr = await registered;
+  if (regErr && !runs.length && !status && !thread && !token) { showError(body, regErr); return; }
+  const note = regErr ? `the registry does not list this workflow (${regErr.status || ""} ${regErr.reason || ""})` : null;
   const hasThread = runs.some((r) => r.thread_id);
   const rows = runs.map((r) => el("tr", { class: `run-row ${statusName(r.status)}`, "data-run": r.run_id },
     el("td", {}, el("a", { href: `#/runs/${enc(workflowId)}/${enc(r.run_id)}`, class: "mono run-link" }, r.run_id)),
     el("td", {}, badge(r.status)),
     el("td", { class: "num" }, ms(r.duration_ms)),
-    el("td", { class: "num" }, fmtTokens(runTokens(r))),
-    hasThread ? el("td", { class: "mono" }, r.thread_id || "") : null,
+    el("td", { class: "num" }, callCounts(r.usage)),
+    el("td", { class: "num tokens", title: tokenTitle(r.usage && r.usage.tokens) }, fmtTokens(runTokens(r))),
+    hasThread ? el("td", { class: "mono" }, r.thread_id ? el("a", { href: `#/workflows/${enc(workflowId)}${qs({ thread: r.thread_id })}` }, r.thread_id) : "") : null,
     el("td", { title: when(r.created_at) }, when(r.created_at))));
   const back = tokens.slice(0, -1);
   fill(body,
     runs.length ? el("table", { id: "runs" },
       el("thead", {}, el("tr", {}, el("th", { text: "Run" }), el("th", { text: "Status" }), el("th", { class: "num", text: "Duration" }),
-        el("th", { class: "num", text: "Tokens" }), hasThread ? el("th", { text: "Thread" }) : null, el("th", { text: "Time" }))),
+        el("th", { class: "num", text: "Calls" }), el("th", { class: "num", text: "Tokens" }), hasThread ? el("th", { text: "Thread" }) : null, el("th", { text: "Time" }))),
       el("tbody", {}, rows)) : el("p", { class: "muted", id: "no-runs", text: "No runs match." }),
     el("div", { class: "pager" },
       el("button", { id: "prev", disabled: tokens.length ? null : "disabled", onclick: () => {
@@ -329,8 +328,13 @@ function renderTimeline(run, onPick) {
       const tok = nodeTokens(n);
       const width = Math.max(((it.t1 - it.t0) / span) * 100, 0.6);
       const left = Math.min(((it.t0 - t0) / span) * 100, 100 - width);
-      const label = `${st === "failed" ? "✕ " : ""}${n.name} · ${ms(n.duration_ms)}${calls ? ` · ${calls} call${calls > 1 ? "s" : ""}` : ""}${tok ? ` · ${tok} tok` : ""}`;
-      const labelPct = ((label.length * 6.4 + 12) / trackPx) * 100;
+      // The longest label that fits in the bar; a bar too short for even the shortest
+      // one gets the shortest beside it.
+      const head = `${st === "failed" ? "✕ " : ""}${n.name}${n.attempt > 1 ? ` (attempt ${n.attempt})` : ""} · ${ms(n.duration_ms)}`;
+      const pct = (text) => ((text.length * 6.4 + 12) / trackPx) * 100;
+      const full = `${head}${calls ? ` · ${calls} call${calls > 1 ? "s" : ""}` : ""}${tok ? ` · ${tok} tok` : ""}`;
+      const label = [full, `${head}${tok ? ` · ${tok} tok` : ""}`, head].find((t) => pct(t) <= width) || head;
+      const labelPct = pct(label);
       const narrow = labelPct > width;
       const outLeft = left + width + labelPct <= 100;
       const a = narrow && !outLeft ? left - labelPct : left;
@@ -361,25 +365,81 @@ function renderTimeline(run, onPick) {
         }
       });
       g.append(el("div", { class: "tl-row" }, el("div", { class: "tl-label" }, parallel ? "∥ parallel" : ""), track));
+      // The calls each node of this lane made, right under it: one sub-row per nesting
+      // depth (a model call inside a tool call sits one row lower).
+      const callRows = [];
+      geo.forEach((x, k) => {
+        if (laneOf[k] !== lane) return;
+        for (const c of flatCalls(x.n.calls, x.it.t0, x.it.t1)) {
+          (callRows[c.depth] = callRows[c.depth] || []).push({ ...c, node: x.n, index: x.it.i });
+        }
+      });
+      callRows.forEach((row, depth) => {
+        const ctrack = el("div", { class: "tl-track tl-calls" });
+        for (const c of row) {
+          const width = Math.max(((c.t1 - c.t0) / span) * 100, 0.4);
+          const left = Math.min(Math.max(((c.t0 - t0) / span) * 100, 0), 100 - width);
+          const st = statusName(c.c.status);
+          ctrack.append(el("div", {
+            class: `tl-call ${callKind(c.c)} ${st}`, style: `left:${left}%;width:${width}%`,
+            "data-call": c.c.name || "", "data-node": c.node.name, title: callTitle(c.c),
+            onclick: () => onPick(c.index),
+          }, callLabel(c.c)));
+        }
+        g.append(el("div", { class: "tl-call-row" }, el("div", { class: "tl-label" }, depth ? "  ↳ nested calls" : "↳ calls"), ctrack));
+      });
     }
     box.append(g);
   }
   return box;
 }
+function callKind(c) { return String(c.kind || "").replace(/^CALL_KIND_/, "").toLowerCase() || "call"; }
+// A node's calls, nested ones included, with their times (from the call's own start and
+// end, else spread over the node's time) and depth.
+function flatCalls(calls, n0, n1, depth = 0, out = []) {
+  const list = calls || [];
+  list.forEach((c, k) => {
+    let a = c.start_time ? new Date(c.start_time).getTime() : NaN;
+    let b = c.end_time ? new Date(c.end_time).getTime() : NaN;
+    if (isNaN(a)) a = n0 + ((n1 - n0) * k) / Math.max(list.length, 1);
+    if (isNaN(b)) b = c.duration_ms !== undefined ? a + Number(c.duration_ms) : a + (n1 - n0) / Math.max(list.length, 1);
+    out.push({ c, depth, t0: a, t1: Math.max(b, a) });
+    flatCalls(c.calls, a, Math.max(b, a), depth + 1, out);
+  });
+  return out;
+}
+function callLabel(c) {
+  const tok = tokensOf(c.usage);
+  return `${statusName(c.status) === "failed" ? "✕ " : ""}${c.model || c.name || callKind(c)}${tok ? ` · ${tok} tok` : ""}`;
+}
+function callTitle(c) {
+  const ttft = c.time_to_first_token_ms;
+  return [`${callKind(c)} ${c.name || ""}${c.model ? ` (${c.model}${c.provider ? `, ${c.provider}` : ""})` : ""}`,
+    `${statusName(c.status)}, ${ms(c.duration_ms)}`,
+    tokensOf(c.usage) ? `tokens ${tokensOf(c.usage)} (${tokenTitle(c.usage)})` : null,
+    ttft !== undefined && ttft !== null ? `first token after ${ms(ttft)}` : null,
+    c.error || null].filter(Boolean).join("\n");
+}
 function callsTable(calls) {
   if (!calls || !calls.length) return el("p", { class: "muted", text: "No model or tool calls recorded in this node." });
-  const keys = ["kind", "type", "name", "model", "status", "duration_ms", "error"];
-  return el("table", { class: "calls" },
-    el("thead", {}, el("tr", {}, el("th", { text: "Call" }), el("th", { text: "Model / tool" }), el("th", { text: "Status" }),
-      el("th", { class: "num", text: "Duration" }), el("th", { class: "num", text: "Tokens" }), el("th", { text: "Error" }))),
-    el("tbody", {}, calls.map((c) => el("tr", { class: statusName(c.status) },
-      el("td", {}, String(c.kind || c.type || "").replace(/^CALL_KIND_/, "").toLowerCase() || "call"),
-      el("td", { class: "mono" }, c.model || c.name || ""),
+  const rows = flatCalls(calls, 0, 0).map(({ c, depth }) => {
+    const ttft = c.time_to_first_token_ms;
+    return el("tr", { class: `call-row ${statusName(c.status)}`, "data-kind": callKind(c), "data-call": c.name || "" },
+      el("td", { style: `padding-left:${10 + depth * 18}px` }, depth ? "↳ " : "", el("span", { class: `kind ${callKind(c)}`, text: callKind(c) })),
+      el("td", { class: "mono" }, c.name || ""),
+      el("td", { class: "mono" }, c.model ? `${c.model}${c.provider ? ` (${c.provider})` : ""}` : ""),
       el("td", {}, c.status ? badge(c.status) : ""),
       el("td", { class: "num" }, c.duration_ms !== undefined ? ms(c.duration_ms) : ""),
-      el("td", { class: "num" }, fmtTokens(tokensOf(c.usage || c))),
-      el("td", {}, c.error || "")))));
-  void keys;
+      el("td", { class: "num" }, ttft !== undefined && ttft !== null ? ms(ttft) : ""),
+      el("td", { class: "num", title: tokenTitle(c.usage) }, c.usage ? `${num(c.usage.input_tokens) || 0} / ${num(c.usage.output_tokens) || 0}` : ""),
+      el("td", { class: "num call-tokens" }, fmtTokens(tokensOf(c.usage))),
+      el("td", { class: "call-error" }, c.error || ""));
+  });
+  return el("table", { class: "calls", id: "calls" },
+    el("thead", {}, el("tr", {}, el("th", { text: "Kind" }), el("th", { text: "Name" }), el("th", { text: "Model" }), el("th", { text: "Status" }),
+      el("th", { class: "num", text: "Duration" }), el("th", { class: "num", text: "First token" }), el("th", { class: "num", text: "In / out" }),
+      el("th", { class: "num", text: "Tokens" }), el("th", { text: "Error" }))),
+    el("tbody", {}, rows));
 }
 function jsonBlock(title, v) {
   if (v === undefined || v === null || (typeof v === "object" && !Object.keys(v).length)) return null;
@@ -398,7 +458,7 @@ async function viewRun(wpk, runId) {
     const n = nodes[i];
     for (const b of document.querySelectorAll(".tl-bar")) b.classList.toggle("selected", Number(b.dataset.index) === i);
     fill(detail,
-      el("h2", { text: `Node ${n.name}${n.path ? ` (in ${n.path})` : ""}` }),
+      el("h2", { text: `Node ${n.name}${n.path ? ` (in ${n.path})` : ""}${n.attempt > 1 ? ` · attempt ${n.attempt}` : ""}` }),
       n.error ? el("div", { class: "error-box", text: n.error }) : null,
       el("h2", { text: "Model and tool calls" }), callsTable(n.calls),
       jsonBlock("Input", n.input), jsonBlock("Output", n.output));
@@ -410,18 +470,26 @@ async function viewRun(wpk, runId) {
       el("div", {}, el("b", { text: "Duration" }), ms(run.duration_ms)),
       el("div", {}, el("b", { text: "Tokens" }), fmtTokens(totalTok)),
       el("div", {}, el("b", { text: "Nodes" }), `${nodes.length}${failedNodes.length ? ` (${failedNodes.length} failed)` : ""}`),
-      run.thread_id ? el("div", {}, el("b", { text: "Thread" }), el("span", { class: "mono", text: run.thread_id })) : null,
+      el("div", {}, el("b", { text: "Calls" }), callCounts(run.usage) || "none"),
+      run.thread_id ? el("div", { id: "run-thread" }, el("b", { text: "Thread" }), el("a", { class: "mono", href: `#/workflows/${enc(wpk)}${qs({ thread: run.thread_id })}` }, run.thread_id)) : null,
+      run.checkpoint_id ? el("div", {}, el("b", { text: "Checkpoint" }), el("span", { class: "mono", text: run.checkpoint_id })) : null,
       el("div", {}, el("b", { text: "Stored" }), when(run.created_at))),
     run.error ? el("div", { class: "error-box", id: "run-error", text: run.error }) : null,
+    (run.interrupts || []).length ? el("div", { id: "interrupts", class: "panel interrupts" },
+      el("b", { text: `Paused on ${run.interrupts.length} interrupt${run.interrupts.length > 1 ? "s" : ""}` }),
+      run.interrupts.map((it) => el("div", { class: "interrupt" },
+        (it.next_nodes || []).length ? el("span", {}, "resumes at ", el("span", { class: "mono", text: it.next_nodes.join(", ") }), " ") : null,
+        it.id ? el("span", { class: "muted mono", text: `id ${it.id}` }) : null,
+        el("pre", { class: "json" }, JSON.stringify(it.value, null, 2))))) : null,
     el("h2", { text: "Timeline" }),
     renderTimeline(run, pick),
     detail,
     el("h2", { text: "Nodes" }),
     el("table", { id: "nodes" },
-      el("thead", {}, el("tr", {}, el("th", { text: "Step" }), el("th", { text: "Node" }), el("th", { text: "Path" }), el("th", { text: "Status" }),
+      el("thead", {}, el("tr", {}, el("th", { text: "Step" }), el("th", { text: "Node" }), el("th", { class: "num", text: "Attempt" }), el("th", { text: "Path" }), el("th", { text: "Status" }),
         el("th", { class: "num", text: "Duration" }), el("th", { class: "num", text: "Calls" }), el("th", { class: "num", text: "Tokens" }), el("th", { text: "Error" }))),
       el("tbody", {}, nodes.map((n, i) => el("tr", { class: statusName(n.status), onclick: () => pick(i) },
-        el("td", { class: "num" }, n.step || 0), el("td", {}, n.name), el("td", { class: "mono" }, n.path || ""),
+        el("td", { class: "num" }, n.step || 0), el("td", {}, n.name), el("td", { class: "num attempt" }, n.attempt || ""), el("td", { class: "mono" }, n.path || ""),
         el("td", {}, badge(n.status)), el("td", { class: "num" }, ms(n.duration_ms)),
         el("td", { class: "num" }, (n.calls || []).length || ""), el("td", { class: "num" }, fmtTokens(nodeTokens(n))),
         el("td", {}, n.error || ""))))),
@@ -550,18 +618,61 @@ async function viewSignal(id) {
   } catch (err) { showError(plotBox, err); }
 }
 
+// ---------- Watches ----------
+function dur(d) { return d ? String(d) : "60s"; }
+async function viewWatches() {
+  page("Watches", [el("span", { text: "Queries Insight evaluates on a schedule, with their open episodes" })],
+    el("div", { id: "body" }, el("p", { class: "muted", text: "Loading…" })));
+  const body = document.getElementById("body");
+  let watches = [];
+  try {
+    let token = "";
+    do {
+      const r = await api(`/watches${qs({ page_size: 200, page_token: token })}`);
+      watches = watches.concat(r.watches || []);
+      token = r.next_page_token;
+    } while (token && watches.length < 1000);
+  } catch (err) { showError(body, err); return; }
+  if (!watches.length) {
+    fill(body, el("p", { class: "muted" }, "No watches. Create one with ", el("code", { text: "POST /watches" }), " (see the README)."));
+    return;
+  }
+  const rows = watches.map((w) => {
+    const open = el("td", { class: "episodes" }, "…");
+    api(`/signals${qs({ watch_id: w.id, state: "EPISODE_STATE_OPEN", page_size: 50 })}`).then((r) => {
+      const eps = r.signals || [];
+      for (const e of eps) state.signals.set(e.id, e);
+      fill(open, eps.length ? eps.map((e) => el("div", {},
+        el("a", { href: `#/signals/${enc(e.id)}`, class: "signal-link" }, labelText(e.labels) || e.metric),
+        el("span", { class: "muted" }, ` · score ${Number(e.score).toFixed(1)} · since ${ago(e.start_time || e.sample_time)}`))) : el("span", { class: "muted", text: "none open" }));
+    }).catch((err) => { open.textContent = `? (${err.message})`; });
+    return el("tr", { "data-watch": w.id, class: w.last_error ? "failed" : "" },
+      el("td", {}, el("b", { text: w.name || "(unnamed)" }), el("div", { class: "muted mono", text: w.id })),
+      el("td", {}, el("code", { text: w.query })),
+      el("td", {}, dur(w.interval)),
+      el("td", { title: when(w.last_evaluated_time) }, w.last_evaluated_time ? ago(w.last_evaluated_time) : "not yet",
+        w.last_error ? el("div", { class: "call-error", text: w.last_error }) : null),
+      open);
+  });
+  fill(body, el("table", { id: "watches" },
+    el("thead", {}, el("tr", {}, el("th", { text: "Watch" }), el("th", { text: "Query" }), el("th", { text: "Interval" }),
+      el("th", { text: "Last evaluated" }), el("th", { text: "Open episodes" }))),
+    el("tbody", {}, rows)));
+}
+
 // ---------- router ----------
 async function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, query] = hash.split("?");
   const params = new URLSearchParams(query || "");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
-  for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === (parts[0] === "signals" ? "signals" : "workflows"));
+  for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === (["signals", "watches"].includes(parts[0]) ? parts[0] : "workflows"));
   try {
     if (parts[0] === "workflows" && parts[1]) await viewRuns(parts[1], params);
     else if (parts[0] === "runs" && parts.length >= 3) await viewRun(parts[1], parts.slice(2).join("/"));
     else if (parts[0] === "signals" && parts[1]) await viewSignal(parts[1]);
     else if (parts[0] === "signals") await viewSignals(params);
+    else if (parts[0] === "watches") await viewWatches();
     else await viewWorkflows();
   } catch (err) { showError(main, err); }
   document.body.dataset.ready = location.hash;

@@ -240,22 +240,30 @@ class ListWorkflowRunsRequest(_message.Message):
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     """Workflow id. Required."""
     page_size: _builtins.int
     """Runs per page; 0 means 20, values above 1,000 are capped to 1,000."""
     page_token: _builtins.str
-    """From a previous response; empty for the first page."""
+    """From a previous response; empty for the first page. Only valid with the
+    same workflow_id and thread_id.
+    """
+    thread_id: _builtins.str
+    """Only runs of this LangGraph thread; empty means any. Passed to
+    RunHistory's ListRuns, which owns the runs.
+    """
     def __init__(
         self,
         *,
         workflow_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "thread_id", b"thread_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -271,12 +279,15 @@ class WorkflowRun(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run id."""
     status: _runhistory_pb2.RunStatus.ValueType
     """How it ended."""
     duration_ms: _builtins.int
     """Wall duration in milliseconds."""
+    thread_id: _builtins.str
+    """The LangGraph thread the run belongs to; empty when it has none."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was stored."""
@@ -288,10 +299,11 @@ class WorkflowRun(_message.Message):
         status: _runhistory_pb2.RunStatus.ValueType = ...,
         duration_ms: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        thread_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "duration_ms", b"duration_ms", "run_id", b"run_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "duration_ms", b"duration_ms", "run_id", b"run_id", "status", b"status", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -337,16 +349,16 @@ class NotifyRunRequest(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
-    """Workflow id. Required."""
+    """Workflow id. Required, at most 200 characters."""
     run_id: _builtins.str
-    """Run id. Required."""
+    """Run id. Required, at most 200 characters."""
     status: _runhistory_pb2.RunStatus.ValueType
-    """Run status."""
+    """Ignored: the registry reads the stored run's status from RunHistory."""
     id: _builtins.str
-    """RunHistory's row id, the tie-breaker for runs stored at the same instant."""
+    """Ignored: the registry reads the stored run's row id from RunHistory."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
-        """When RunHistory stored the run. Required: it orders runs."""
+        """Ignored: the registry reads the stored run's created_at from RunHistory."""
 
     def __init__(
         self,

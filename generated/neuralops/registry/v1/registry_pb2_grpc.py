@@ -107,17 +107,23 @@ class RegistryServiceServicer:
         """ListWorkflowRuns lists a workflow's runs newest first with keyset
         pagination: each page costs the same at any depth, and a walk never
         repeats or skips a run while new runs arrive (new runs land before the
-        walk's first page). NOT_FOUND for an unknown workflow; INVALID_ARGUMENT
-        for a token that is not from this workflow's listing.
+        walk's first page). The runs come from RunHistory's ListRuns over gRPC
+        (RunHistory owns them); UNAVAILABLE when RunHistory cannot be reached.
+        NOT_FOUND for a workflow neither service knows; INVALID_ARGUMENT for a
+        token that is not from this workflow's listing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def NotifyRun(self, request, context):
-        """NotifyRun tells the registry a run was stored. Idempotent and monotonic:
-        `latest_run_id` moves only to a run newer (by created_at, then id) than
-        the current one. A workflow first seen here is registered on the spot.
+        """NotifyRun tells the registry a run was stored. The registry takes only
+        the ids from the request and reads the run from RunHistory (GetRun): a
+        run RunHistory has not stored is NOT_FOUND (reason RUN_NOT_FOUND) and
+        changes nothing; RunHistory unreachable is UNAVAILABLE. Idempotent and
+        monotonic: `latest_run_id` moves only to a run newer (by its stored
+        created_at, then id) than the current one. A workflow first seen here is
+        registered on the spot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

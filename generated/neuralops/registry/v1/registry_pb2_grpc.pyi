@@ -52,13 +52,19 @@ class RegistryServiceStub:
     """ListWorkflowRuns lists a workflow's runs newest first with keyset
     pagination: each page costs the same at any depth, and a walk never
     repeats or skips a run while new runs arrive (new runs land before the
-    walk's first page). NOT_FOUND for an unknown workflow; INVALID_ARGUMENT
-    for a token that is not from this workflow's listing.
+    walk's first page). The runs come from RunHistory's ListRuns over gRPC
+    (RunHistory owns them); UNAVAILABLE when RunHistory cannot be reached.
+    NOT_FOUND for a workflow neither service knows; INVALID_ARGUMENT for a
+    token that is not from this workflow's listing.
     """
     NotifyRun: _grpc.UnaryUnaryMultiCallable[_registry_pb2.NotifyRunRequest, _registry_pb2.NotifyRunResponse]
-    """NotifyRun tells the registry a run was stored. Idempotent and monotonic:
-    `latest_run_id` moves only to a run newer (by created_at, then id) than
-    the current one. A workflow first seen here is registered on the spot.
+    """NotifyRun tells the registry a run was stored. The registry takes only
+    the ids from the request and reads the run from RunHistory (GetRun): a
+    run RunHistory has not stored is NOT_FOUND (reason RUN_NOT_FOUND) and
+    changes nothing; RunHistory unreachable is UNAVAILABLE. Idempotent and
+    monotonic: `latest_run_id` moves only to a run newer (by its stored
+    created_at, then id) than the current one. A workflow first seen here is
+    registered on the spot.
     """
 
 @_typing.type_check_only
@@ -85,13 +91,19 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """ListWorkflowRuns lists a workflow's runs newest first with keyset
     pagination: each page costs the same at any depth, and a walk never
     repeats or skips a run while new runs arrive (new runs land before the
-    walk's first page). NOT_FOUND for an unknown workflow; INVALID_ARGUMENT
-    for a token that is not from this workflow's listing.
+    walk's first page). The runs come from RunHistory's ListRuns over gRPC
+    (RunHistory owns them); UNAVAILABLE when RunHistory cannot be reached.
+    NOT_FOUND for a workflow neither service knows; INVALID_ARGUMENT for a
+    token that is not from this workflow's listing.
     """
     NotifyRun: _aio.UnaryUnaryMultiCallable[_registry_pb2.NotifyRunRequest, _registry_pb2.NotifyRunResponse]  # type: ignore[assignment]
-    """NotifyRun tells the registry a run was stored. Idempotent and monotonic:
-    `latest_run_id` moves only to a run newer (by created_at, then id) than
-    the current one. A workflow first seen here is registered on the spot.
+    """NotifyRun tells the registry a run was stored. The registry takes only
+    the ids from the request and reads the run from RunHistory (GetRun): a
+    run RunHistory has not stored is NOT_FOUND (reason RUN_NOT_FOUND) and
+    changes nothing; RunHistory unreachable is UNAVAILABLE. Idempotent and
+    monotonic: `latest_run_id` moves only to a run newer (by its stored
+    created_at, then id) than the current one. A workflow first seen here is
+    registered on the spot.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -139,8 +151,10 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListWorkflowRuns lists a workflow's runs newest first with keyset
         pagination: each page costs the same at any depth, and a walk never
         repeats or skips a run while new runs arrive (new runs land before the
-        walk's first page). NOT_FOUND for an unknown workflow; INVALID_ARGUMENT
-        for a token that is not from this workflow's listing.
+        walk's first page). The runs come from RunHistory's ListRuns over gRPC
+        (RunHistory owns them); UNAVAILABLE when RunHistory cannot be reached.
+        NOT_FOUND for a workflow neither service knows; INVALID_ARGUMENT for a
+        token that is not from this workflow's listing.
         """
 
     @_abc_1.abstractmethod
@@ -149,9 +163,13 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.NotifyRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.NotifyRunResponse, _abc.Awaitable[_registry_pb2.NotifyRunResponse]]:
-        """NotifyRun tells the registry a run was stored. Idempotent and monotonic:
-        `latest_run_id` moves only to a run newer (by created_at, then id) than
-        the current one. A workflow first seen here is registered on the spot.
+        """NotifyRun tells the registry a run was stored. The registry takes only
+        the ids from the request and reads the run from RunHistory (GetRun): a
+        run RunHistory has not stored is NOT_FOUND (reason RUN_NOT_FOUND) and
+        changes nothing; RunHistory unreachable is UNAVAILABLE. Idempotent and
+        monotonic: `latest_run_id` moves only to a run newer (by its stored
+        created_at, then id) than the current one. A workflow first seen here is
+        registered on the spot.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

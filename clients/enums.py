@@ -1,0 +1,96 @@
+"""Typed statuses and the one codec between them and the proto enums.
+
+Shared by the clients and the servers (which may import the clients, never the reverse).
+
+Storage keeps a status as its lowercase text (``completed``), the API as a proto enum
+number (``RUN_STATUS_COMPLETED``). Each Python enum lists its members once, and its
+:class:`EnumCodec` maps them to the proto numbers explicitly: no name or prefix
+arithmetic anywhere, and an import-time check that the two sides agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from neuralops.runhistory.v1 import runhistory_pb2 as rpb
+
+E = TypeVar("E", bound=StrEnum)
+V = TypeVar("V", bound=int)  # a proto enum's ValueType
+
+
+class EnumCodec(Generic[E, V]):
+    """Python enum member <-> proto enum number. Number 0 (``*_UNSPECIFIED``) and
+    numbers this code does not know decode to None; None encodes to 0."""
+
+    def __init__(self, kind: type[E], numbers: Mapping[E, V], *, unspecified: V) -> None:
+        if set(numbers) != set(kind) or unspecified in numbers.values():
+            raise ValueError(f"{kind.__name__}: every member needs its own specified number")
+        self.kind = kind
+        self.unspecified = unspecified
+        self._numbers = dict(numbers)
+        self._members: dict[int, E] = {int(n): m for m, n in numbers.items()}
+
+    def to_proto(self, value: E | str | None) -> V:
+        """The number of a member or of its stored text; unspecified for None, "" or unknown."""
+        member = self.parse(value) if value else None
+        return self.unspecified if member is None else self._numbers[member]
+
+    def from_proto(self, number: int) -> E | None:
+        return self._members.get(number)
+
+    def text(self, number: int) -> str:
+        """The stored text of a number; "" for 0 or an unknown number (validation refuses it)."""
+        member = self._members.get(number)
+        return "" if member is None else member.value
+
+    def parse(self, text: str) -> E | None:
+        """The member stored as ``text``; None when it is not one."""
+        try:
+            return self.kind(text)
+        except ValueError:
+            return None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.value for m in self.kind)
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
+
+
+class EmbeddingStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+RUN_STATUS = EnumCodec(
+    RunStatus,
+    {
+        RunStatus.RUNNING: rpb.RUN_STATUS_RUNNING,
+        RunStatus.COMPLETED: rpb.RUN_STATUS_COMPLETED,
+        RunStatus.FAILED: rpb.RUN_STATUS_FAILED,
+        RunStatus.INTERRUPTED: rpb.RUN_STATUS_INTERRUPTED,
+        RunStatus.CANCELLED: rpb.RUN_STATUS_CANCELLED,
+    },
+    unspecified=rpb.RUN_STATUS_UNSPECIFIED,
+)
+
+EMBEDDING_STATUS = EnumCodec(
+    EmbeddingStatus,
+    {
+        EmbeddingStatus.PENDING: rpb.EMBEDDING_STATUS_PENDING,
+        EmbeddingStatus.DONE: rpb.EMBEDDING_STATUS_DONE,
+        EmbeddingStatus.FAILED: rpb.EMBEDDING_STATUS_FAILED,
+        EmbeddingStatus.SKIPPED: rpb.EMBEDDING_STATUS_SKIPPED,
+    },
+    unspecified=rpb.EMBEDDING_STATUS_UNSPECIFIED,
+)

@@ -1,0 +1,46 @@
+"""The one status codec: typed Enums <-> proto enum numbers, no name arithmetic."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import pytest
+from neuralops.clients.enums import EMBEDDING_STATUS, RUN_STATUS, EnumCodec, RunStatus
+from neuralops.runhistory.v1 import runhistory_pb2 as pb
+
+
+def test_every_run_status_round_trips_to_the_proto_value_of_its_name() -> None:
+    for member in RunStatus:
+        number = RUN_STATUS.to_proto(member)
+        assert pb.RunStatus.Name(number) == f"RUN_STATUS_{member.name}"
+        assert RUN_STATUS.from_proto(number) is member
+        assert RUN_STATUS.text(number) == member.value
+        assert RUN_STATUS.to_proto(member.value) == number
+    # Every proto value but UNSPECIFIED has a member: a new proto value fails here.
+    assert len(pb.RunStatus.values()) - 1 == len(RunStatus)
+    assert len(pb.EmbeddingStatus.values()) - 1 == len(EMBEDDING_STATUS.names)
+
+
+@pytest.mark.parametrize("value", [None, "", "RUN_STATUS_COMPLETED", "done", "Completed"])
+def test_unknown_text_encodes_to_unspecified(value: str | None) -> None:
+    assert RUN_STATUS.to_proto(value) == pb.RUN_STATUS_UNSPECIFIED
+
+
+def test_unknown_numbers_decode_to_nothing() -> None:
+    assert RUN_STATUS.from_proto(pb.RUN_STATUS_UNSPECIFIED) is None
+    assert RUN_STATUS.from_proto(99) is None and RUN_STATUS.text(99) == ""
+
+
+def test_a_codec_must_cover_every_member_once() -> None:
+    class Two(StrEnum):
+        A = "a"
+        B = "b"
+
+    with pytest.raises(ValueError):
+        EnumCodec(Two, {Two.A: pb.RUN_STATUS_RUNNING}, unspecified=pb.RUN_STATUS_UNSPECIFIED)
+    with pytest.raises(ValueError):
+        EnumCodec(
+            Two,
+            {Two.A: pb.RUN_STATUS_RUNNING, Two.B: pb.RUN_STATUS_UNSPECIFIED},
+            unspecified=pb.RUN_STATUS_UNSPECIFIED,
+        )
