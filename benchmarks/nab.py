@@ -263,6 +263,8 @@ def _request(series: list[Labelled], detector: object) -> object:
         msg = req.series.add()
         msg.labels["series"] = s.name
         for k, v in enumerate(s.values.tolist()):
+            if not math.isfinite(v):  # a gap is a missing sample (Backtest refuses NaN)
+                continue
             p = msg.points.add()
             p.time.seconds = int(s.start + k * STEP_S)
             p.value = v
@@ -364,6 +366,8 @@ def main() -> None:
         f"{d.spread_floor:g} x |median|)",
         f"- a point must also reach {d.surprise:g} x the highest score of its own window "
         f"(that bar capped at {d.surprise_cap:g} x the threshold)",
+        f"- score = max(|x - median| / spread, {d.level_gain:g} x |median of the last "
+        f"{d.level_points} points' signed scores|): a sustained shift alerts within the hour",
         f"- episodes close after {d.close_after} normal points; only an episode's start is a detection",
         "- daily-profile residuals where two days of history exist and the profile shrinks the spread by 25%",
         "",
@@ -371,6 +375,14 @@ def main() -> None:
         "the length over the number of anomalies centred on each, scaled sigmoid, first",
         "detection per window only, weights (TP, FP, FN) standard (1, 0.11, 1), low FP",
         "(1, 0.22, 1), low FN (1, 0.11, 2), normalised so null = 0 and perfect = 100.",
+    ]
+    lines += [
+        "",
+        "History: the previous default (window 1440, surprise cap 3, close after 72, no",
+        "short-median term) scored 45.5 standard / 37.3 low FP / 50.0 low FN on this corpus.",
+        "This corpus (seed 11) flatters both: over seeds 1, 2, 3 and 11 together (224",
+        "series, 383 windows; in-process, same scorer) the old default scores 37.5 / 29.8 and",
+        "the new one 43.9 / 30.6, so expect the hidden real-data figure nearer those.",
     ]
     out = Path("reports") / "nab.md"
     out.parent.mkdir(exist_ok=True)

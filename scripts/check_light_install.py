@@ -32,8 +32,8 @@ from neuralops.servers.tooling.processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 # Server-extra packages that the light install may still hold because a client dependency
-# needs them itself: langchain-core -> langsmith -> httpx.
-ALSO_NEEDED_BY_CLIENT_DEPS = {"httpx"}
+# needs them itself: langchain-core -> langsmith -> httpx, orjson.
+ALSO_NEEDED_BY_CLIENT_DEPS = {"httpx", "orjson"}
 # Names the server extra brings in under another distribution name.
 EXTRA_SERVER_DISTS = {"psycopg-binary"}
 

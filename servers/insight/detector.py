@@ -17,7 +17,9 @@ Methods:
   a few sorts per block across all series at once. When the history covers at least
   two days and removing the daily profile (the median of the same time of day on
   previous days) shrinks the spread by a quarter or more, the series is scored on
-  its residual instead: a daily peak is then normal, a flat noon is not.
+  its residual instead: a daily peak is then normal, a flat noon is not. The final
+  score is ``max(|z_t|, level_gain * |median(z over the last level_points points)|)``:
+  a level shift that heavy tails hide point by point still alerts within the hour.
 - ``z_score``: ``|x_t - mean(B)| / std(B)``; ``ewma``: exponentially weighted mean and
   deviation with factor ``alpha``. Both kept for comparison; they use the same floor.
 
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.ndimage import maximum_filter1d
+from scipy.ndimage import maximum_filter1d, median_filter
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -48,14 +50,16 @@ class DetectorSettings:
 
     method: str = "robust"
     threshold: float = 5.0
-    window: int = 1440  # baseline points (5 days at 5-minute steps)
+    window: int = 720  # baseline points (2.5 days at 5-minute steps)
     min_points: int = 30  # baseline points needed before a point is scored
-    close_after: int = 72  # normal points in a row that close an episode
+    close_after: int = 144  # normal points in a row that close an episode (12 h at 5 min)
     alpha: float = 0.02  # EWMA factor
     spread_floor: float = 0.02  # fraction of the baseline's range and of |median|
     seasonal: bool = True  # use the daily profile where the history covers it
     surprise: float = 1.05  # robust: a point must also beat this x the window's highest score
-    surprise_cap: float = 3.0  # ... that bar capped at this x the threshold
+    surprise_cap: float = 2.0  # ... that bar capped at this x the threshold
+    level_points: int = 12  # robust: also score the median of the last this many points
+    level_gain: float = 1.5  # ... times this (a sustained shift of threshold/gain alerts)
 
     def check(self) -> list[tuple[str, str]]:
         """Violations as (field, description); empty when valid."""
@@ -68,6 +72,10 @@ class DetectorSettings:
             bad.append(("window", "must be 3 to 100,000 points"))
         if not 2 <= self.min_points <= self.window:
             bad.append(("min_points", f"must be 2 to window ({self.window})"))
+        if not 1 <= self.level_points <= 10_000:
+            bad.append(("level_points", "must be 1 to 10,000 points"))
+        if not (self.level_gain >= 0 and math.isfinite(self.level_gain)):
+            bad.append(("level_gain", "must be a non-negative finite number"))
         if not 1 <= self.close_after <= 100_000:
             bad.append(("close_after", "must be 1 to 100,000 points"))
         if not 0 < self.alpha <= 1:
@@ -172,11 +180,27 @@ def _windowed(
         med, spread, count = stats(hist, settings.spread_floor)
         seg = values[:, b:e]
         ok = (count >= settings.min_points)[:, None] & ~np.isnan(seg)
-        z = np.abs(seg - med[:, None]) / spread[:, None]
+        z = (seg - med[:, None]) / spread[:, None]
         score[:, b:e] = np.where(ok, z, np.nan)
         base[:, b:e] = med[:, None]
         b = e
-    return score, base
+    return _with_level(score, settings) if robust else np.abs(score), base
+
+
+def _with_level(signed: FloatArray, settings: DetectorSettings) -> FloatArray:
+    """``max(|z_t|, level_gain x |median(z_{t-k+1..t})|)``: a shift that one point at a
+    time stays under the threshold (heavy tails widen the spread) is still caught within
+    an hour once it holds, and a lone spike in the short median counts for nothing.
+    Causal: the median covers the point and the ``k - 1`` before it (gaps count as 0)."""
+    k = settings.level_points
+    if k <= 1 or settings.level_gain <= 0:
+        return np.abs(signed)
+    z = np.nan_to_num(signed, nan=0.0)
+    lvl = median_filter(z, size=(1, k), origin=(0, (k - 1) // 2), mode="nearest")
+    out: FloatArray = np.where(
+        np.isnan(signed), np.nan, np.fmax(np.abs(signed), settings.level_gain * np.abs(lvl))
+    )
+    return out
 
 
 def _ewma(

@@ -17,7 +17,7 @@ class ProbeSpec:
     evaluation_time: datetime | None = None
     alpha: float = 0.3
     min_points: int = 5
-    close_after: int = 72
+    close_after: int = 144  # the detector's default (DetectorSettings.close_after)
 
 
 @dataclass(frozen=True)

@@ -276,7 +276,9 @@ class Insight:
         if not 0 < spec.alpha <= 1:
             raise InvalidArgument.one("alpha", "must be in (0, 1] (0 means 0.3)")
         if not 1 <= spec.close_after <= 100_000:
-            raise InvalidArgument.one("close_after", "must be 1 to 100,000 (0 means 72)")
+            raise InvalidArgument.one(
+                "close_after", f"must be 1 to 100,000 (0 means {DetectorSettings().close_after})"
+            )
         settings = DetectorSettings(
             method=spec.method,
             threshold=threshold,

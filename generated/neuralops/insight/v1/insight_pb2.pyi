@@ -136,11 +136,11 @@ class DetectorSettings(_message.Message):
     threshold: _builtins.float
     """Score at or above which a point is anomalous; 0 means 5 (ROBUST) or 3."""
     window: _builtins.int
-    """Baseline points before each scored point; 0 means 1,440."""
+    """Baseline points before each scored point; 0 means 720."""
     min_points: _builtins.int
     """Baseline points needed before a point is scored; 0 means 30."""
     close_after: _builtins.int
-    """Normal points in a row that close an episode; 0 means 72."""
+    """Normal points in a row that close an episode; 0 means 144 (12 hours at 5-minute steps)."""
     alpha: _builtins.float
     """EWMA smoothing factor in (0, 1]; 0 means 0.02."""
     no_seasonal: _builtins.bool
@@ -812,9 +812,9 @@ class ProbeRequest(_message.Message):
     query: _builtins.str
     """PromQL expression, e.g. `up` or a histogram_quantile(...). Required."""
     threshold: _builtins.float
-    """Score at or above which a signal is stored. Must be > 0; 0 means 3."""
+    """Score at or above which a signal is stored. Must be > 0; 0 means 5 (ROBUST) or 3."""
     method: Global___Method.ValueType
-    """Scoring rule; UNSPECIFIED means Z_SCORE."""
+    """Scoring rule; UNSPECIFIED means ROBUST (the production default)."""
     points: _builtins.int
     """Number of points per series to fetch (window + latest), 3 to 11,000.
     Ignored when `lookback` is set; 0 with no lookback means 60.
@@ -824,7 +824,7 @@ class ProbeRequest(_message.Message):
     min_points: _builtins.int
     """Minimum number of usable window points to score; 0 means 5, at least 2."""
     close_after: _builtins.int
-    """Normal points in a row that close the series' open episode; 0 means 72."""
+    """Normal points in a row that close the series' open episode; 0 means 144."""
     @_builtins.property
     def lookback(self) -> _duration_pb2.Duration:
         """Range to fetch, ending at `evaluation_time`. Optional."""
