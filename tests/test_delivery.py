@@ -306,7 +306,9 @@ def test_kill_9_while_the_server_hangs_loses_about_a_second(config: Config, tmp_
 # ------------------------------------------------------------ process handling
 
 
-def test_fork_child_delivers_with_its_own_worker(runhistory: App, tmp_path: Path) -> None:
+def test_fork_child_delivers_its_runs_or_keeps_them_in_the_spool(
+    runhistory: App, tmp_path: Path
+) -> None:
     addr = runhistory.address("runhistory")
     sender = RunSender(addr, spool_dir=tmp_path / "spool")
     try:
