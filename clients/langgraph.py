@@ -52,7 +52,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +148,8 @@ class _Run:
 
 
 Container = _Node | _Call | None
+# Open run ids -> (where their children go, the node or call they are).
+_Track = dict[Any, tuple[Container, _Node | _Call | None]]
 
 
 def _key(run_id: Any) -> Any:
@@ -167,6 +168,27 @@ def _path(ns: str) -> str:
     """``"sub:1f..|inner:2a.."`` -> ``"sub"`` (parent namespaces, task ids dropped)."""
     parts = [p.split(":", 1)[0] for p in ns.split("|") if p]
     return "/".join(parts[:-1])
+
+
+class _Open:
+    """A graph run being recorded, as the callbacks saw it: an append-only event log.
+
+    The callbacks only append tuples (``list.append`` is atomic, so parallel branches on
+    other threads need no lock) and map each open run id to this log; the tree of
+    nodes and calls is rebuilt from the log on the sender's thread
+    (:meth:`RunHistoryCallback._assemble`)."""
+
+    __slots__ = ("first_tokens", "key", "log", "rid")
+
+    def __init__(self, key: Any, rid: str) -> None:
+        self.key = key
+        self.rid = rid
+        self.log: list[tuple[Any, ...]] = []
+        self.first_tokens: dict[Any, float] = {}
+
+
+# Event kinds in an _Open log.
+_ROOT, _START, _END, _CALL, _CALL_END, _INTERRUPT, _RESUME = range(7)
 
 
 class RunHistoryCallback(_Base):
@@ -205,13 +227,14 @@ class RunHistoryCallback(_Base):
         self._node_budget = node_budget_bytes
         self._run_budget = run_budget_bytes
         self._max_nodes = max_node_logs
+        # Past this many events a run's log keeps no more inputs/outputs (they would be
+        # omitted anyway): memory stays bounded on a run with a huge fan-out.
+        self._max_events = 4 * max_node_logs + 64
         self._lock = threading.Lock()
-        # Keyed by ``_key(run_id)`` (the id as an int): a UUID's own __hash__ is Python code, an int's is not.
-        self._runs: dict[int, _Run] = {}
-        # Every open run under a recorded graph run: (its root's key, where its children
-        # go, the node or call record it is itself, if any).
-        self._track: dict[int, tuple[int, Container, _Node | _Call | None]] = {}
-        self._seen: OrderedDict[str, int] = OrderedDict()
+        # Every open run id (the id as an int: a UUID's own __hash__ is Python code)
+        # -> the log of the recorded graph run it belongs to.
+        self._open: dict[Any, _Open] = {}
+        self._seen: dict[Any, int] = {}
         self.reused_run_ids = 0
         _close_open_runs_at_exit(self)
 
@@ -234,102 +257,56 @@ class RunHistoryCallback(_Base):
     ) -> None:
         try:
             now = time.perf_counter()
-            meta = metadata or {}
-            with self._lock:
-                parent = self._track.get(_key(parent_run_id)) if parent_run_id is not None else None
-                if parent is None:
-                    self._start_run(
-                        run_id, serialized, inputs, tags=tags, meta=meta, kwargs=kwargs, now=now
+            pkey = _key(parent_run_id) if parent_run_id is not None else None
+            rec = self._open.get(pkey) if pkey is not None else None
+            key = _key(run_id)
+            if rec is None:
+                rec = _Open(key, self._run_id_for(key, run_id))
+                rec.log.append(
+                    (
+                        _ROOT,
+                        key,
+                        run_id,
+                        serialized,
+                        inputs,
+                        tags,
+                        metadata,
+                        kwargs.get("name"),
+                        now,
                     )
-                    return
-                root, where, _ = parent
-                key = _key(run_id)
-                node_name = meta.get("langgraph_node")
-                if (
-                    node_name is not None
-                    and kwargs.get("name") == node_name
-                    and not (tags and _HIDDEN in tags)
-                ):
-                    ns = str(meta.get("langgraph_checkpoint_ns", ""))
-                    if not (isinstance(where, _Node) and where.ns == ns):
-                        node = self._start_node(
-                            root, node_name, ns=ns, meta=meta, inputs=inputs, now=now
-                        )
-                        self._track[key] = (root, node, node)
-                        return
-                if isinstance(where, _Call) and where.kind != "chain":
-                    # A chain or graph run inside a tool or model call: a nested CHAIN call.
-                    name = kwargs.get("name") or (serialized or {}).get("name") or "chain"
-                    call = _Call("chain", run_id, str(name), now, now + _WALL_OFFSET)
-                    call.input = inputs if self._capture_calls else None
-                    where.calls.append(call)
-                    self._track[key] = (root, call, call)
-                    return
-                self._track[key] = (root, where, None)  # a runnable inside a node: transparent
+                )
+            elif len(rec.log) > self._max_events:
+                inputs = None
+            self._open[key] = rec
+            if rec.key != key:
+                name = kwargs.get("name")
+                rec.log.append(
+                    (_START, key, pkey, run_id, name, serialized, tags, metadata, inputs, now)
+                )
         except Exception:
             log.exception("neuralops hook: on_chain_start failed")
 
-    def _start_run(
-        self,
-        run_id: uuid.UUID,
-        serialized: dict[str, Any] | None,
-        inputs: Any,
-        *,
-        tags: list[str] | None,
-        meta: dict[str, Any],
-        kwargs: dict[str, Any],
-        now: float,
-    ) -> None:
-        name = kwargs.get("name") or (serialized or {}).get("name") or "LangGraph"
-        wpk = meta.get("wpk_id") or self._wpk_id or name
+    def _run_id_for(self, key: Any, run_id: uuid.UUID) -> str:
+        """The id a new run is stored under: a run id this process already recorded
+        (a resume reusing ``config["run_id"]``) gets ``~2``, ``~3``, ... and a warning."""
+        with self._lock:
+            n = self._seen.get(key, 0) + 1
+            self._seen[key] = n
+            if len(self._seen) > _SEEN_RUN_IDS:
+                del self._seen[next(iter(self._seen))]
+            if n > 1:
+                self.reused_run_ids += 1
         rid = str(run_id)
-        n = self._seen.get(rid, 0) + 1
-        self._seen[rid] = n
-        if len(self._seen) > _SEEN_RUN_IDS:
-            self._seen.popitem(last=False)
-        if n > 1:
-            self.reused_run_ids += 1
-            log.warning(
-                "neuralops hook: run id %s was already recorded by this process (reused for a "
-                "resume?); this run is stored as %s~%d",
-                rid,
-                rid,
-                n,
-            )
-            rid = f"{rid}~{n}"
-        run = _Run(str(wpk), rid, inputs, now, list(tags or ()), meta)
-        run.checkpoint_id = str(meta.get("checkpoint_id") or "")
-        key = _key(run_id)
-        self._runs[key] = run
-        self._track[key] = (key, None, None)
-
-    def _start_node(
-        self,
-        root: int,
-        name: str,
-        *,
-        ns: str,
-        meta: dict[str, Any],
-        inputs: Any,
-        now: float,
-    ) -> _Node | None:
-        run = self._runs[root]
-        attempt = run.attempts.get(ns, 0) + 1
-        run.attempts[ns] = attempt
-        if len(run.nodes) >= self._max_nodes:
-            run.omitted += 1
-            return None
-        node = _Node(
-            name=str(name),
-            ns=ns,
-            step=int(meta.get("langgraph_step", 0)),
-            attempt=attempt,
-            start=now,
-            started_at=now + _WALL_OFFSET,
-            input=inputs if self._capture else None,
+        if n == 1:
+            return rid
+        log.warning(
+            "neuralops hook: run id %s was already recorded by this process (reused for a "
+            "resume?); this run is stored as %s~%d",
+            rid,
+            rid,
+            n,
         )
-        run.nodes.append(node)
-        return node
+        return f"{rid}~{n}"
 
     def on_chain_end(
         self,
@@ -340,7 +317,7 @@ class RunHistoryCallback(_Base):
         **kwargs: Any,
     ) -> None:
         try:
-            self._finish(run_id, outputs, None)
+            self._end(run_id, outputs, None)
         except Exception:
             log.exception("neuralops hook: on_chain_end failed")
 
@@ -353,9 +330,26 @@ class RunHistoryCallback(_Base):
         **kwargs: Any,
     ) -> None:
         try:
-            self._finish(run_id, None, error)
+            self._end(run_id, None, error)
         except Exception:
             log.exception("neuralops hook: on_chain_error failed")
+
+    def _end(self, run_id: uuid.UUID, outputs: Any, error: BaseException | None) -> None:
+        now = time.perf_counter()
+        key = _key(run_id)
+        rec = self._open.pop(key, None)
+        if rec is None:
+            return
+        if rec.key != key:
+            if len(rec.log) > self._max_events:
+                outputs = None
+            rec.log.append((_END, key, outputs, error, now))
+            return
+        # The graph run itself ended: snapshot its top-level output; the rest is built
+        # on the sender's thread.
+        out = dict(outputs) if isinstance(outputs, dict) else outputs
+        rec.log.append((_END, key, out, error, now))
+        self._submit(rec, None)
 
     # ------------------------------------------------------------- calls
 
@@ -371,32 +365,22 @@ class RunHistoryCallback(_Base):
         params: dict[str, Any] | None = None,
     ) -> None:
         now = time.perf_counter()
-        with self._lock:
-            parent = self._track.get(_key(parent_run_id)) if parent_run_id is not None else None
-            if parent is None:
-                return  # a model or tool used outside any recorded graph run
-            root, where, _ = parent
-            call = _Call(kind, run_id, name, now, now + _WALL_OFFSET, meta=meta, params=params)
-            if self._capture_calls:
-                call.input = inputs
-            if where is None:
-                self._runs[root].loose_calls.append(call)
-            else:
-                where.calls.append(call)
-            self._track[_key(run_id)] = (root, call, call)
+        pkey = _key(parent_run_id) if parent_run_id is not None else None
+        rec = self._open.get(pkey) if pkey is not None else None
+        if rec is None:
+            return  # a model or tool used outside any recorded graph run
+        key = _key(run_id)
+        self._open[key] = rec
+        if not self._capture_calls or len(rec.log) > self._max_events:
+            inputs = None
+        rec.log.append((_CALL, key, pkey, run_id, kind, name, inputs, meta, params, now))
 
     def _call_end(self, run_id: uuid.UUID, output: Any, error: BaseException | None) -> None:
         now = time.perf_counter()
-        with self._lock:
-            entry = self._track.pop(_key(run_id), None)
-        call = entry[2] if entry is not None else None
-        if not isinstance(call, _Call):
-            return
-        call.end = now
-        call.status = _status_of(error)
-        if error is not None and call.status == "failed":
-            call.error = _error_text(error)
-        call.output = output
+        key = _key(run_id)
+        rec = self._open.pop(key, None)
+        if rec is not None:
+            rec.log.append((_CALL_END, key, output, error, now))
 
     def on_chat_model_start(
         self,
@@ -451,10 +435,10 @@ class RunHistoryCallback(_Base):
     def on_llm_new_token(
         self, token: str | list[str | dict[str, Any]], *, run_id: uuid.UUID, **kwargs: Any
     ) -> None:
-        entry = self._track.get(_key(run_id))
-        call = entry[2] if entry is not None else None
-        if isinstance(call, _Call) and call.first_token is None:
-            call.first_token = time.perf_counter()
+        key = _key(run_id)
+        rec = self._open.get(key)
+        if rec is not None and key not in rec.first_tokens:
+            rec.first_tokens[key] = time.perf_counter()
 
     def on_llm_end(self, response: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
         try:
@@ -540,91 +524,216 @@ class RunHistoryCallback(_Base):
     def on_interrupt(self, event: Any) -> None:
         """LangGraph paused: interrupt() values, or a static breakpoint (no values)."""
         try:
-            with self._lock:
-                run = self._root_of(event.run_id)
-                if run is None:
-                    return
-                run.interrupted = True
-                run.interrupts.extend(event.interrupts)
-                if not event.interrupts and event.status in ("interrupt_before", "interrupt_after"):
-                    run.breakpoint = str(event.status)
-                if not event.checkpoint_ns or not run.checkpoint_id:
-                    run.checkpoint_id = str(event.checkpoint_id)
+            rec = self._open.get(_key(event.run_id)) if event.run_id is not None else None
+            if rec is not None:
+                rec.log.append((_INTERRUPT, event))
         except Exception:
             log.exception("neuralops hook: on_interrupt failed")
 
-    def _root_of(self, run_id: uuid.UUID | None) -> _Run | None:
-        entry = self._track.get(_key(run_id)) if run_id is not None else None
-        return self._runs.get(entry[0]) if entry is not None else None
-
     def on_resume(self, event: Any) -> None:
         try:
-            with self._lock:
-                run = self._root_of(event.run_id)
-                if run is not None and not run.checkpoint_id:
-                    run.checkpoint_id = str(event.checkpoint_id)
+            rec = self._open.get(_key(event.run_id)) if event.run_id is not None else None
+            if rec is not None:
+                rec.log.append((_RESUME, event))
         except Exception:
             log.exception("neuralops hook: on_resume failed")
 
     # ------------------------------------------------------------- internals
 
-    def _finish(self, run_id: uuid.UUID, outputs: Any, error: BaseException | None) -> None:
+    def _submit(self, rec: _Open, cancelled_at: float | None) -> None:
+        self._sender.submit(lambda: self._record(*self._assemble(rec, cancelled_at)))
+
+    def close_open_runs(self) -> int:
+        """Record every run still open as cancelled (used at interpreter exit)."""
         now = time.perf_counter()
-        outcome = _status_of(error)
         with self._lock:
-            key = _key(run_id)
-            entry = self._track.pop(key, None)
-            if entry is None:
-                return
-            root, _, own = entry
-            if outcome == "interrupted" and root in self._runs:
-                self._runs[root].interrupted = True
-            run = self._runs.pop(key, None) if root == key else None
-        node = own if isinstance(own, _Node) else None
-        call = own if isinstance(own, _Call) else None
-        if node is not None:
-            node.end = now
-            node.status = outcome
-            if outcome == "failed" and error is not None:
-                node.error = _error_text(error)
-            elif self._capture:
-                # A handoff (ParentCommand) ends its node: the Command is what it returned.
-                node.output = error.args[0] if error is not None and error.args else outputs
-        if call is not None:
-            call.end, call.status, call.output = now, outcome, outputs
-            if outcome == "failed" and error is not None:
-                call.error = _error_text(error)
-        if run is None:
-            return
+            recs = {id(r): r for r in list(self._open.values())}
+            self._open.clear()
+        roots = [
+            r
+            for r in recs.values()
+            if not (r.log and r.log[-1][0] == _END and r.log[-1][1] == r.key)
+        ]
+        for rec in roots:
+            self._submit(rec, now)
+        return len(roots)
+
+    # ---------------------------------------------- sender thread (assemble)
+
+    def _assemble(self, rec: _Open, cancelled_at: float | None) -> tuple[_Run, Any, str, int, str]:
+        """The run's tree from its log (on the sender's thread)."""
+        log_ = list(rec.log)  # a snapshot: a late callback on another thread may append
+        _, key, _, serialized, inputs, tags, meta, name, start = log_[0]
+        meta = meta or {}
+        name = name or (serialized or {}).get("name") or "LangGraph"
+        wpk = meta.get("wpk_id") or self._wpk_id or name
+        run = _Run(str(wpk), rec.rid, inputs, start, list(tags or ()), meta)
+        run.checkpoint_id = str(meta.get("checkpoint_id") or "")
+        track: _Track = {key: (None, None)}
+        calls: dict[Any, _Call] = {}
+        outputs: Any = None
+        error: BaseException | None = None
+        end = cancelled_at
+        for ev in log_[1:]:
+            kind = ev[0]
+            if kind == _START:
+                self._replay_start(run, track, ev)
+            elif kind == _END:
+                if ev[1] == key:
+                    outputs, error, end = ev[2], ev[3], ev[4]
+                    break
+                self._replay_end(run, track, ev)
+            elif kind == _CALL:
+                call = self._replay_call(run, track, ev)
+                if call is not None:
+                    calls[ev[1]] = call
+            elif kind == _CALL_END:
+                self._replay_call_end(track, ev)
+            elif kind == _INTERRUPT:
+                self._replay_interrupt(run, ev[1])
+            elif kind == _RESUME and not run.checkpoint_id:
+                run.checkpoint_id = str(ev[1].checkpoint_id)
+        for k, t in list(rec.first_tokens.items()):
+            if k in calls:
+                calls[k].first_token = t
+        # Runs that never reported their end (a stream left early) are not kept open.
+        for k in track:
+            if self._open.get(k) is rec:
+                self._open.pop(k, None)
+        if end is None:  # pragma: no cover - a root always ends with _END or at exit
+            end = time.perf_counter()
+        if cancelled_at is not None and error is None and outputs is None:
+            for n in run.nodes:
+                if n.end is None:
+                    n.end, n.status = cancelled_at, "cancelled"
+            return run, None, "cancelled", round((end - run.start) * 1000), ""
+        outcome = _status_of(error)
         if isinstance(outputs, dict) and "__interrupt__" in outputs:
             run.interrupted = True
             # Also what LangGraph returned (older LangGraph has no on_interrupt); ids dedupe.
             found = outputs["__interrupt__"]
             if isinstance(found, list | tuple):
                 run.interrupts.extend(found)
-        status = "interrupted" if run.interrupted else outcome
+        status = "interrupted" if run.interrupted or outcome == "interrupted" else outcome
         error_text = _error_text(error) if error is not None and status == "failed" else ""
-        self._submit(run, outputs, status, now, error_text)
+        return run, outputs, status, round((end - run.start) * 1000), error_text
 
-    def _submit(self, run: _Run, outputs: Any, status: str, now: float, error: str) -> None:
-        duration_ms = round((now - run.start) * 1000)
-        # Snapshot the top-level containers now; deep conversion happens on the sender.
-        out = dict(outputs) if isinstance(outputs, dict) else outputs
-        self._sender.submit(lambda: self._record(run, out, status, duration_ms, error))
+    def _replay_start(
+        self,
+        run: _Run,
+        track: _Track,
+        ev: tuple[Any, ...],
+    ) -> None:
+        _, key, pkey, run_id, name, serialized, tags, meta, inputs, now = ev
+        parent = track.get(pkey)
+        if parent is None:
+            return
+        where = parent[0]
+        meta = meta or {}
+        node_name = meta.get("langgraph_node")
+        if node_name is not None and name == node_name and not (tags and _HIDDEN in tags):
+            ns = str(meta.get("langgraph_checkpoint_ns", ""))
+            if not (isinstance(where, _Node) and where.ns == ns):
+                node = self._start_node(run, node_name, ns=ns, meta=meta, inputs=inputs, now=now)
+                track[key] = (node, node)
+                return
+        if isinstance(where, _Call) and where.kind != "chain":
+            # A chain or graph run inside a tool or model call: a nested CHAIN call.
+            label = name or (serialized or {}).get("name") or "chain"
+            call = _Call("chain", run_id, str(label), now, now + _WALL_OFFSET)
+            call.input = inputs if self._capture_calls else None
+            where.calls.append(call)
+            track[key] = (call, call)
+            return
+        track[key] = (where, None)  # a runnable inside a node: transparent
 
-    def close_open_runs(self) -> int:
-        """Record every run still open as cancelled (used at interpreter exit)."""
-        now = time.perf_counter()
-        with self._lock:
-            runs = list(self._runs.values())
-            self._runs.clear()
-            self._track.clear()
-        for run in runs:
-            for n in run.nodes:
-                if n.end is None:
-                    n.end, n.status = now, "cancelled"
-            self._submit(run, None, "cancelled", now, "")
-        return len(runs)
+    def _start_node(
+        self, run: _Run, name: str, *, ns: str, meta: dict[str, Any], inputs: Any, now: float
+    ) -> _Node | None:
+        attempt = run.attempts.get(ns, 0) + 1
+        run.attempts[ns] = attempt
+        if len(run.nodes) >= self._max_nodes:
+            run.omitted += 1
+            return None
+        node = _Node(
+            name=str(name),
+            ns=ns,
+            step=int(meta.get("langgraph_step", 0)),
+            attempt=attempt,
+            start=now,
+            started_at=now + _WALL_OFFSET,
+            input=inputs if self._capture else None,
+        )
+        run.nodes.append(node)
+        return node
+
+    def _replay_end(
+        self,
+        run: _Run,
+        track: _Track,
+        ev: tuple[Any, ...],
+    ) -> None:
+        _, key, outputs, error, now = ev
+        entry = track.pop(key, None)
+        if entry is None:
+            return
+        own = entry[1]
+        outcome = _status_of(error)
+        if outcome == "interrupted":
+            run.interrupted = True
+        if isinstance(own, _Node):
+            own.end = now
+            own.status = outcome
+            if outcome == "failed" and error is not None:
+                own.error = _error_text(error)
+            elif self._capture:
+                # A handoff (ParentCommand) ends its node: the Command is what it returned.
+                own.output = error.args[0] if error is not None and error.args else outputs
+        elif isinstance(own, _Call):
+            own.end, own.status, own.output = now, outcome, outputs
+            if outcome == "failed" and error is not None:
+                own.error = _error_text(error)
+
+    def _replay_call(
+        self,
+        run: _Run,
+        track: _Track,
+        ev: tuple[Any, ...],
+    ) -> _Call | None:
+        _, key, pkey, run_id, kind, name, inputs, meta, params, now = ev
+        parent = track.get(pkey)
+        if parent is None:
+            return None
+        where = parent[0]
+        call = _Call(kind, run_id, name, now, now + _WALL_OFFSET, meta=meta, params=params)
+        call.input = inputs
+        if where is None:
+            run.loose_calls.append(call)
+        else:
+            where.calls.append(call)
+        track[key] = (call, call)
+        return call
+
+    def _replay_call_end(self, track: _Track, ev: tuple[Any, ...]) -> None:
+        _, key, output, error, now = ev
+        entry = track.pop(key, None)
+        call = entry[1] if entry is not None else None
+        if not isinstance(call, _Call):
+            return
+        call.end = now
+        call.status = _status_of(error)
+        if error is not None and call.status == "failed":
+            call.error = _error_text(error)
+        call.output = output
+
+    @staticmethod
+    def _replay_interrupt(run: _Run, event: Any) -> None:
+        run.interrupted = True
+        run.interrupts.extend(event.interrupts)
+        if not event.interrupts and event.status in ("interrupt_before", "interrupt_after"):
+            run.breakpoint = str(event.status)
+        if not event.checkpoint_ns or not run.checkpoint_id:
+            run.checkpoint_id = str(event.checkpoint_id)
 
     # ------------------------------------------------ sender thread (build)
 
