@@ -121,7 +121,7 @@ def run_violations(run: NewRun, prefix: str) -> list[FieldViolation]:
     _check_id(run.wpk_id, f"{prefix}.wpk_id", out)
     _check_id(run.run_id, f"{prefix}.run_id", out)
     if run.status not in RUN_STATUSES:
-        names = ", ".join(f"RUN_STATUS_{s.upper()}" for s in RUN_STATUSES)
+        names = ", ".join(RUN_STATUS.proto_names)
         out.append(FieldViolation(f"{prefix}.status", f"must be one of {names}"))
     if run.duration_ms < 0:
         out.append(FieldViolation(f"{prefix}.duration_ms", "must be >= 0"))
