@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import grpc
@@ -21,7 +22,7 @@ from tests.helpers import field_violations
 _ID = "6f1c1b7e-0000-4000-8000-000000000001"
 
 
-def _token(data: dict[str, object]) -> str:
+def _token(data: Mapping[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
 

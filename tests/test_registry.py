@@ -6,7 +6,7 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,7 +108,7 @@ def test_list_workflows_pages_through_all(stack: App) -> None:
     assert seen == [f"wf-{i}" for i in range(7)]
 
 
-def _token(data: dict[str, object]) -> str:
+def _token(data: Mapping[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
 

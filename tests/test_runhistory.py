@@ -209,3 +209,24 @@ def test_list_runs_status_unspecified_means_any_and_a_status_filters(stack: App)
     assert sorted(r.run_id for r in every.runs) == ["c", "f"]
     only = stub.ListRuns(pb.ListRunsRequest(wpk_id="test", status=pb.RUN_STATUS_FAILED))
     assert [(r.run_id, r.status) for r in only.runs] == [("f", pb.RUN_STATUS_FAILED)]
+
+
+def test_one_validation_pass_names_every_bad_field_once(stack: App) -> None:
+    # All of RunHistory's rules live in its validation module, so one bad request
+    # names each faulty field, ids and run fields alike, exactly once.
+    run = pb.Run(wpk_id=" ", run_id="r" * 201, duration_ms=-1, node_logs=[pb.NodeLog()])
+    with pytest.raises(grpc.RpcError) as err:
+        _stub(stack).LogRun(pb.LogRunRequest(run=run))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(err.value) == [
+        "run.wpk_id",
+        "run.run_id",
+        "run.status",
+        "run.duration_ms",
+        "run.node_logs[0].name",
+    ]
+    unknown = pb.Run(wpk_id="w", run_id="r")
+    unknown.status = 99  # type: ignore[assignment]  # a value from a newer contract
+    with pytest.raises(grpc.RpcError) as err:
+        _stub(stack).LogRun(pb.LogRunRequest(run=unknown))
+    assert field_violations(err.value) == ["run.status"]

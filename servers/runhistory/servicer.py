@@ -155,7 +155,7 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
 
     def LogRun(self, request: pb.LogRunRequest, context: grpc.ServicerContext) -> pb.LogRunResponse:
         validate(request)
-        (result,) = self._history.log_runs([new_run(request.run)], "run")
+        (result,) = self._history.log_runs([new_run(request.run)])
         return _result(result)
 
     def BatchLogRuns(
@@ -163,7 +163,7 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
     ) -> pb.BatchLogRunsResponse:
         validate(request)
         runs = [new_run(r, f"runs[{i}]") for i, r in enumerate(request.runs)]
-        results = self._history.log_runs(runs, "runs")
+        results = self._history.log_runs(runs)
         return pb.BatchLogRunsResponse(results=[_result(r) for r in results])
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
