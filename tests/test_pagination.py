@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import grpc
@@ -22,7 +21,7 @@ from tests.helpers import field_violations
 _ID = "6f1c1b7e-0000-4000-8000-000000000001"
 
 
-def _token(data: Mapping[str, object]) -> str:
+def _token(data: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
 
@@ -99,3 +98,22 @@ def test_list_watches_walks_oldest_first_and_reads_tokens_of_the_earlier_format(
             stub.ListWatches(ipb.ListWatchesRequest(page_token=forged))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field_violations(err.value) == ["page_token"]
+
+
+@pytest.mark.parametrize(
+    ("token", "ok"),
+    [
+        ("", True),
+        (_token({"s": "wf", "a": "x"}), True),
+        (_token({"s": "runs:x", "t": "2026-01-02T03:04:05Z", "i": _ID}), True),
+        (_token({"s": "runs:x", "t": None}), False),
+        (_token({"s": "runs:x", "t": "soon"}), False),
+        (_token({"s": "runs:x", "i": "not-a-uuid"}), False),
+        (_token({"s": "x\u0000"}), False),
+        (_token([1, 2]), False),
+        ("!!!", False),
+        ("e" * 5000, False),
+    ],
+)
+def test_well_formed_is_the_check_every_validator_makes(token: str, ok: bool) -> None:
+    assert pagination.well_formed(token) is ok

@@ -31,7 +31,10 @@ from neuralops.servers.runtime.errors import InvalidArgument
 T = TypeVar("T")
 # A row's place in a newest-first listing: its time, then its row id (a UUID).
 Position = tuple[datetime, str]
-_NOT_OURS = "is not a token this service issued"
+NOT_OURS = "is not a token this service issued"
+
+
+MAX_TOKEN_LENGTH = 4096
 
 
 def encode(scope: str, position: dict[str, Any]) -> str:
@@ -39,16 +42,49 @@ def encode(scope: str, position: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _load(token: str) -> dict[str, Any]:
+    """The JSON object a token carries; ValueError when it carries none (or NUL)."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise ValueError("too long")
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from exc
+    if not isinstance(data, dict) or "\\u0000" in json.dumps(data):
+        raise ValueError("not an object")
+    return data
+
+
+def well_formed(token: str) -> bool:
+    """Whether ``token`` could be one of ours: an object whose time (``t``) and id (``i``),
+    when present, are a time and a UUID. The request validators call this so a forged
+    position never reaches SQL; :func:`decode` also checks the listing it names."""
+    if not token:
+        return True
+    try:
+        data = _load(token)
+        if "t" in data:
+            if not isinstance(data["t"], str):
+                return False
+            as_datetime(data["t"])
+        if "i" in data:
+            if not isinstance(data["i"], str):
+                return False
+            uuid.UUID(data["i"])
+    except ValueError:
+        return False
+    return True
+
+
 def decode(token: str, scope: str) -> dict[str, Any] | None:
     """The position in ``token``; None for an empty token (the first page)."""
     if not token:
         return None
     try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument.one("page_token", _NOT_OURS) from exc
-    if not isinstance(data, dict) or data.get("s") != scope:
+        data = _load(token)
+    except ValueError as exc:
+        raise InvalidArgument.one("page_token", NOT_OURS) from exc
+    if data.get("s") != scope:
         raise InvalidArgument.one("page_token", "belongs to a different listing or filter")
     return data
 
@@ -71,9 +107,9 @@ def decode_position(token: str, scope: str) -> Position | None:
         at = as_datetime(pos.get("t"))
         row_id = str(uuid.UUID(str(pos.get("i"))))
     except (TypeError, ValueError) as exc:
-        raise InvalidArgument.one("page_token", _NOT_OURS) from exc
+        raise InvalidArgument.one("page_token", NOT_OURS) from exc
     if at is None or not isinstance(pos.get("i"), str):
-        raise InvalidArgument.one("page_token", _NOT_OURS)
+        raise InvalidArgument.one("page_token", NOT_OURS)
     return at, row_id
 
 
@@ -89,7 +125,7 @@ def decode_key(token: str, scope: str) -> str | None:
         return None
     key = pos.get("a")
     if not isinstance(key, str):
-        raise InvalidArgument.one("page_token", _NOT_OURS)
+        raise InvalidArgument.one("page_token", NOT_OURS)
     return key
 
 
