@@ -12,8 +12,6 @@ from neuralops.servers.registry.storage import RegistryStore
 from neuralops.servers.runtime import pagination
 from neuralops.servers.runtime.errors import AlreadyExists, NotFound
 
-DEFAULT_RUNS_PAGE = 20
-MAX_RUNS_PAGE = 1000
 DEFAULT_WORKFLOWS_PAGE = 50
 MAX_WORKFLOWS_PAGE = 1000
 _WORKFLOWS = "workflows"  # the scope of ListWorkflows' page tokens
@@ -51,8 +49,9 @@ class Registry:
         self, workflow_id: str, size: int, token: str, thread_id: str = ""
     ) -> tuple[list[WorkflowRun], str]:
         """A page of the workflow's runs, from RunHistory (which owns them); the page
-        token is RunHistory's, passed through untouched."""
-        pagination.page_size(size, default=DEFAULT_RUNS_PAGE, maximum=MAX_RUNS_PAGE)
+        size and token are RunHistory's to apply (its default and maximum, its token
+        format), passed through untouched; what it refuses comes back as this request's
+        INVALID_ARGUMENT (:mod:`.runs`)."""
         page, nxt = self._runs.list_runs(workflow_id, size, token, thread_id)
         # A workflow with runs exists; only an empty first page needs the extra look.
         if not page and not token and self._store.get(workflow_id) is None:
