@@ -15,14 +15,20 @@ know) back as 0, so they stay readable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from neuralops.runhistory.v1 import runhistory_pb2 as rpb
 
 E = TypeVar("E", bound=StrEnum)
 V = TypeVar("V", bound=int)  # a proto enum's ValueType
+
+
+class ProtoEnum(Protocol):
+    """A generated proto enum (its wrapper's ``items``: value name, number)."""
+
+    def items(self) -> Sequence[tuple[str, int]]: ...
 
 
 class EnumCodec(Generic[E, V]):
@@ -35,18 +41,18 @@ class EnumCodec(Generic[E, V]):
         numbers: Mapping[E, V],
         *,
         unspecified: V,
-        proto_names: Mapping[int, str] | None = None,
+        proto: ProtoEnum | None = None,
     ) -> None:
-        """``proto_names``: number -> the proto value's name (``RUN_STATUS_COMPLETED``),
-        as the generated enum wrapper lists them; used for messages and for reading
-        the proto spelling of a member, never to compute a member's text."""
+        """``proto``: the generated enum (``runhistory_pb2.RunStatus``), whose value
+        names (``RUN_STATUS_COMPLETED``) serve messages and reading the proto spelling
+        of a member, never to compute a member's text."""
         if set(numbers) != set(kind) or unspecified in numbers.values():
             raise ValueError(f"{kind.__name__}: every member needs its own specified number")
         self.kind = kind
         self.unspecified = unspecified
         self._numbers = dict(numbers)
         self._members: dict[int, E] = {int(n): m for m, n in numbers.items()}
-        names = dict(proto_names or {})
+        names = {int(n): name for name, n in proto.items()} if proto is not None else {}
         self._proto_names: dict[E, str] = {m: names.get(int(n), m.name) for m, n in numbers.items()}
         self._by_proto_name: dict[str, E] = {n.upper(): m for m, n in self._proto_names.items()}
 
@@ -119,7 +125,7 @@ RUN_STATUS = EnumCodec(
         RunStatus.CANCELLED: rpb.RUN_STATUS_CANCELLED,
     },
     unspecified=rpb.RUN_STATUS_UNSPECIFIED,
-    proto_names={n: name for name, n in rpb.RunStatus.items()},
+    proto=rpb.RunStatus,
 )
 
 EMBEDDING_STATUS = EnumCodec(
@@ -131,5 +137,5 @@ EMBEDDING_STATUS = EnumCodec(
         EmbeddingStatus.SKIPPED: rpb.EMBEDDING_STATUS_SKIPPED,
     },
     unspecified=rpb.EMBEDDING_STATUS_UNSPECIFIED,
-    proto_names={n: name for name, n in rpb.EmbeddingStatus.items()},
+    proto=rpb.EmbeddingStatus,
 )
