@@ -2,22 +2,65 @@
 
 Submitting never blocks: the queue is bounded by count, and a full queue hands the
 item back to the caller (who spools it). The worker takes up to ``max_items`` at a
-time; :func:`chunks` then cuts the built runs into batches bounded by count *and*
-bytes, so a burst of big runs goes in more calls instead of one refused message. A
-run bigger than the byte bound travels alone.
+time, lingering a little for a batch to fill (like OpenTelemetry's
+``BatchSpanProcessor`` and its schedule delay) unless a flush is waiting;
+:func:`chunks` then cuts the built runs into batches bounded by count *and* bytes, so
+a burst of big runs goes in more calls instead of one refused message. A run bigger
+than the byte bound travels alone.
+
+Each built run is serialized once (:class:`Encoded`): its bytes give its size for the
+batching and the deadline, and the request is the concatenation of its runs' bytes.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
 Item = pb.Run | Callable[[], pb.Run]
 T = TypeVar("T")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# The key of BatchLogRunsRequest.runs on the wire (field number, wire type 2).
+_RUNS_KEY = _varint(pb.BatchLogRunsRequest.DESCRIPTOR.fields_by_name["runs"].number << 3 | 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A run and its bytes as one entry of ``BatchLogRunsRequest.runs``.
+
+    Protobuf's wire format makes a message the concatenation of its fields, and a
+    repeated field appends: ``b"".join(e.payload for e in batch)`` *is* the serialized
+    request holding those runs, so a batch is never serialized again (the varint
+    framing is protobuf's documented encoding, five lines rather than an internal API).
+    """
+
+    run: pb.Run
+    payload: bytes
+
+    @classmethod
+    def of(cls, run: pb.Run) -> Encoded:
+        body = run.SerializeToString()
+        return cls(run, _RUNS_KEY + _varint(len(body)) + body)
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
 
 
 class BatchQueue:
@@ -27,6 +70,9 @@ class BatchQueue:
         self._queue: queue.Queue[Item] = queue.Queue(maxsize=max_items)
         self._idle = threading.Condition()
         self._unsettled = 0
+        self._flushing = 0
+        self._wake = threading.Event()
+        self._fill_to = 1 << 62
 
     def put(self, item: Item) -> bool:
         """Queue ``item``; False (and nothing queued) when the queue is full."""
@@ -37,26 +83,44 @@ class BatchQueue:
         except queue.Full:
             self.settle(1)
             return False
+        if self._queue.qsize() >= self._fill_to:
+            self._wake.set()
         return True
 
-    def take(self, max_items: int, timeout_s: float) -> list[Item]:
-        """Up to ``max_items`` items; waits up to ``timeout_s`` for the first."""
+    def take(self, max_items: int, timeout_s: float, linger_s: float = 0.0) -> list[Item]:
+        """Up to ``max_items`` items; waits up to ``timeout_s`` for the first, then up
+        to ``linger_s`` more for the batch to fill (cut short by :meth:`hurry`)."""
         try:
             items = [self._queue.get(timeout=timeout_s)]
         except queue.Empty:
             return []
+        self._drain(items, max_items)
+        if len(items) < max_items and linger_s > 0 and not self._flushing:
+            self._fill_to = max_items - len(items)
+            self._wake.clear()
+            # Re-check after clearing: a put between the drain and the clear is not missed.
+            if self._queue.qsize() < self._fill_to and not self._flushing:
+                self._wake.wait(linger_s)
+            self._fill_to = 1 << 62
+            self._drain(items, max_items)
+        return items
+
+    def _drain(self, items: list[Item], max_items: int) -> None:
         while len(items) < max_items:
             try:
                 items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        return items
 
     def take_all(self) -> list[Item]:
         return self.take(1 << 62, 0)
 
     def qsize(self) -> int:
         return self._queue.qsize()
+
+    def hurry(self) -> None:
+        """Stop lingering now (a flush or close is waiting)."""
+        self._wake.set()
 
     def settle(self, n: int) -> None:
         """``n`` taken items are delivered, kept, or accounted as dropped."""
@@ -66,22 +130,35 @@ class BatchQueue:
 
     def wait_settled(self, timeout_s: float) -> bool:
         with self._idle:
-            return self._idle.wait_for(lambda: self._unsettled <= 0, timeout_s)
+            self._flushing += 1
+        self.hurry()
+        try:
+            with self._idle:
+                return self._idle.wait_for(lambda: self._unsettled <= 0, timeout_s)
+        finally:
+            with self._idle:
+                self._flushing -= 1
 
 
 def chunks(
-    runs: Sequence[pb.Run], max_bytes: int, max_items: int, size: Callable[[pb.Run], int]
-) -> Iterator[list[pb.Run]]:
-    """Consecutive batches of at most ``max_items`` runs and ``max_bytes`` bytes (a
-    single run over ``max_bytes`` is a batch of its own)."""
-    batch: list[pb.Run] = []
+    items: Sequence[T], max_bytes: int, max_items: int, size: Callable[[T], int]
+) -> Iterator[list[T]]:
+    """Consecutive batches of at most ``max_items`` items and ``max_bytes`` bytes (a
+    single item over ``max_bytes`` is a batch of its own)."""
+    batch: list[T] = []
     total = 0
-    for run in runs:
-        n = size(run)
+    for item in items:
+        n = size(item)
         if batch and (total + n > max_bytes or len(batch) >= max_items):
             yield batch
             batch, total = [], 0
-        batch.append(run)
+        batch.append(item)
         total += n
     if batch:
         yield batch
+
+
+def pause() -> None:
+    """Let the graph's threads run: the worker's work is many small Python steps, and
+    a thread waiting for the GIL otherwise gets it only after the switch interval (5 ms)."""
+    time.sleep(0)

@@ -9,22 +9,37 @@ number). What does not fit is cut (strings get a trailing ``…``, containers an
 ``"…": "N more"``) and the node, call and run are marked ``truncated``.
 
 Integers: Struct numbers are doubles, exact up to 2^53. A larger integer is captured as
-its decimal text, so it is never silently rounded.
+its decimal text, so it is never silently rounded. Floats JSON cannot carry (NaN,
+infinities) are captured as null, as ``JSON.stringify`` and orjson write them.
+
+Speed: most values are small, plain JSON-like data and LangChain messages. They take a
+fast path: one ``orjson.dumps`` (C) decides whether the value fits its budget as it is
+(no string over ``max_chars``, no integer past 2^53, nesting within bounds), and
+``orjson.loads`` hands back plain dicts and lists that fill the Struct with exact-type
+dispatch. Anything else (too big, odd types, deep) takes the careful walk
+(:func:`bounded`), which cuts where needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import struct_pb2
+from langchain_core.messages import BaseMessage
+
+try:  # a dependency of langsmith (so of langchain-core) on CPython; the walk works without it
+    import orjson
+except ImportError:  # pragma: no cover
+    orjson = None  # type: ignore[assignment]
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
 MAX_EXACT_INT = 2**53
+MAX_DEPTH = 20  # Struct nests two messages per level; protobuf parsers stop at 100
 _ELLIPSIS = "…"
 _STATUS = {
     "running": pb.RUN_STATUS_RUNNING,
@@ -61,24 +76,26 @@ def _text(value: str, b: Budget) -> str:
     return value
 
 
+_MESSAGE_KEYS = ("name", "id", "tool_call_id", "tool_calls", "usage_metadata")
+
+
 def _message(m: Any) -> dict[str, Any]:
     """A LangChain message, compactly (model_dump is ten times slower and noisier)."""
     d: dict[str, Any] = {"type": m.type, "content": m.content}
-    for key in ("name", "id", "tool_call_id"):
-        v = getattr(m, key, None)
+    # The model's fields, read from its __dict__: getattr on a pydantic model for a
+    # field it does not have goes through a slow __getattr__.
+    fields = getattr(m, "__dict__", None) or {}
+    for key in _MESSAGE_KEYS:
+        v = fields.get(key)
         if v:
             d[key] = v
-    calls = getattr(m, "tool_calls", None)
-    if calls:
-        d["tool_calls"] = calls
-    usage = getattr(m, "usage_metadata", None)
-    if usage:
-        d["usage_metadata"] = usage
     return d
 
 
 def _plain(value: Any) -> Any:
     """The JSON-like shape of LangChain/LangGraph objects; ``value`` itself when none."""
+    if isinstance(value, BaseMessage):
+        return _message(value)
     kind = type(value).__name__
     if kind == "Command" and hasattr(value, "resume"):
         return {
@@ -107,10 +124,10 @@ def bounded(value: Any, b: Budget, depth: int = 0) -> Any:
         return value if -MAX_EXACT_INT <= value <= MAX_EXACT_INT else str(value)
     if isinstance(value, float):
         b.left -= 8
-        return value if math.isfinite(value) else str(value)
+        return value if math.isfinite(value) else None
     if isinstance(value, str):
         return _text(value, b)
-    if depth > 20:
+    if depth > MAX_DEPTH:
         b.cut = True
         return _ELLIPSIS
     if isinstance(value, Mapping):
@@ -165,6 +182,112 @@ def capture(value: Any, run: Budget, per_item: int) -> tuple[dict[str, Any] | No
     v = bounded(value, b)
     run.left -= start - b.left
     return (v if isinstance(v, dict) else {"value": v}), b.cut
+
+
+def fill(target: struct_pb2.Struct, value: Any, run: Budget, per_item: int) -> bool:
+    """Capture ``value`` into ``target`` within ``per_item`` bytes and the run's budget
+    (which it spends); True when something was cut (or the run's budget was spent)."""
+    if value is None:
+        return False
+    if run.left <= 0:
+        return True
+    if orjson is not None:
+        text = _fast_json(value, min(per_item, run.left), run.max_chars)
+        if text is not None:
+            plain = orjson.loads(text)
+            try:
+                if type(plain) is dict:
+                    _fill_struct(target, plain, 0)
+                else:
+                    _fill_value(target.fields["value"], plain, 1)
+            except _TooDeep:
+                target.Clear()
+            else:
+                run.left -= len(text)
+                return False
+    d, cut = capture(value, run, per_item)
+    if d is not None:
+        target.update(d)
+    return cut
+
+
+# Dataclasses go through _json_default, so LangGraph's (Command, Interrupt) get their shape.
+_FAST_OPTIONS = (
+    (orjson.OPT_STRICT_INTEGER | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS)
+    if orjson
+    else 0
+)
+_long_strings: dict[int, re.Pattern[bytes]] = {}
+
+
+def _fast_json(value: Any, limit: int, max_chars: int) -> bytes | None:
+    """``value`` as JSON when it fits as it is: within ``limit`` bytes, no string over
+    ``max_chars`` (bytes of UTF-8, so a little strict), every integer exact."""
+    try:
+        text: bytes = orjson.dumps(value, default=_json_default, option=_FAST_OPTIONS)
+    except (TypeError, ValueError, RecursionError):  # JSONEncodeError is a TypeError
+        return None
+    if len(text) > limit:
+        return None
+    if max_chars and len(text) > max_chars:
+        pattern = _long_strings.get(max_chars)
+        if pattern is None:
+            pattern = re.compile(rb'"(?:[^"\\]|\\.){%d,}"' % (max_chars + 1))
+            _long_strings[max_chars] = pattern
+        if pattern.search(text):
+            return None
+    return text
+
+
+def _json_default(value: Any) -> Any:
+    plain = _plain(value)
+    if plain is not value:
+        return plain
+    if isinstance(value, set | frozenset):
+        return list(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump()
+    raise TypeError(type(value).__name__)  # the careful walk takes it (repr, ...)
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _fill_struct(s: struct_pb2.Struct, d: dict[str, Any], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise _TooDeep
+    fields = s.fields
+    for k, v in d.items():
+        _fill_value(fields[k], v, depth + 1)
+
+
+def _fill_value(x: struct_pb2.Value, v: Any, depth: int) -> None:
+    """One JSON value from ``orjson.loads`` (exact types only) into a Struct Value."""
+    t = type(v)
+    if t is str:
+        x.string_value = v
+    elif t is int or t is float:
+        x.number_value = v
+    elif t is bool:
+        x.bool_value = v
+    elif v is None:
+        x.null_value = struct_pb2.NULL_VALUE
+    elif t is dict:
+        _fill_struct(x.struct_value, v, depth)
+        if not v:
+            x.struct_value.SetInParent()
+    else:
+        if depth > MAX_DEPTH:
+            raise _TooDeep
+        values = x.list_value.values
+        for item in v:
+            _fill_value(values.add(), item, depth + 1)
+        if not v:
+            x.list_value.SetInParent()
 
 
 def struct(d: dict[str, Any]) -> struct_pb2.Struct:
@@ -236,9 +359,3 @@ def generation_output(response: Any) -> Any:
 
 def utc(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
-
-
-def yield_gil() -> None:
-    """Let the graph's thread run: building a big record is many small Python steps,
-    and a waiting thread otherwise gets the GIL only after the switch interval (5 ms)."""
-    time.sleep(0)

@@ -4,10 +4,12 @@ The parts, split like OpenTelemetry's ``BatchSpanProcessor``:
 
 - :class:`~neuralops.clients.batching.BatchQueue`: the graph's thread only calls
   :meth:`RunSender.submit`, which never blocks and never raises;
-- one worker thread per sender (here) builds runs and sends them in batches bounded
-  by count and bytes, through an :class:`~neuralops.clients.exporter.Exporter`
+- one worker thread per sender (here) waits up to ``linger_s`` (0.2 s) for a batch
+  to fill, builds and serializes each run once (pausing between runs so the graph's
+  threads are not kept waiting for the GIL), and sends them in batches bounded by
+  count and bytes, through an :class:`~neuralops.clients.exporter.Exporter`
   (``BatchLogRuns`` over gRPC by default), with a short deadline (1 s + 1 s per
-  8 MiB by default);
+  8 MiB by default); :meth:`RunSender.flush` and ``close`` cut the wait short;
 - :class:`~neuralops.clients.spool.Spool`: runs the service cannot take *now*
   (transient failure) are fsynced there and replayed when it answers again;
 - :class:`~neuralops.clients.deadletter.DeadLetters`: a batch the server refuses for
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from neuralops.clients.batching import BatchQueue, Item, chunks
+from neuralops.clients.batching import BatchQueue, Encoded, Item, chunks, pause
 from neuralops.clients.deadletter import DeadLetters
 from neuralops.clients.exporter import Exporter, ExportError, GrpcExporter
 from neuralops.clients.runhistory import default_address
@@ -48,10 +50,18 @@ __all__ = ["Item", "RunSender", "Senders", "sender_for"]
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+# The worker gives the GIL back after about this much work, so a graph thread waiting
+# for it is held up by at most one slice (not by a whole batch, nor by the 5 ms
+# switch interval).
+SLICE_S = 0.0002
 
 
 def _size(run: pb.Run) -> int:
     return run.ByteSize()
+
+
+def _encoded_size(e: Encoded) -> int:
+    return e.size
 
 
 class RunSender:
@@ -67,6 +77,7 @@ class RunSender:
         max_queue: int = 10_000,
         batch_size: int = 200,
         batch_bytes: int = 4 * MIB,
+        linger_s: float = 0.2,
         timeout_s: float = 1.0,
         bytes_per_s: float = 8 * MIB,
         retry_s: float = 1.0,
@@ -84,6 +95,7 @@ class RunSender:
         self._max_queue = max_queue
         self._batch_size = batch_size
         self._batch_bytes = batch_bytes
+        self._linger_s = linger_s
         self._timeout_s = timeout_s
         self._bytes_per_s = bytes_per_s
         self._retry_s = retry_s
@@ -156,7 +168,7 @@ class RunSender:
 
     def _run(self) -> None:
         while True:
-            items = self._queue.take(self._batch_size, 0.1)
+            items = self._queue.take(self._batch_size, 0.1, self._linger_s)
             if items:
                 try:
                     self._handle(items)
@@ -188,24 +200,49 @@ class RunSender:
                 log.exception("neuralops: could not build a run record; it is dropped")
         return runs
 
+    def _encode(self, items: Iterable[Item]) -> list[Encoded]:
+        """Build and serialize each run once, pausing between runs for the graph."""
+        out = []
+        since = time.perf_counter()
+        for item in items:
+            for run in self._build((item,)):
+                try:
+                    out.append(Encoded.of(run))
+                except Exception:  # e.g. a field protobuf cannot serialize
+                    self.counters.add("dropped")
+                    log.exception(
+                        "neuralops: run %s/%s cannot be serialized; it is dropped",
+                        run.wpk_id,
+                        run.run_id,
+                    )
+            if time.perf_counter() - since > SLICE_S:
+                pause()
+                since = time.perf_counter()
+        return out
+
     def _handle(self, items: Sequence[Item]) -> None:
-        runs = self._build(items)
-        self._keep(runs if self._down() else self._send(runs))
+        if self._down():
+            self._keep(self._build(items))
+            return
+        self._keep([e.run for e in self._send(self._encode(items))])
 
-    def _deadline(self, runs: Sequence[pb.Run]) -> float:
-        return self._timeout_s + sum(map(_size, runs)) / self._bytes_per_s
+    def _deadline(self, batch: Sequence[Encoded]) -> float:
+        return self._timeout_s + sum(map(_encoded_size, batch)) / self._bytes_per_s
 
-    def _send(self, runs: Sequence[pb.Run]) -> list[pb.Run]:
+    def _send_runs(self, runs: Sequence[pb.Run]) -> list[pb.Run]:
+        return [e.run for e in self._send(self._encode(runs))]
+
+    def _send(self, encoded: Sequence[Encoded]) -> list[Encoded]:
         """Send in bounded batches; returns the runs left undelivered by a transient
         failure (the caller keeps them). Refused runs are dead-lettered."""
-        batches = list(chunks(runs, self._batch_bytes, self._batch_size, _size))
+        batches = list(chunks(encoded, self._batch_bytes, self._batch_size, _encoded_size))
         for i, batch in enumerate(batches):
             left = batch if self._down() else self._send_isolating(batch)
             if left:
                 return left + [r for b in batches[i + 1 :] for r in b]
         return []
 
-    def _send_isolating(self, batch: list[pb.Run]) -> list[pb.Run]:
+    def _send_isolating(self, batch: list[Encoded]) -> list[Encoded]:
         try:
             self.exporter.export(batch, self._deadline(batch))
         except ExportError as err:
@@ -213,7 +250,7 @@ class RunSender:
                 self._mark_down(err)
                 return batch
             if len(batch) == 1:
-                self._dead_letter(batch[0], err)
+                self._dead_letter(batch[0].run, err)
                 return []
             # Refused for good: halve until the refused runs are alone.
             mid = len(batch) // 2
@@ -225,7 +262,7 @@ class RunSender:
             log.exception("neuralops: exporter failed")
             if len(batch) == 1:
                 self._dead_letter(
-                    batch[0], ExportError(grpc.StatusCode.UNKNOWN, repr(exc), transient=False)
+                    batch[0].run, ExportError(grpc.StatusCode.UNKNOWN, repr(exc), transient=False)
                 )
                 return []
             return self._send_isolating(batch[: len(batch) // 2]) + self._send_isolating(
@@ -358,7 +395,7 @@ class RunSender:
             self._held_bytes = 0
             self._held_retrying = len(runs)
         try:
-            left = runs if self._down() else self._send(runs)
+            left = runs if self._down() else self._send_runs(runs)
             if not left:
                 return
             try:
@@ -409,7 +446,7 @@ class RunSender:
             self._pump()  # fresh runs are not kept waiting behind a long replay
             part = runs[start : start + step]
             before = self.delivered
-            left = self._send(part)
+            left = self._send_runs(part)
             self.counters.add("replayed", self.delivered - before)
             if left:
                 return False

@@ -59,6 +59,7 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import Runnable
 from neuralops.clients import capture as cap
+from neuralops.clients.batching import pause
 from neuralops.clients.delivery import RunSender, sender_for
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
@@ -639,15 +640,12 @@ class RunHistoryCallback(_Base):
         )
         truncated = False
         for target, value in ((msg.inputs, run.inputs), (msg.outputs, outputs)):
-            d, cut = cap.capture(value, budget, self._node_budget)
-            truncated |= cut
-            if d is not None:
-                target.update(d)
+            truncated |= cap.fill(target, value, budget, self._node_budget)
         self._context(msg, run)
         usage = _Totals()
         for i, n in enumerate(run.nodes):
             if i and i % 16 == 0:
-                cap.yield_gil()
+                pause()
             node, cut = self._node_message(n, status, budget, usage)
             truncated |= cut
             msg.node_logs.append(node)
@@ -672,9 +670,9 @@ class RunHistoryCallback(_Base):
             if not k.startswith(_INTERNAL_META) and k not in ("thread_id", "checkpoint_id")
         }
         if given:
-            d, _ = cap.capture(given, cap.Budget(self._node_budget, self._max), self._node_budget)
-            if d:
-                msg.metadata.update(d)
+            cap.fill(
+                msg.metadata, given, cap.Budget(self._node_budget, self._max), self._node_budget
+            )
 
     def _interrupts(self, msg: pb.Run, run: _Run, budget: cap.Budget) -> None:
         seen: set[str] = set()
@@ -715,10 +713,7 @@ class RunHistoryCallback(_Base):
         if self._capture:
             # The update first: it is what the node did; the input is often the whole state.
             for target, value in ((node.output, n.output), (node.input, n.input)):
-                d, cut = cap.capture(value, budget, self._node_budget)
-                truncated |= cut
-                if d is not None:
-                    target.update(d)
+                truncated |= cap.fill(target, value, budget, self._node_budget)
         for c in n.calls:
             call, cut = self._call_message(c, budget, usage)
             truncated |= cut
@@ -756,18 +751,13 @@ class RunHistoryCallback(_Base):
             if c.first_token is not None:
                 call.time_to_first_token_ms = round((c.first_token - c.start) * 1000)
             if params and self._capture_calls:
-                d, _ = cap.capture(params, budget, self._node_budget)
-                if d:
-                    call.parameters.update(d)
+                cap.fill(call.parameters, params, budget, self._node_budget)
             output = cap.generation_output(output) if output is not None else None
         usage.add(c.kind, call)
         truncated = False
         if self._capture_calls:
             for target, value in ((call.output, output), (call.input, c.input)):
-                d, cut = cap.capture(value, budget, self._node_budget)
-                truncated |= cut
-                if d is not None:
-                    target.update(d)
+                truncated |= cap.fill(target, value, budget, self._node_budget)
         for inner in c.calls:
             sub, cut = self._call_message(inner, budget, usage)
             truncated |= cut

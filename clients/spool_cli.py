@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from neuralops.clients.batching import Encoded
 from neuralops.clients.deadletter import DeadLetters
 from neuralops.clients.exporter import ExportError, GrpcExporter
 from neuralops.clients.runhistory import default_address
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
         def send(run: pb.Run) -> tuple[str, str] | None:
             try:
-                exporter.export([run], args.timeout)
+                exporter.export([Encoded.of(run)], args.timeout)
             except ExportError as err:
                 return err.code.name, err.message
             return None

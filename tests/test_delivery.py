@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -374,3 +375,42 @@ def test_sender_for_is_one_per_address_until_closed(tmp_path: Path) -> None:
         wait_for(lambda: b.stats()["queued_now"] == 0)
     finally:
         b.close()
+
+
+# ------------------------------------------------------------------ batching
+
+
+def test_encoded_runs_joined_are_the_batch_request() -> None:
+    from neuralops.clients.batching import Encoded
+    from neuralops.runhistory.v1 import runhistory_pb2 as pb
+
+    runs = [run_msg("enc", f"r{i}") for i in range(3)]
+    runs[1].node_logs.add(name="n" * 300)  # a length past one varint byte
+    joined = b"".join(Encoded.of(r).payload for r in runs)
+    assert joined == pb.BatchLogRunsRequest(runs=runs).SerializeToString()
+    assert list(pb.BatchLogRunsRequest.FromString(joined).runs) == runs
+
+
+@one_backend
+def test_runs_linger_into_one_batch_and_flush_does_not_wait(
+    runhistory: App, tmp_path: Path
+) -> None:
+    addr = runhistory.address("runhistory")
+    sender = RunSender(addr, spool_dir=tmp_path / "spool", linger_s=30.0)
+    try:
+        for i in range(50):
+            sender.submit(run_msg("linger", f"r{i}"))
+        started = time.monotonic()
+        assert sender.flush(10)
+        assert time.monotonic() - started < 5, "flush waited for the linger"
+        assert sender.delivered == 50
+        assert sender.stats()["batches"] <= 2  # the first run may leave alone
+        # Without a flush, a run is sent when the linger ends.
+        quick = RunSender(addr, spool_dir=tmp_path / "spool2", linger_s=0.3)
+        try:
+            quick.submit(run_msg("linger", "alone"))
+            wait_for(lambda: _stored(addr, "linger", "alone"), timeout=5)
+        finally:
+            quick.close()
+    finally:
+        sender.close()

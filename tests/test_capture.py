@@ -1,0 +1,108 @@
+"""The hook's capture: the fast path (orjson) and the careful walk give the same record,
+and every bound (budget, string length, integer precision, depth) holds on both."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import struct_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.types import Command
+from neuralops.clients import capture as cap
+from neuralops.clients.runs import to_python
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+def careful(value: Any, budget: int = 1_000_000, max_chars: int = 2000) -> tuple[Any, bool]:
+    """The walk alone (what the fast path must agree with)."""
+    d, cut = cap.capture(value, cap.Budget(budget, max_chars), budget)
+    return (None if d is None else to_python(cap.struct(d))), cut
+
+
+def filled(value: Any, budget: int = 1_000_000, max_chars: int = 2000) -> tuple[Any, bool]:
+    s = struct_pb2.Struct()
+    cut = cap.fill(s, value, cap.Budget(budget, max_chars), budget)
+    return to_python(s), cut
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=6))
+def test_fast_path_gives_what_the_careful_walk_gives(value: dict[str, Any]) -> None:
+    assert filled(value) == careful(value)
+
+
+def test_langchain_messages_and_langgraph_commands_keep_their_shape() -> None:
+    ai = AIMessage(
+        content="",
+        tool_calls=[{"name": "add", "args": {"a": 2, "b": 3}, "id": "c1"}],
+        usage_metadata={"input_tokens": 12, "output_tokens": 7, "total_tokens": 19},
+    )
+    value = {"messages": [HumanMessage("hi"), ai], "cmd": Command(resume="yes")}
+    got, cut = filled(value)
+    assert (got, cut) == careful(value)
+    assert got["cmd"] == {"resume": "yes"}
+    assert got["messages"][1]["tool_calls"][0]["args"] == {"a": 2, "b": 3}
+    assert got["messages"][1]["usage_metadata"]["total_tokens"] == 19
+
+
+def test_integers_past_2_53_are_text_and_non_finite_floats_null() -> None:
+    value = {"big": 2**60, "small": 15, "nan": math.nan, "inf": -math.inf}
+    got, cut = filled(value)
+    assert got == {"big": str(2**60), "small": 15, "nan": None, "inf": None}
+    assert not cut
+    assert type(got["small"]) is int  # 15 stays 15 through to_python
+
+
+def test_long_strings_and_budgets_are_cut_and_flagged() -> None:
+    got, cut = filled({"text": "x" * 5000}, max_chars=100)
+    assert cut and got["text"] == "x" * 100 + "…"
+    got, cut = filled({f"k{i}": "v" * 50 for i in range(100)}, budget=500)
+    assert cut and "…" in got and len(got) < 100
+
+
+def test_nesting_past_the_depth_bound_is_cut() -> None:
+    deep: Any = "leaf"
+    for _ in range(40):
+        deep = {"d": deep}
+    got, cut = filled(deep)
+    assert cut
+    depth = 0
+    while isinstance(got, dict) and "d" in got:
+        got, depth = got["d"], depth + 1
+    assert depth <= cap.MAX_DEPTH + 1 and got == "…"
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+def test_odd_types_take_the_walk_and_never_fail() -> None:
+    value = {"p": Point(1, 2), "o": Opaque(), "s": {3}, (1, 2): "tuple key"}
+    got, cut = filled(value)
+    assert got == {"p": {"x": 1, "y": 2}, "o": "<opaque>", "s": [3], "(1, 2)": "tuple key"}
+    assert not cut
