@@ -6,13 +6,18 @@ Storage keeps a status as its lowercase text (``completed``), the API as a proto
 number (``RUN_STATUS_COMPLETED``). Each Python enum lists its members once, and its
 :class:`EnumCodec` maps them to the proto numbers explicitly: no name or prefix
 arithmetic anywhere, and an import-time check that the two sides agree.
+
+``*_UNSPECIFIED`` (0) has no member and no stored text: it is stored as ``""`` (the
+text :meth:`EnumCodec.text` gives it). Rows written before this rule hold
+``"unspecified"``; :meth:`EnumCodec.to_proto` reads that (like any text it does not
+know) back as 0, so they stay readable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from neuralops.runhistory.v1 import runhistory_pb2 as rpb
 
@@ -20,17 +25,36 @@ E = TypeVar("E", bound=StrEnum)
 V = TypeVar("V", bound=int)  # a proto enum's ValueType
 
 
+class ProtoEnum(Protocol):
+    """A generated proto enum (its wrapper's ``items``: value name, number)."""
+
+    def items(self) -> Sequence[tuple[str, int]]: ...
+
+
 class EnumCodec(Generic[E, V]):
     """Python enum member <-> proto enum number. Number 0 (``*_UNSPECIFIED``) and
     numbers this code does not know decode to None; None encodes to 0."""
 
-    def __init__(self, kind: type[E], numbers: Mapping[E, V], *, unspecified: V) -> None:
+    def __init__(
+        self,
+        kind: type[E],
+        numbers: Mapping[E, V],
+        *,
+        unspecified: V,
+        proto: ProtoEnum | None = None,
+    ) -> None:
+        """``proto``: the generated enum (``runhistory_pb2.RunStatus``), whose value
+        names (``RUN_STATUS_COMPLETED``) serve messages and reading the proto spelling
+        of a member, never to compute a member's text."""
         if set(numbers) != set(kind) or unspecified in numbers.values():
             raise ValueError(f"{kind.__name__}: every member needs its own specified number")
         self.kind = kind
         self.unspecified = unspecified
         self._numbers = dict(numbers)
         self._members: dict[int, E] = {int(n): m for m, n in numbers.items()}
+        names = {int(n): name for name, n in proto.items()} if proto is not None else {}
+        self._proto_names: dict[E, str] = {m: names.get(int(n), m.name) for m, n in numbers.items()}
+        self._by_proto_name: dict[str, E] = {n.upper(): m for m, n in self._proto_names.items()}
 
     def to_proto(self, value: E | str | None) -> V:
         """The number of a member or of its stored text; unspecified for None, "" or unknown."""
@@ -52,9 +76,28 @@ class EnumCodec(Generic[E, V]):
         except ValueError:
             return None
 
+    def lookup(self, value: object) -> E | None:
+        """The member ``value`` names, as a caller may write it: the member, its stored
+        text or its proto name, in any case (``failed``, ``FAILED``,
+        ``RUN_STATUS_FAILED``); None when it names none."""
+        if isinstance(value, self.kind):
+            return value
+        text = str(value)
+        return self.parse(text.lower()) or self._by_proto_name.get(text.upper())
+
+    def proto_name(self, member: E) -> str:
+        """``RUN_STATUS_COMPLETED`` for ``RunStatus.COMPLETED``."""
+        return self._proto_names[member]
+
     @property
     def names(self) -> tuple[str, ...]:
+        """Every member's stored text, in declaration order."""
         return tuple(m.value for m in self.kind)
+
+    @property
+    def proto_names(self) -> tuple[str, ...]:
+        """Every member's proto name, in declaration order."""
+        return tuple(self._proto_names[m] for m in self.kind)
 
 
 class RunStatus(StrEnum):
@@ -82,6 +125,7 @@ RUN_STATUS = EnumCodec(
         RunStatus.CANCELLED: rpb.RUN_STATUS_CANCELLED,
     },
     unspecified=rpb.RUN_STATUS_UNSPECIFIED,
+    proto=rpb.RunStatus,
 )
 
 EMBEDDING_STATUS = EnumCodec(
@@ -93,4 +137,5 @@ EMBEDDING_STATUS = EnumCodec(
         EmbeddingStatus.SKIPPED: rpb.EMBEDDING_STATUS_SKIPPED,
     },
     unspecified=rpb.EMBEDDING_STATUS_UNSPECIFIED,
+    proto=rpb.EmbeddingStatus,
 )

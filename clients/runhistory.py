@@ -95,7 +95,7 @@ class RunHistoryClient:
             tag=tag,
         )
         if status:
-            member = RUN_STATUS.parse(status.lower())
+            member = RUN_STATUS.lookup(status)
             if member is None:
                 raise InvalidArgumentError(
                     grpc.StatusCode.INVALID_ARGUMENT,

@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
+from neuralops.clients.enums import RUN_STATUS
 from neuralops.clients.errors import FieldViolation, InvalidArgumentError
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
-STATUSES = ("running", "completed", "failed", "interrupted", "cancelled")
 _RUN_KEYS = {"wpk_id", "run_id", "inputs", "outputs", "status", "duration_ms", "node_logs", "error"}
 _NODE_KEYS = {
     "name",
@@ -85,11 +85,12 @@ def _struct(value: Any, field: str) -> struct_pb2.Struct:
 
 
 def _status(value: Any, field: str) -> pb.RunStatus.ValueType:
-    text = str(value).lower().removeprefix("run_status_")
-    if text not in STATUSES:
-        names = ", ".join(f"{s} (RUN_STATUS_{s.upper()})" for s in STATUSES)
+    """``completed``, ``COMPLETED``, ``RUN_STATUS_COMPLETED`` or ``RunStatus.COMPLETED``."""
+    member = RUN_STATUS.lookup(value)
+    if member is None:
+        names = ", ".join(f"{m.value} ({RUN_STATUS.proto_name(m)})" for m in RUN_STATUS.kind)
         raise _fail(field, f"must be one of {names}; got {value!r}")
-    return pb.RunStatus.Value("RUN_STATUS_" + text.upper())
+    return RUN_STATUS.to_proto(member)
 
 
 def _int(value: Any, field: str) -> int:

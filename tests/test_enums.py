@@ -44,3 +44,32 @@ def test_a_codec_must_cover_every_member_once() -> None:
             {Two.A: pb.RUN_STATUS_RUNNING, Two.B: pb.RUN_STATUS_UNSPECIFIED},
             unspecified=pb.RUN_STATUS_UNSPECIFIED,
         )
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["failed", "FAILED", "Failed", "RUN_STATUS_FAILED", "run_status_failed", RunStatus.FAILED],
+)
+def test_lookup_reads_every_way_a_caller_writes_a_status(written: str) -> None:
+    assert RUN_STATUS.lookup(written) is RunStatus.FAILED
+
+
+@pytest.mark.parametrize("written", ["", "done", "unspecified", "RUN_STATUS_UNSPECIFIED", "7"])
+def test_lookup_names_no_member_for_anything_else(written: str) -> None:
+    assert RUN_STATUS.lookup(written) is None
+
+
+def test_proto_names_come_from_the_generated_enum() -> None:
+    assert RUN_STATUS.proto_names == tuple(
+        pb.RunStatus.Name(RUN_STATUS.to_proto(m)) for m in RunStatus
+    )
+    assert RUN_STATUS.proto_name(RunStatus.CANCELLED) == "RUN_STATUS_CANCELLED"
+
+
+def test_unspecified_is_stored_as_empty_text_and_the_old_spelling_still_reads() -> None:
+    # The one rule for status 0: its stored text is "", and rows written before the
+    # rule ("unspecified") read back as 0, as "" does.
+    assert RUN_STATUS.text(pb.RUN_STATUS_UNSPECIFIED) == ""
+    for stored in ("", "unspecified"):
+        assert RUN_STATUS.to_proto(stored) == pb.RUN_STATUS_UNSPECIFIED
+        assert RUN_STATUS.to_proto(RUN_STATUS.lookup(stored)) == pb.RUN_STATUS_UNSPECIFIED

@@ -19,8 +19,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, RetryPolicy, interrupt
 from neuralops.clients import InvalidArgumentError, NotFoundError, RunHistoryClient, log_run
 from neuralops.clients.delivery import RunSender
+from neuralops.clients.enums import RunStatus
 from neuralops.clients.example import ReviewRejected, build_graph
 from neuralops.clients.langgraph import RunHistoryCallback, instrument
+from neuralops.clients.runs import run_message
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.servers.runtime.app import App
 from neuralops.servers.runtime.config import Config
@@ -465,3 +467,16 @@ def test_server_stopped_mid_stream_loses_and_duplicates_nothing(
     finally:
         sender.close()
         server.stop()
+
+
+@pytest.mark.parametrize("written", ["failed", "FAILED", "RUN_STATUS_FAILED", RunStatus.FAILED])
+def test_run_dict_status_reads_through_the_one_codec(written: Any) -> None:
+    msg = run_message({"wpk_id": "w", "status": written, "node_logs": [{"name": "n"}]})
+    assert msg.status == pb.RUN_STATUS_FAILED
+    assert msg.node_logs[0].status == pb.RUN_STATUS_COMPLETED  # the default
+
+
+def test_run_dict_bad_status_lists_both_spellings() -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        run_message({"wpk_id": "w", "status": "done"})
+    assert "completed (RUN_STATUS_COMPLETED)" in str(err.value)

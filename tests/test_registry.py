@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -105,6 +106,25 @@ def test_list_workflows_pages_through_all(stack: App) -> None:
         if not token:
             break
     assert seen == [f"wf-{i}" for i in range(7)]
+
+
+def _token(data: Mapping[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+def test_list_workflows_tokens_keep_their_format_and_forged_ones_are_invalid(stack: App) -> None:
+    reg = _registry(stack)
+    for i in range(3):
+        reg.CreateWorkflow(rpb.CreateWorkflowRequest(workflow=rpb.Workflow(workflow_id=f"wf-{i}")))
+    # A token as earlier servers wrote it still continues the listing.
+    older = _token({"s": "workflows", "a": "wf-0"})
+    rest = reg.ListWorkflows(rpb.ListWorkflowsRequest(page_token=older))
+    assert [w.workflow_id for w in rest.workflows] == ["wf-1", "wf-2"]
+    for forged in (_token({"s": "workflows"}), _token({"s": "workflows", "a": 5}), "e30"):
+        with pytest.raises(grpc.RpcError) as err:
+            reg.ListWorkflows(rpb.ListWorkflowsRequest(page_token=forged))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(err.value) == ["page_token"]
 
 
 def test_logged_run_becomes_the_latest_run(stack: App) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 from google.protobuf import struct_pb2
@@ -9,6 +11,7 @@ from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers.runtime.app import App
 from neuralops.servers.runtime.config import Config
+from neuralops.servers.runtime.db import json_value
 
 from tests.conftest import free_port
 from tests.helpers import error_reason, field_violations
@@ -162,3 +165,68 @@ def test_database_down_is_unavailable_not_a_crash(tmp_path: object) -> None:
             assert "database unavailable" in (err.value.details() or "")
     finally:
         app.stop(grace=0.5)
+
+
+def _stored_node_logs(app: App, run_id: str) -> list[dict[str, object]]:
+    assert app.db is not None
+    with app.db.transaction(write=False) as tx:
+        rows = tx.execute("SELECT node_logs FROM workflow_runs WHERE run_id = %s", (run_id,))
+    return list(json_value(rows[0]["node_logs"]))
+
+
+def test_unspecified_node_status_is_stored_as_empty_text_and_old_rows_still_read(
+    stack: App,
+) -> None:
+    stub = _stub(stack)
+    run = _run("r1")
+    run.node_logs.append(pb.NodeLog(name="untold", duration_ms=1))  # status 0
+    stub.LogRun(pb.LogRunRequest(run=run))
+    stored = _stored_node_logs(stack, "r1")
+    assert [n["status"] for n in stored] == ["completed", ""]
+    got = stub.GetRun(pb.GetRunRequest(wpk_id="test", run_id="r1")).run
+    assert [n.status for n in got.node_logs] == [pb.RUN_STATUS_COMPLETED, pb.RUN_STATUS_UNSPECIFIED]
+
+    # Rows written before the rule spelled status 0 "unspecified" (and older ones the
+    # proto name): both still read, through the same codec.
+    stored[0]["status"], stored[1]["status"] = "RUN_STATUS_FAILED", "unspecified"
+    assert stack.db is not None
+    cast = "::jsonb" if stack.db.dialect == "postgres" else ""
+    with stack.db.transaction() as tx:
+        tx.execute(
+            f"UPDATE workflow_runs SET node_logs = %s{cast} WHERE run_id = %s",
+            (json.dumps(stored), "r1"),
+        )
+    got = stub.GetRun(pb.GetRunRequest(wpk_id="test", run_id="r1")).run
+    assert [n.status for n in got.node_logs] == [pb.RUN_STATUS_FAILED, pb.RUN_STATUS_UNSPECIFIED]
+
+
+def test_list_runs_status_unspecified_means_any_and_a_status_filters(stack: App) -> None:
+    stub = _stub(stack)
+    failed = _run("f")
+    failed.status = pb.RUN_STATUS_FAILED
+    stub.BatchLogRuns(pb.BatchLogRunsRequest(runs=[_run("c"), failed]))
+    every = stub.ListRuns(pb.ListRunsRequest(wpk_id="test", status=pb.RUN_STATUS_UNSPECIFIED))
+    assert sorted(r.run_id for r in every.runs) == ["c", "f"]
+    only = stub.ListRuns(pb.ListRunsRequest(wpk_id="test", status=pb.RUN_STATUS_FAILED))
+    assert [(r.run_id, r.status) for r in only.runs] == [("f", pb.RUN_STATUS_FAILED)]
+
+
+def test_one_validation_pass_names_every_bad_field_once(stack: App) -> None:
+    # All of RunHistory's rules live in its validation module, so one bad request
+    # names each faulty field, ids and run fields alike, exactly once.
+    run = pb.Run(wpk_id=" ", run_id="r" * 201, duration_ms=-1, node_logs=[pb.NodeLog()])
+    with pytest.raises(grpc.RpcError) as err:
+        _stub(stack).LogRun(pb.LogRunRequest(run=run))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(err.value) == [
+        "run.wpk_id",
+        "run.run_id",
+        "run.status",
+        "run.duration_ms",
+        "run.node_logs[0].name",
+    ]
+    unknown = pb.Run(wpk_id="w", run_id="r")
+    unknown.status = 99  # type: ignore[assignment]  # a value from a newer contract
+    with pytest.raises(grpc.RpcError) as err:
+        _stub(stack).LogRun(pb.LogRunRequest(run=unknown))
+    assert field_violations(err.value) == ["run.status"]

@@ -23,9 +23,9 @@ from neuralops.servers.insight.model import (
     Watch,
 )
 from neuralops.servers.insight.prometheus import PrometheusClient
-from neuralops.servers.insight.storage import SignalStore, series_key
+from neuralops.servers.insight.storage import SignalStore, series_key, watch_position
 from neuralops.servers.runtime import metrics, pagination
-from neuralops.servers.runtime.db import as_datetime, utcnow
+from neuralops.servers.runtime.db import utcnow
 from neuralops.servers.runtime.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -532,21 +532,9 @@ class Insight:
 
     def list_watches(self, size: int, token: str) -> tuple[list[Watch], str]:
         limit = pagination.page_size(size, default=DEFAULT_SIGNALS_PAGE, maximum=MAX_SIGNALS_PAGE)
-        pos = pagination.decode(token, "watches")
-        after = None
-        if pos is not None:
-            at = as_datetime(pos.get("t"))
-            if at is None or not isinstance(pos.get("i"), str):
-                raise InvalidArgument.one("page_token", "is not a token this service issued")
-            after = (at, pos["i"])
+        after = pagination.decode_position(token, "watches")
         found = self._store.list_watches(limit + 1, after)
-        page, more = found[:limit], len(found) > limit
-        nxt = ""
-        if more and page[-1].created_at is not None:
-            nxt = pagination.encode(
-                "watches", {"t": page[-1].created_at.isoformat(), "i": page[-1].id}
-            )
-        return page, nxt
+        return pagination.keyset_page(found, limit, "watches", watch_position)
 
     def update_watch(self, w: Watch) -> Watch:
         self.get_watch(w.id)

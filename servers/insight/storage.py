@@ -85,6 +85,11 @@ def _watch(r: Row) -> Watch:
     )
 
 
+def watch_position(w: Watch) -> pagination.Position:
+    """A stored watch's place in :meth:`SignalStore.list_watches` (created_at is NOT NULL)."""
+    return _t(w.created_at), w.id
+
+
 class SignalStore:
     """Episodes and watches."""
 
@@ -178,7 +183,7 @@ class SignalStore:
         end: datetime | None = None,
         state: str = "",
         watch_id: str = "",
-        after: tuple[datetime, str] | None = None,
+        after: pagination.Position | None = None,
     ) -> list[Episode]:
         where: list[str] = []
         params: list[object] = []
@@ -204,7 +209,7 @@ class SignalStore:
         sql = f"SELECT {_EP_COLUMNS} FROM insight_episodes"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY start_time DESC, id DESC LIMIT %s"
+        sql += f" ORDER BY {pagination.order('start_time')} LIMIT %s"
         with self._db.transaction(write=False) as tx:
             rows = tx.execute(sql, (*params, limit))
         return [_episode(r) for r in rows]
@@ -229,17 +234,14 @@ class SignalStore:
             rows = tx.execute(f"SELECT {_W_COLUMNS} FROM insight_watches WHERE id = %s", (wid,))
         return _watch(rows[0]) if rows else None
 
-    def list_watches(self, limit: int, after: tuple[datetime, str] | None) -> list[Watch]:
+    def list_watches(self, limit: int, after: pagination.Position | None) -> list[Watch]:
+        """Oldest first (a watch list reads in the order they were made)."""
         sql = f"SELECT {_W_COLUMNS} FROM insight_watches"
         params: list[object] = []
         if after is not None:
-            sql += (
-                " WHERE (created_at, id) > (%s::timestamptz, %s::uuid)"
-                if self._db.dialect == "postgres"
-                else " WHERE (created_at, id) > (%s, %s)"
-            )
+            sql += " WHERE " + pagination.after(self._db.dialect, "created_at", newest_first=False)
             params.extend(after)
-        sql += " ORDER BY created_at, id LIMIT %s"
+        sql += f" ORDER BY {pagination.order('created_at', newest_first=False)} LIMIT %s"
         with self._db.transaction(write=False) as tx:
             rows = tx.execute(sql, (*params, limit))
         return [_watch(r) for r in rows]

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from neuralops.servers.runhistory.model import RunContext, RunFilter, RunSummary
-from neuralops.servers.runtime import textcodec
+from neuralops.servers.runtime import pagination, textcodec
 from neuralops.servers.runtime.db import Row, as_datetime, json_value
 
 COLUMNS = (
@@ -54,7 +54,7 @@ def summary(row: Row) -> RunSummary:
 
 
 def list_query(
-    dialect: str, wpk_id: str, flt: RunFilter, limit: int, after: tuple[datetime, str] | None
+    dialect: str, wpk_id: str, flt: RunFilter, limit: int, after: pagination.Position | None
 ) -> tuple[str, list[Any]]:
     """SQL and parameters for one ListRuns page: fixed fragments, never formatted values."""
     where = ["wpk_id = %s"]
@@ -72,14 +72,11 @@ def list_query(
             where.append("EXISTS (SELECT 1 FROM json_each(workflow_runs.tags) WHERE value = %s)")
             args.append(flt.tag)
     if after is not None:
-        if dialect == "postgres":
-            where.append("(created_at, id) < (%s::timestamptz, %s::uuid)")
-        else:
-            where.append("(created_at, id) < (%s, %s)")
+        where.append(pagination.after(dialect, "created_at"))
         args.extend(after)
     sql = (
         f"SELECT {_SUMMARY} FROM workflow_runs WHERE {' AND '.join(where)}"
-        " ORDER BY created_at DESC, id DESC LIMIT %s"
+        f" ORDER BY {pagination.order('created_at')} LIMIT %s"
     )
     args.append(limit)
     return sql, args

@@ -1,4 +1,8 @@
-"""RunHistory's domain logic: plain Python, no gRPC."""
+"""RunHistory's domain logic: plain Python, no gRPC.
+
+Requests reach it checked: the servicer calls
+:func:`neuralops.servers.runhistory.validation.validate` once per RPC, so ids, statuses,
+sizes and filters are not checked again here."""
 
 from __future__ import annotations
 
@@ -8,19 +12,16 @@ from collections.abc import Callable
 from neuralops.servers.runhistory import embeddings
 from neuralops.servers.runhistory.embeddings import EmbeddingService
 from neuralops.servers.runhistory.model import (
-    MAX_ID_LENGTH,
-    RUN_STATUSES,
     LogResult,
     NewRun,
     RunFilter,
     RunSummary,
     SearchHit,
     StoredRun,
-    validate_runs,
 )
 from neuralops.servers.runhistory.storage import RunStore
 from neuralops.servers.runtime import pagination
-from neuralops.servers.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from neuralops.servers.runtime.errors import NotFound
 
 DEFAULT_RUNS_PAGE = 20
 MAX_RUNS_PAGE = 1000
@@ -43,21 +44,13 @@ class RunHistory:
         self._embedding = embedding
         self._on_stored = on_stored
 
-    def log_runs(self, runs: list[NewRun], field_name: str) -> list[LogResult]:
-        """Validate all, then store all in one transaction (committed on return)."""
-        validate_runs(runs, field_name)
+    def log_runs(self, runs: list[NewRun]) -> list[LogResult]:
+        """Store all in one transaction (committed on return)."""
         results = self._store.insert(runs)
         self._on_stored(runs, results)
         return results
 
     def get_run(self, wpk_id: str, run_id: str) -> StoredRun:
-        missing = [
-            FieldViolation(n, "is required")
-            for n, v in (("wpk_id", wpk_id), ("run_id", run_id))
-            if not v
-        ]
-        if missing:
-            raise InvalidArgument(missing)
         run = self._store.get(wpk_id, run_id)
         if run is None:
             raise NotFound(
@@ -69,24 +62,6 @@ class RunHistory:
         self, wpk_id: str, flt: RunFilter, size: int, token: str
     ) -> tuple[list[RunSummary], str]:
         """One page of a workflow's runs, newest first, and the next page's token."""
-        violations = []
-        if not wpk_id.strip():
-            violations.append(FieldViolation("wpk_id", "is required"))
-        for name, value in (
-            ("wpk_id", wpk_id),
-            ("thread_id", flt.thread_id),
-            ("user_id", flt.user_id),
-            ("session_id", flt.session_id),
-            ("tag", flt.tag),
-        ):
-            if len(value) > MAX_ID_LENGTH:
-                violations.append(
-                    FieldViolation(name, f"is {len(value)} characters; at most {MAX_ID_LENGTH}")
-                )
-        if flt.status and flt.status not in RUN_STATUSES:
-            violations.append(FieldViolation("status", f"must be one of {', '.join(RUN_STATUSES)}"))
-        if violations:
-            raise InvalidArgument(violations)
         limit = pagination.page_size(size, default=DEFAULT_RUNS_PAGE, maximum=MAX_RUNS_PAGE)
         scope = _list_scope(wpk_id, flt)
         after = pagination.decode_position(token, scope)
@@ -95,12 +70,4 @@ class RunHistory:
 
     def search(self, text: str, wpk_id: str, limit: int) -> list[SearchHit]:
         service = embeddings.require(self._embedding)
-        if not text.strip():
-            raise InvalidArgument.one("text", "is required")
-        if len(text) > embeddings.MAX_TEXT:
-            raise InvalidArgument.one(
-                "text", f"is {len(text)} characters; at most {embeddings.MAX_TEXT}"
-            )
-        if limit < 0 or limit > 100:
-            raise InvalidArgument.one("limit", "must be between 1 and 100 (0 means 10)")
         return service.search(text, wpk_id, limit or 10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from neuralops.clients.enums import EMBEDDING_STATUS, RUN_STATUS
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers.runhistory.model import (
@@ -22,34 +23,29 @@ from neuralops.servers.runtime.convert import (
     dict_message,
     from_struct,
     message_dict,
-    text_enum,
     to_struct,
     to_timestamp,
 )
 from neuralops.servers.runtime.errors import InvalidArgument
 
-_RUN = "RUN_STATUS_"
-_EMB = "EMBEDDING_STATUS_"
-
-
-_STATUS_TEXT = {v.number: v.name.removeprefix(_RUN).lower() for v in pb.RunStatus.DESCRIPTOR.values}
-
-
-def _status_text(number: int) -> str:
-    # An unknown number (a newer client) reads as a status validation refuses.
-    return _STATUS_TEXT.get(number, str(number))
-
 
 def _node_dict(node: pb.NodeLog) -> dict[str, Any]:
     d = message_dict(node)  # nested calls included, their enums as lowercase names
-    # Always present, also when zero (proto3 leaves defaults out of ListFields).
-    d["status"] = _status_text(node.status)
+    # Always present, also when zero (proto3 leaves defaults out of ListFields);
+    # RUN_STATUS_UNSPECIFIED is stored as "" (clients/enums.py).
+    d["status"] = RUN_STATUS.text(node.status)
     d["duration_ms"] = node.duration_ms
     return d
 
 
 def _node_message(d: dict[str, Any]) -> pb.NodeLog:
-    return dict_message(d, pb.NodeLog())
+    rest = dict(d)
+    # Whatever a stored row holds ("completed", "" or, from older rows, "unspecified"
+    # or "RUN_STATUS_COMPLETED") reads through the one codec; unknown text reads as 0.
+    status = RUN_STATUS.lookup(rest.pop("status", ""))
+    node = dict_message(rest, pb.NodeLog())
+    node.status = RUN_STATUS.to_proto(status)
+    return node
 
 
 def _interrupt_dict(i: pb.Interrupt) -> dict[str, Any]:
@@ -100,7 +96,7 @@ def new_run(run: pb.Run, field: str = "run") -> NewRun:
     return NewRun(
         wpk_id=run.wpk_id,
         run_id=run.run_id,
-        status=_status_text(run.status),
+        status=RUN_STATUS.text(run.status),  # "" for UNSPECIFIED: validation refuses it
         inputs=inputs,
         outputs=outputs,
         duration_ms=run.duration_ms,
@@ -118,12 +114,12 @@ def run_message(run: StoredRun) -> pb.Run:
         run_id=run.run_id,
         inputs=to_struct(run.inputs),
         outputs=to_struct(run.outputs),
-        status=pb.RunStatus.Value(text_enum(run.status, _RUN)),
+        status=RUN_STATUS.to_proto(run.status),
         duration_ms=run.duration_ms,
         node_logs=[_node_message(n) for n in run.node_logs],
         created_at=to_timestamp(run.created_at),
         updated_at=to_timestamp(run.updated_at),
-        embedding_status=pb.EmbeddingStatus.Value(text_enum(run.embedding_status, _EMB)),
+        embedding_status=EMBEDDING_STATUS.to_proto(run.embedding_status),
         error=run.error,
         **_context_fields(ctx),
     )
@@ -141,7 +137,7 @@ def summary_message(r: RunSummary) -> pb.RunSummary:
         id=r.id,
         wpk_id=r.wpk_id,
         run_id=r.run_id,
-        status=pb.RunStatus.Value(text_enum(r.status, _RUN)),
+        status=RUN_STATUS.to_proto(r.status),
         duration_ms=r.duration_ms,
         created_at=to_timestamp(r.created_at),
         error=r.error,
@@ -159,7 +155,7 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
 
     def LogRun(self, request: pb.LogRunRequest, context: grpc.ServicerContext) -> pb.LogRunResponse:
         validate(request)
-        (result,) = self._history.log_runs([new_run(request.run)], "run")
+        (result,) = self._history.log_runs([new_run(request.run)])
         return _result(result)
 
     def BatchLogRuns(
@@ -167,7 +163,7 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
     ) -> pb.BatchLogRunsResponse:
         validate(request)
         runs = [new_run(r, f"runs[{i}]") for i, r in enumerate(request.runs)]
-        results = self._history.log_runs(runs, "runs")
+        results = self._history.log_runs(runs)
         return pb.BatchLogRunsResponse(results=[_result(r) for r in results])
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
@@ -180,10 +176,9 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
         self, request: pb.ListRunsRequest, context: grpc.ServicerContext
     ) -> pb.ListRunsResponse:
         validate(request)
-        status = _status_text(request.status)
         flt = RunFilter(
             thread_id=request.thread_id,
-            status="" if status == "unspecified" else status,
+            status=RUN_STATUS.text(request.status),  # "" (UNSPECIFIED): any status
             user_id=request.user_id,
             session_id=request.session_id,
             tag=request.tag,

@@ -1,23 +1,32 @@
 """RunHistory request validation: the one place its servicer checks a request.
 
 Generic checks (enums, timestamps, NaN, Struct depth) come from
-:mod:`neuralops.servers.runtime.validation`; here are RunHistory's own: ids required, at most
-200 characters, without NUL, on every RPC that takes them. Free text and Struct
-content may hold NUL: storage escapes it (:mod:`neuralops.servers.runtime.textcodec`).
+:mod:`neuralops.servers.runtime.validation`; here are RunHistory's own, on every RPC
+that takes them: ids required, at most 200 characters, without NUL; a run's status
+given, its durations not negative, its node logs named and bounded in number, its tags
+bounded; a batch of 1 to 500 runs; ListRuns' workflow and filters; SearchRuns' text
+and limit. The domain code (:mod:`.service`) trusts what passes here. Free text and
+Struct content may hold NUL: storage escapes it (:mod:`neuralops.servers.runtime.textcodec`).
 """
 
 from __future__ import annotations
 
 from google.protobuf.message import Message
+from neuralops.clients.enums import RUN_STATUS
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.servers.runhistory import embeddings
 from neuralops.servers.runtime import validation as v
-from neuralops.servers.runtime.errors import FieldViolation
+from neuralops.servers.runtime.errors import FieldViolation, InvalidArgument
+from neuralops.servers.runtime.validation import MAX_ID_LENGTH
 
 _RUN_IDS = ("wpk_id", "run_id")
+MAX_BATCH = 500  # runs in one BatchLogRuns
+MAX_NODE_LOGS = 10_000  # node logs in one run
+MAX_TAGS = 64  # tags on one run
+MAX_SEARCH_LIMIT = 100  # hits one SearchRuns returns
 
 
-def _run(run: pb.Run, prefix: str) -> list[FieldViolation]:
+def _ids(run: pb.Run, prefix: str) -> list[FieldViolation]:
     out: list[FieldViolation] = []
     for name in _RUN_IDS:
         out += v.id_violations(getattr(run, name), f"{prefix}.{name}")
@@ -25,6 +34,45 @@ def _run(run: pb.Run, prefix: str) -> list[FieldViolation]:
     for field, value in run.ListFields():
         if field.name.endswith("_id") and field.name not in _RUN_IDS and isinstance(value, str):
             out += v.id_violations(value, f"{prefix}.{field.name}", required=False)
+    return out
+
+
+def _run(run: pb.Run, prefix: str) -> list[FieldViolation]:
+    """Everything wrong with one run, each naming its field under ``prefix``."""
+    out = _ids(run, prefix)
+    if run.status == RUN_STATUS.unspecified:  # a number no value has: the generic check
+        names = ", ".join(RUN_STATUS.proto_names)
+        out.append(FieldViolation(f"{prefix}.status", f"must be one of {names}"))
+    if run.duration_ms < 0:
+        out.append(FieldViolation(f"{prefix}.duration_ms", "must be >= 0"))
+    if len(run.node_logs) > MAX_NODE_LOGS:
+        out.append(FieldViolation(f"{prefix}.node_logs", f"has more than {MAX_NODE_LOGS} entries"))
+    if len(run.tags) > MAX_TAGS:
+        out.append(FieldViolation(f"{prefix}.tags", f"has more than {MAX_TAGS} tags"))
+    for i, tag in enumerate(run.tags[:MAX_TAGS]):
+        if len(tag) > MAX_ID_LENGTH:
+            out.append(FieldViolation(f"{prefix}.tags[{i}]", f"is longer than {MAX_ID_LENGTH}"))
+    if run.omitted_node_logs < 0:
+        out.append(FieldViolation(f"{prefix}.omitted_node_logs", "must be >= 0"))
+    for i, node in enumerate(run.node_logs[:MAX_NODE_LOGS]):
+        if not node.name.strip():
+            out.append(FieldViolation(f"{prefix}.node_logs[{i}].name", "is required"))
+        if node.duration_ms < 0:
+            out.append(FieldViolation(f"{prefix}.node_logs[{i}].duration_ms", "must be >= 0"))
+    return out
+
+
+def _batch(request: pb.BatchLogRunsRequest) -> list[FieldViolation]:
+    n = len(request.runs)
+    if not n:
+        return [FieldViolation("runs", "must hold at least one run")]
+    if n > MAX_BATCH:
+        return [FieldViolation("runs", f"holds {n} runs; at most {MAX_BATCH}")]
+    out: list[FieldViolation] = []
+    for i, run in enumerate(request.runs):
+        out += _run(run, f"runs[{i}]")
+        if len(out) > 20:
+            break
     return out
 
 
@@ -43,21 +91,37 @@ def _top_level_ids(request: Message, required: tuple[str, ...]) -> list[FieldVio
     return out
 
 
+def _search(request: pb.SearchRunsRequest) -> list[FieldViolation]:
+    out = _top_level_ids(request, ())
+    if not request.text.strip():
+        out.append(FieldViolation("text", "is required"))
+    out += v.text_violations(request.text, "text", limit=embeddings.MAX_TEXT)
+    if not 0 <= request.limit <= MAX_SEARCH_LIMIT:
+        out.append(
+            FieldViolation("limit", f"must be between 1 and {MAX_SEARCH_LIMIT} (0 means 10)")
+        )
+    return out
+
+
 def validate(request: Message) -> None:
     """Raise InvalidArgument naming every field of ``request`` the service cannot take."""
     extra: list[FieldViolation] = []
     if isinstance(request, pb.LogRunRequest):
         extra = _run(request.run, "run")
     elif isinstance(request, pb.BatchLogRunsRequest):
-        for i, run in enumerate(request.runs):
-            extra += _run(run, f"runs[{i}]")
-            if len(extra) > 20:
-                break
+        extra = _batch(request)
+        if extra and extra[0].field == "runs":
+            raise InvalidArgument(extra)  # no run is looked at in a batch of the wrong size
     elif isinstance(request, pb.GetRunRequest):
         extra = _top_level_ids(request, _RUN_IDS)
+    elif isinstance(request, pb.ListRunsRequest):
+        extra = _top_level_ids(request, ("wpk_id",))
+        if len(request.tag) > MAX_ID_LENGTH:  # a tag filter may hold NUL, as tags may
+            extra.append(
+                FieldViolation("tag", f"is {len(request.tag)} characters; at most {MAX_ID_LENGTH}")
+            )
     elif isinstance(request, pb.SearchRunsRequest):
-        extra = _top_level_ids(request, ())
-        extra += v.text_violations(request.text, "text", limit=embeddings.MAX_TEXT)
+        extra = _search(request)
     else:  # an RPC added later: ids and page tokens by name, then the generic checks
         extra = _top_level_ids(request, ())
     v.check_request(request, extra)

@@ -1,13 +1,18 @@
 """Keyset pagination, written once: the token, the predicate and the slice.
 
-Every newest-first listing here (RunHistory's runs, Insight's signals) walks its
-table in ``(time, id) DESC`` order. A page token (AIP-158) is opaque: URL-safe base64
-of a small JSON object holding the last row's position and naming the listing it
-belongs to, so a token from another listing or filter is refused instead of misread.
+Every time-ordered listing here walks its table in ``(time, id)`` order: newest first
+for RunHistory's runs and Insight's signals, oldest first for Insight's watches. A
+page token (AIP-158) is opaque: URL-safe base64 of a small JSON object holding the
+last row's position and naming the listing it belongs to, so a token from another
+listing or filter is refused instead of misread.
 
 - :func:`decode_position` turns a token into the position (or None for page one);
-- :func:`after` is the SQL predicate "strictly after that position";
-- :func:`keyset_page` slices ``limit + 1`` fetched rows into the page and next token.
+- :func:`after` is the SQL predicate "strictly after that position" and :func:`order`
+  the ORDER BY it goes with;
+- :func:`keyset_page` slices ``limit + 1`` fetched rows into the page and next token
+  (:func:`page` does the same for a listing ordered by one text key, like the
+  Registry's workflows by id, whose tokens :func:`encode_key` / :func:`decode_key` make
+  and read).
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from neuralops.servers.runtime.errors import InvalidArgument
 T = TypeVar("T")
 # A row's place in a newest-first listing: its time, then its row id (a UUID).
 Position = tuple[datetime, str]
-_NOT_OURS = "is not a token this service issued"
+NOT_OURS = "is not a token this service issued"
+
+
+MAX_TOKEN_LENGTH = 4096
 
 
 def encode(scope: str, position: dict[str, Any]) -> str:
@@ -34,16 +42,49 @@ def encode(scope: str, position: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _load(token: str) -> dict[str, Any]:
+    """The JSON object a token carries; ValueError when it carries none (or NUL)."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise ValueError("too long")
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from exc
+    if not isinstance(data, dict) or "\\u0000" in json.dumps(data):
+        raise ValueError("not an object")
+    return data
+
+
+def well_formed(token: str) -> bool:
+    """Whether ``token`` could be one of ours: an object whose time (``t``) and id (``i``),
+    when present, are a time and a UUID. The request validators call this so a forged
+    position never reaches SQL; :func:`decode` also checks the listing it names."""
+    if not token:
+        return True
+    try:
+        data = _load(token)
+        if "t" in data:
+            if not isinstance(data["t"], str):
+                return False
+            as_datetime(data["t"])
+        if "i" in data:
+            if not isinstance(data["i"], str):
+                return False
+            uuid.UUID(data["i"])
+    except ValueError:
+        return False
+    return True
+
+
 def decode(token: str, scope: str) -> dict[str, Any] | None:
     """The position in ``token``; None for an empty token (the first page)."""
     if not token:
         return None
     try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument.one("page_token", _NOT_OURS) from exc
-    if not isinstance(data, dict) or data.get("s") != scope:
+        data = _load(token)
+    except ValueError as exc:
+        raise InvalidArgument.one("page_token", NOT_OURS) from exc
+    if data.get("s") != scope:
         raise InvalidArgument.one("page_token", "belongs to a different listing or filter")
     return data
 
@@ -66,9 +107,9 @@ def decode_position(token: str, scope: str) -> Position | None:
         at = as_datetime(pos.get("t"))
         row_id = str(uuid.UUID(str(pos.get("i"))))
     except (TypeError, ValueError) as exc:
-        raise InvalidArgument.one("page_token", _NOT_OURS) from exc
+        raise InvalidArgument.one("page_token", NOT_OURS) from exc
     if at is None or not isinstance(pos.get("i"), str):
-        raise InvalidArgument.one("page_token", _NOT_OURS)
+        raise InvalidArgument.one("page_token", NOT_OURS)
     return at, row_id
 
 
@@ -76,20 +117,48 @@ def encode_position(scope: str, position: Position) -> str:
     return encode(scope, {"t": position[0].isoformat(), "i": position[1]})
 
 
-def after(dialect: str, time_column: str) -> str:
-    """SQL predicate: rows strictly after a position in ``(time_column, id) DESC`` order.
-    Takes two parameters, the position's time and row id. ``time_column`` is a fixed
-    column name from the caller's code, never input."""
+def decode_key(token: str, scope: str) -> str | None:
+    """The last row's key in a token of a listing ordered by one text key (the
+    Registry's workflows by id); None for an empty token (the first page)."""
+    pos = decode(token, scope)
+    if pos is None:
+        return None
+    key = pos.get("a")
+    if not isinstance(key, str):
+        raise InvalidArgument.one("page_token", NOT_OURS)
+    return key
+
+
+def encode_key(scope: str, key: str) -> str:
+    return encode(scope, {"a": key})
+
+
+def after(dialect: str, time_column: str, *, newest_first: bool = True) -> str:
+    """SQL predicate: rows strictly after a position in :func:`order`'s order. Takes two
+    parameters, the position's time and row id. ``time_column`` is a fixed column name
+    from the caller's code, never input."""
+    op = "<" if newest_first else ">"
     if dialect == "postgres":
-        return f"({time_column}, id) < (%s::timestamptz, %s::uuid)"
-    return f"({time_column}, id) < (%s, %s)"
+        return f"({time_column}, id) {op} (%s::timestamptz, %s::uuid)"
+    return f"({time_column}, id) {op} (%s, %s)"
+
+
+def order(time_column: str, *, newest_first: bool = True) -> str:
+    """The ORDER BY terms :func:`after` pages through (the id breaks ties)."""
+    way = "DESC" if newest_first else "ASC"
+    return f"{time_column} {way}, id {way}"
+
+
+def page(found: Sequence[T], limit: int, next_token: Callable[[T], str]) -> tuple[list[T], str]:
+    """The page out of up to ``limit + 1`` rows fetched, and the next page's token made
+    from its last row by ``next_token`` ("" when this is the last page)."""
+    rows = list(found[:limit])
+    return rows, next_token(rows[-1]) if len(found) > limit and rows else ""
 
 
 def keyset_page(
     found: Sequence[T], limit: int, scope: str, position: Callable[[T], Position]
 ) -> tuple[list[T], str]:
-    """The page out of up to ``limit + 1`` rows fetched, and the next page's token
-    ("" when this is the last page)."""
-    page = list(found[:limit])
-    more = len(found) > limit
-    return page, encode_position(scope, position(page[-1])) if more and page else ""
+    """:func:`page` for a ``(time, id)`` listing: the next token holds the last row's
+    position."""
+    return page(found, limit, lambda row: encode_position(scope, position(row)))
