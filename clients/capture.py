@@ -36,18 +36,12 @@ try:  # a dependency of langsmith (so of langchain-core) on CPython; the walk wo
     import orjson
 except ImportError:  # pragma: no cover
     orjson = None  # type: ignore[assignment]
+from neuralops.clients.enums import RUN_STATUS
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
 MAX_EXACT_INT = 2**53
 MAX_DEPTH = 20  # Struct nests two messages per level; protobuf parsers stop at 100
 _ELLIPSIS = "…"
-_STATUS = {
-    "running": pb.RUN_STATUS_RUNNING,
-    "completed": pb.RUN_STATUS_COMPLETED,
-    "failed": pb.RUN_STATUS_FAILED,
-    "interrupted": pb.RUN_STATUS_INTERRUPTED,
-    "cancelled": pb.RUN_STATUS_CANCELLED,
-}
 _KIND = {
     "model": pb.CALL_KIND_MODEL,
     "tool": pb.CALL_KIND_TOOL,
@@ -301,7 +295,7 @@ def stamp(epoch_s: float, msg: Any) -> None:
 
 
 def status(text: str) -> pb.RunStatus.ValueType:
-    return _STATUS[text]
+    return RUN_STATUS.to_proto(text)
 
 
 def kind(text: str) -> pb.CallKind.ValueType:
