@@ -52,7 +52,9 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -98,12 +100,13 @@ def _error_text(error: BaseException) -> str:
 @dataclass(eq=False, slots=True)
 class _Call:
     kind: str
-    id: uuid.UUID
+    id: str
     name: str
     start: float
     started_at: float
     input: Any = None
-    meta: dict[str, Any] | None = None
+    model: str = ""
+    provider: str = ""
     params: dict[str, Any] | None = None
     end: float | None = None
     status: str = "running"
@@ -162,6 +165,14 @@ def _key(run_id: Any) -> Any:
         return uuid.UUID(str(run_id)).int
     except ValueError:
         return str(run_id)
+
+
+_NO_META: Mapping[str, Any] = MappingProxyType({})
+
+
+def _id_text(key: Any) -> str:
+    """A run id back from its key (``_key``)."""
+    return str(uuid.UUID(int=key)) if isinstance(key, int) else str(key)
 
 
 def _path(ns: str) -> str:
@@ -234,6 +245,8 @@ class RunHistoryCallback(_Base):
         # Every open run id (the id as an int: a UUID's own __hash__ is Python code)
         # -> the log of the recorded graph run it belongs to.
         self._open: dict[Any, _Open] = {}
+        self._calls: dict[Any, str] = {}  # open tool, model and retriever calls: their kind
+        self._io: set[Any] = set()  # open runs whose output is captured
         self._seen: dict[Any, int] = {}
         self.reused_run_ids = 0
         _close_open_runs_at_exit(self)
@@ -275,14 +288,30 @@ class RunHistoryCallback(_Base):
                         now,
                     )
                 )
-            elif len(rec.log) > self._max_events:
-                inputs = None
+                self._open[key] = rec
+                return
             self._open[key] = rec
-            if rec.key != key:
-                name = kwargs.get("name")
-                rec.log.append(
-                    (_START, key, pkey, run_id, name, serialized, tags, metadata, inputs, now)
-                )
+            # Only atomic values and the captured input are kept (not the task's
+            # metadata, tags or ids): what a run holds until it is built stays small
+            # and mostly invisible to the garbage collector.
+            name = kwargs.get("name")
+            meta = metadata or _NO_META
+            node = meta.get("langgraph_node")
+            ns: str | None = None
+            step = 0
+            keep = False
+            if node is not None and name == node and not (tags and _HIDDEN in tags):
+                ns = str(meta.get("langgraph_checkpoint_ns", ""))
+                step = int(meta.get("langgraph_step", 0))
+                keep = self._capture  # a node (unless it is its own node's inner runnable)
+            elif pkey in self._calls:  # a chain or graph run inside a tool or model call
+                name = name or (serialized or {}).get("name") or "chain"
+                keep = self._capture_calls
+            if keep and len(rec.log) <= self._max_events:
+                self._io.add(key)
+            else:
+                inputs = None
+            rec.log.append((_START, key, pkey, name, ns, step, inputs, now))
         except Exception:
             log.exception("neuralops hook: on_chain_start failed")
 
@@ -341,7 +370,9 @@ class RunHistoryCallback(_Base):
         if rec is None:
             return
         if rec.key != key:
-            if len(rec.log) > self._max_events:
+            if key in self._io:
+                self._io.discard(key)
+            else:
                 outputs = None
             rec.log.append((_END, key, outputs, error, now))
             return
@@ -371,15 +402,27 @@ class RunHistoryCallback(_Base):
             return  # a model or tool used outside any recorded graph run
         key = _key(run_id)
         self._open[key] = rec
+        self._calls[key] = kind
+        model = provider = ""
+        if kind == "model":
+            m = meta or _NO_META
+            given = params or _NO_META
+            model = str(
+                m.get("ls_model_name") or given.get("model") or given.get("model_name") or ""
+            )
+            provider = str(m.get("ls_provider") or "")
         if not self._capture_calls or len(rec.log) > self._max_events:
-            inputs = None
-        rec.log.append((_CALL, key, pkey, run_id, kind, name, inputs, meta, params, now))
+            inputs = params = None
+        rec.log.append((_CALL, key, pkey, kind, name, inputs, model, provider, params, now))
 
     def _call_end(self, run_id: uuid.UUID, output: Any, error: BaseException | None) -> None:
         now = time.perf_counter()
         key = _key(run_id)
         rec = self._open.pop(key, None)
+        kind = self._calls.pop(key, None)
         if rec is not None:
+            if not self._capture_calls and kind != "model":  # a model's output has its usage
+                output = None
             rec.log.append((_CALL_END, key, output, error, now))
 
     def on_chat_model_start(
@@ -600,6 +643,8 @@ class RunHistoryCallback(_Base):
         for k in track:
             if self._open.get(k) is rec:
                 self._open.pop(k, None)
+                self._calls.pop(k, None)
+                self._io.discard(k)
         if end is None:  # pragma: no cover - a root always ends with _END or at exit
             end = time.perf_counter()
         if cancelled_at is not None and error is None and outputs is None:
@@ -624,31 +669,26 @@ class RunHistoryCallback(_Base):
         track: _Track,
         ev: tuple[Any, ...],
     ) -> None:
-        _, key, pkey, run_id, name, serialized, tags, meta, inputs, now = ev
+        _, key, pkey, name, ns, step, inputs, now = ev
         parent = track.get(pkey)
         if parent is None:
             return
         where = parent[0]
-        meta = meta or {}
-        node_name = meta.get("langgraph_node")
-        if node_name is not None and name == node_name and not (tags and _HIDDEN in tags):
-            ns = str(meta.get("langgraph_checkpoint_ns", ""))
-            if not (isinstance(where, _Node) and where.ns == ns):
-                node = self._start_node(run, node_name, ns=ns, meta=meta, inputs=inputs, now=now)
-                track[key] = (node, node)
-                return
+        if ns is not None and not (isinstance(where, _Node) and where.ns == ns):
+            node = self._start_node(run, name, ns=ns, step=step, inputs=inputs, now=now)
+            track[key] = (node, node)
+            return
         if isinstance(where, _Call) and where.kind != "chain":
             # A chain or graph run inside a tool or model call: a nested CHAIN call.
-            label = name or (serialized or {}).get("name") or "chain"
-            call = _Call("chain", run_id, str(label), now, now + _WALL_OFFSET)
-            call.input = inputs if self._capture_calls else None
+            call = _Call("chain", _id_text(key), str(name), now, now + _WALL_OFFSET)
+            call.input = inputs
             where.calls.append(call)
             track[key] = (call, call)
             return
         track[key] = (where, None)  # a runnable inside a node: transparent
 
     def _start_node(
-        self, run: _Run, name: str, *, ns: str, meta: dict[str, Any], inputs: Any, now: float
+        self, run: _Run, name: str, *, ns: str, step: int, inputs: Any, now: float
     ) -> _Node | None:
         attempt = run.attempts.get(ns, 0) + 1
         run.attempts[ns] = attempt
@@ -658,7 +698,7 @@ class RunHistoryCallback(_Base):
         node = _Node(
             name=str(name),
             ns=ns,
-            step=int(meta.get("langgraph_step", 0)),
+            step=step,
             attempt=attempt,
             start=now,
             started_at=now + _WALL_OFFSET,
@@ -700,12 +740,13 @@ class RunHistoryCallback(_Base):
         track: _Track,
         ev: tuple[Any, ...],
     ) -> _Call | None:
-        _, key, pkey, run_id, kind, name, inputs, meta, params, now = ev
+        _, key, pkey, kind, name, inputs, model, provider, params, now = ev
         parent = track.get(pkey)
         if parent is None:
             return None
         where = parent[0]
-        call = _Call(kind, run_id, name, now, now + _WALL_OFFSET, meta=meta, params=params)
+        call = _Call(kind, _id_text(key), name, now, now + _WALL_OFFSET, params=params)
+        call.model, call.provider = model, provider
         call.input = inputs
         if where is None:
             run.loose_calls.append(call)
@@ -833,7 +874,7 @@ class RunHistoryCallback(_Base):
     def _call_message(self, c: _Call, budget: cap.Budget, usage: _Totals) -> tuple[pb.Call, bool]:
         end = c.end if c.end is not None else c.start
         call = pb.Call(
-            id=str(c.id),
+            id=c.id,
             kind=cap.kind(c.kind),
             name=c.name,
             duration_ms=round((end - c.start) * 1000),
@@ -844,16 +885,10 @@ class RunHistoryCallback(_Base):
         cap.stamp(c.started_at + (end - c.start), call.end_time)
         output = c.output
         if c.kind == "model":
-            meta = c.meta or {}
             params = c.params or {}
             tokens, model = cap.usage_of(output) if output is not None else ({}, "")
-            call.model = str(
-                meta.get("ls_model_name")
-                or params.get("model")
-                or params.get("model_name")
-                or model
-            )
-            call.provider = str(meta.get("ls_provider") or "")
+            call.model = c.model or model
+            call.provider = c.provider
             if tokens:
                 for k, v in tokens.items():
                     setattr(call.usage, k, v)
