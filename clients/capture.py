@@ -25,8 +25,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from datetime import time as clock_time
+from enum import Enum
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -40,6 +43,8 @@ from neuralops.clients.enums import RUN_STATUS
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
 MAX_EXACT_INT = 2**53
+# A value the hook did not keep (past its bounds): captured as nothing, marked truncated.
+DROPPED: Any = type("Dropped", (), {"__repr__": lambda self: "<dropped>"})()
 MAX_DEPTH = 20  # Struct nests two messages per level; protobuf parsers stop at 100
 _ELLIPSIS = "…"
 _KIND = {
@@ -67,7 +72,33 @@ def _text(value: str, b: Budget) -> str:
         b.cut = True
         value = value[:limit] + _ELLIPSIS
     b.left -= len(value) + 2
+    return valid_text(value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(value: str) -> str:
+    """``value`` as protobuf accepts it: a lone surrogate (e.g. half of an emoji cut by
+    someone else) becomes U+FFFD instead of failing the whole record."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", value)
     return value
+
+
+def _key_text(key: Any) -> str:
+    """A mapping key as JSON text, the way orjson writes it (the fast path)."""
+    if key is True or key is False or key is None:
+        return "true" if key else ("null" if key is None else "false")
+    if isinstance(key, Enum):
+        key = key.value
+    if isinstance(key, date | clock_time):
+        return key.isoformat()
+    return str(key)
 
 
 _MESSAGE_KEYS = ("name", "id", "tool_call_id", "tool_calls", "usage_metadata")
@@ -132,7 +163,7 @@ def bounded(value: Any, b: Budget, depth: int = 0) -> Any:
                 b.cut = True
                 out[_ELLIPSIS] = f"{len(items) - i} more"
                 break
-            key = str(k)
+            key = valid_text(_key_text(k))
             b.left -= len(key) + 4
             out[key] = bounded(v, b, depth + 1)
         return out
@@ -146,8 +177,12 @@ def bounded(value: Any, b: Budget, depth: int = 0) -> Any:
                 break
             res.append(bounded(v, b, depth + 1))
         return res
-    if isinstance(value, datetime):
+    if isinstance(value, date | clock_time):  # as orjson writes them (RFC 3339)
         return _text(value.isoformat(), b)
+    if isinstance(value, uuid.UUID):
+        return _text(str(value), b)
+    if isinstance(value, Enum):
+        return bounded(value.value, b, depth + 1)
     plain = _plain(value)
     if plain is not value:
         return bounded(plain, b, depth + 1)
@@ -183,7 +218,7 @@ def fill(target: struct_pb2.Struct, value: Any, run: Budget, per_item: int) -> b
     (which it spends); True when something was cut (or the run's budget was spent)."""
     if value is None:
         return False
-    if run.left <= 0:
+    if run.left <= 0 or value is DROPPED:
         return True
     if orjson is not None:
         text = _fast_json(value, min(per_item, run.left), run.max_chars)
@@ -217,6 +252,8 @@ _long_strings: dict[int, re.Pattern[bytes]] = {}
 def _fast_json(value: Any, limit: int, max_chars: int) -> bytes | None:
     """``value`` as JSON when it fits as it is: within ``limit`` bytes, no string over
     ``max_chars`` (bytes of UTF-8, so a little strict), every integer exact."""
+    if _looks_bigger(value, limit):
+        return None  # the walk stops at the budget; orjson would write it all first
     try:
         text: bytes = orjson.dumps(value, default=_json_default, option=_FAST_OPTIONS)
     except (TypeError, ValueError, RecursionError):  # JSONEncodeError is a TypeError
@@ -231,6 +268,50 @@ def _fast_json(value: Any, limit: int, max_chars: int) -> bytes | None:
         if pattern.search(text):
             return None
     return text
+
+
+def _looks_bigger(value: Any, limit: int) -> bool:
+    """A rough look two levels down: is ``value`` surely bigger than ``limit`` bytes?"""
+    if isinstance(value, dict):
+        items: Any = value.values()
+        n = 8 * len(value)
+    elif isinstance(value, list | tuple):
+        items, n = value, 0
+    else:
+        return False
+    for v in items:
+        t = type(v)
+        if t is str or t is bytes:
+            n += len(v)
+        elif t is list or t is tuple or t is dict:
+            n += 32 * len(v)
+        else:
+            n += 8
+        if n > limit:
+            return True
+    return False
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of what a caller may still change after a run: the containers at the top
+    and one level down (a chat loop appending to ``state["messages"]``); the objects
+    inside are shared. Cheap enough for the graph's thread."""
+    if isinstance(value, dict):
+        return {k: _copy_container(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy_container(v) for v in value]
+    return value
+
+
+def _copy_container(v: Any) -> Any:
+    t = type(v)
+    if t is list:
+        return list(v)
+    if t is dict:
+        return dict(v)
+    if t is set:
+        return set(v)
+    return v
 
 
 def _json_default(value: Any) -> Any:

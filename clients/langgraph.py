@@ -94,7 +94,15 @@ def _status_of(error: BaseException | None) -> str:
 
 
 def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:4000]
+    return cap.valid_text(f"{type(error).__name__}: {error}"[:4000])
+
+
+def _outcome(error: BaseException | None) -> tuple[str, str]:
+    """Status and error text, read when the run ends (the exception may change later)."""
+    if error is None:
+        return "completed", ""
+    status = _status_of(error)
+    return status, _error_text(error) if status == "failed" else ""
 
 
 @dataclass(eq=False, slots=True)
@@ -189,13 +197,16 @@ class _Open:
     nodes and calls is rebuilt from the log on the sender's thread
     (:meth:`RunHistoryCallback._assemble`)."""
 
-    __slots__ = ("first_tokens", "key", "log", "rid")
+    __slots__ = ("calls", "ended", "first_tokens", "key", "log", "nodes", "rid")
 
     def __init__(self, key: Any, rid: str) -> None:
         self.key = key
         self.rid = rid
         self.log: list[tuple[Any, ...]] = []
         self.first_tokens: dict[Any, float] = {}
+        self.ended = False
+        self.nodes = 0  # node starts seen, and calls: past a bound their I/O is not kept
+        self.calls = 0
 
 
 # Event kinds in an _Open log.
@@ -238,14 +249,17 @@ class RunHistoryCallback(_Base):
         self._node_budget = node_budget_bytes
         self._run_budget = run_budget_bytes
         self._max_nodes = max_node_logs
-        # Past this many events a run's log keeps no more inputs/outputs (they would be
-        # omitted anyway): memory stays bounded on a run with a huge fan-out.
-        self._max_events = 4 * max_node_logs + 64
+        # Past these counts a run keeps no more node or call inputs/outputs (marked
+        # truncated; nodes past max_node_logs are omitted anyway): memory stays bounded on
+        # a run with a huge fan-out.
+        self._io_nodes = 2 * max_node_logs + 16
+        self._io_calls = 8 * max_node_logs + 64
         self._lock = threading.Lock()
         # Every open run id (the id as an int: a UUID's own __hash__ is Python code)
         # -> the log of the recorded graph run it belongs to.
         self._open: dict[Any, _Open] = {}
-        self._calls: dict[Any, str] = {}  # open tool, model and retriever calls: their kind
+        # Open tool, model and retriever calls: their kind, and whether their I/O is kept.
+        self._calls: dict[Any, tuple[str, bool]] = {}
         self._io: set[Any] = set()  # open runs whose output is captured
         self._seen: dict[Any, int] = {}
         self.reused_run_ids = 0
@@ -281,7 +295,7 @@ class RunHistoryCallback(_Base):
                         key,
                         run_id,
                         serialized,
-                        inputs,
+                        cap.snapshot(inputs),
                         tags,
                         metadata,
                         kwargs.get("name"),
@@ -303,14 +317,21 @@ class RunHistoryCallback(_Base):
             if node is not None and name == node and not (tags and _HIDDEN in tags):
                 ns = str(meta.get("langgraph_checkpoint_ns", ""))
                 step = int(meta.get("langgraph_step", 0))
-                keep = self._capture  # a node (unless it is its own node's inner runnable)
+                rec.nodes += 1
+                # A node (unless it is its own node's inner runnable).
+                keep = self._capture and rec.nodes <= self._io_nodes
+                dropped = self._capture and not keep
             elif pkey in self._calls:  # a chain or graph run inside a tool or model call
                 name = name or (serialized or {}).get("name") or "chain"
-                keep = self._capture_calls
-            if keep and len(rec.log) <= self._max_events:
+                rec.calls += 1
+                keep = self._capture_calls and rec.calls <= self._io_calls
+                dropped = self._capture_calls and not keep
+            else:
+                dropped = False
+            if keep:
                 self._io.add(key)
             else:
-                inputs = None
+                inputs = cap.DROPPED if dropped else None
             rec.log.append((_START, key, pkey, name, ns, step, inputs, now))
         except Exception:
             log.exception("neuralops hook: on_chain_start failed")
@@ -369,17 +390,22 @@ class RunHistoryCallback(_Base):
         rec = self._open.pop(key, None)
         if rec is None:
             return
+        status, error_text = _outcome(error)
         if rec.key != key:
-            if key in self._io:
-                self._io.discard(key)
-            else:
+            if key not in self._io:
                 outputs = None
-            rec.log.append((_END, key, outputs, error, now))
+            else:
+                self._io.discard(key)
+                if error is not None and status != "failed" and error.args:
+                    # A handoff (ParentCommand) ends its node: the Command is what it
+                    # returned (read now: LangGraph rewrites the exception's args later).
+                    outputs = error.args[0]
+            rec.log.append((_END, key, outputs, status, error_text, now))
             return
-        # The graph run itself ended: snapshot its top-level output; the rest is built
-        # on the sender's thread.
-        out = dict(outputs) if isinstance(outputs, dict) else outputs
-        rec.log.append((_END, key, out, error, now))
+        # The graph run itself ended: copy what the caller may change next; the rest is
+        # built on the sender's thread.
+        rec.ended = True
+        rec.log.append((_END, key, cap.snapshot(outputs), status, error_text, now))
         self._submit(rec, None)
 
     # ------------------------------------------------------------- calls
@@ -402,7 +428,9 @@ class RunHistoryCallback(_Base):
             return  # a model or tool used outside any recorded graph run
         key = _key(run_id)
         self._open[key] = rec
-        self._calls[key] = kind
+        rec.calls += 1
+        keep = self._capture_calls and rec.calls <= self._io_calls
+        self._calls[key] = (kind, keep)
         model = provider = ""
         if kind == "model":
             m = meta or _NO_META
@@ -411,19 +439,20 @@ class RunHistoryCallback(_Base):
                 m.get("ls_model_name") or given.get("model") or given.get("model_name") or ""
             )
             provider = str(m.get("ls_provider") or "")
-        if not self._capture_calls or len(rec.log) > self._max_events:
-            inputs = params = None
+        if not keep:
+            inputs = params = cap.DROPPED if self._capture_calls else None
         rec.log.append((_CALL, key, pkey, kind, name, inputs, model, provider, params, now))
 
     def _call_end(self, run_id: uuid.UUID, output: Any, error: BaseException | None) -> None:
         now = time.perf_counter()
         key = _key(run_id)
         rec = self._open.pop(key, None)
-        kind = self._calls.pop(key, None)
+        kind, keep = self._calls.pop(key, ("", False))
         if rec is not None:
-            if not self._capture_calls and kind != "model":  # a model's output has its usage
-                output = None
-            rec.log.append((_CALL_END, key, output, error, now))
+            if not keep and kind != "model":  # a model's output has its token usage
+                output = cap.DROPPED if self._capture_calls else None
+            status, error_text = _outcome(error)
+            rec.log.append((_CALL_END, key, output, status, error_text, now))
 
     def on_chat_model_start(
         self,
@@ -592,11 +621,9 @@ class RunHistoryCallback(_Base):
         with self._lock:
             recs = {id(r): r for r in list(self._open.values())}
             self._open.clear()
-        roots = [
-            r
-            for r in recs.values()
-            if not (r.log and r.log[-1][0] == _END and r.log[-1][1] == r.key)
-        ]
+            self._calls.clear()
+            self._io.clear()
+        roots = [r for r in recs.values() if not r.ended]
         for rec in roots:
             self._submit(rec, now)
         return len(roots)
@@ -615,15 +642,17 @@ class RunHistoryCallback(_Base):
         track: _Track = {key: (None, None)}
         calls: dict[Any, _Call] = {}
         outputs: Any = None
-        error: BaseException | None = None
+        outcome, error_text = "cancelled", ""
         end = cancelled_at
+        ended = False
         for ev in log_[1:]:
             kind = ev[0]
             if kind == _START:
                 self._replay_start(run, track, ev)
             elif kind == _END:
                 if ev[1] == key:
-                    outputs, error, end = ev[2], ev[3], ev[4]
+                    _, _, outputs, outcome, error_text, end = ev
+                    ended = True
                     break
                 self._replay_end(run, track, ev)
             elif kind == _CALL:
@@ -647,12 +676,12 @@ class RunHistoryCallback(_Base):
                 self._io.discard(k)
         if end is None:  # pragma: no cover - a root always ends with _END or at exit
             end = time.perf_counter()
-        if cancelled_at is not None and error is None and outputs is None:
+        duration_ms = round((end - run.start) * 1000)
+        if not ended:  # still open at exit
             for n in run.nodes:
                 if n.end is None:
-                    n.end, n.status = cancelled_at, "cancelled"
-            return run, None, "cancelled", round((end - run.start) * 1000), ""
-        outcome = _status_of(error)
+                    n.end, n.status = end, "cancelled"
+            return run, None, "cancelled", duration_ms, ""
         if isinstance(outputs, dict) and "__interrupt__" in outputs:
             run.interrupted = True
             # Also what LangGraph returned (older LangGraph has no on_interrupt); ids dedupe.
@@ -660,8 +689,7 @@ class RunHistoryCallback(_Base):
             if isinstance(found, list | tuple):
                 run.interrupts.extend(found)
         status = "interrupted" if run.interrupted or outcome == "interrupted" else outcome
-        error_text = _error_text(error) if error is not None and status == "failed" else ""
-        return run, outputs, status, round((end - run.start) * 1000), error_text
+        return run, outputs, status, duration_ms, error_text if status == "failed" else ""
 
     def _replay_start(
         self,
@@ -713,26 +741,17 @@ class RunHistoryCallback(_Base):
         track: _Track,
         ev: tuple[Any, ...],
     ) -> None:
-        _, key, outputs, error, now = ev
+        _, key, outputs, status, error_text, now = ev
         entry = track.pop(key, None)
         if entry is None:
             return
         own = entry[1]
-        outcome = _status_of(error)
-        if outcome == "interrupted":
+        if status == "interrupted":
             run.interrupted = True
-        if isinstance(own, _Node):
-            own.end = now
-            own.status = outcome
-            if outcome == "failed" and error is not None:
-                own.error = _error_text(error)
-            elif self._capture:
-                # A handoff (ParentCommand) ends its node: the Command is what it returned.
-                own.output = error.args[0] if error is not None and error.args else outputs
-        elif isinstance(own, _Call):
-            own.end, own.status, own.output = now, outcome, outputs
-            if outcome == "failed" and error is not None:
-                own.error = _error_text(error)
+        if isinstance(own, _Node | _Call):
+            own.end, own.status, own.error = now, status, error_text
+            if status != "failed":
+                own.output = outputs
 
     def _replay_call(
         self,
@@ -756,16 +775,12 @@ class RunHistoryCallback(_Base):
         return call
 
     def _replay_call_end(self, track: _Track, ev: tuple[Any, ...]) -> None:
-        _, key, output, error, now = ev
+        _, key, output, status, error_text, now = ev
         entry = track.pop(key, None)
         call = entry[1] if entry is not None else None
         if not isinstance(call, _Call):
             return
-        call.end = now
-        call.status = _status_of(error)
-        if error is not None and call.status == "failed":
-            call.error = _error_text(error)
-        call.output = output
+        call.end, call.status, call.error, call.output = now, status, error_text, output
 
     @staticmethod
     def _replay_interrupt(run: _Run, event: Any) -> None:

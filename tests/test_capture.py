@@ -4,7 +4,11 @@ and every bound (budget, string length, integer precision, depth) holds on both.
 from __future__ import annotations
 
 import math
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import date
+from enum import Enum
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -106,3 +110,29 @@ def test_odd_types_take_the_walk_and_never_fail() -> None:
     got, cut = filled(value)
     assert got == {"p": {"x": 1, "y": 2}, "o": "<opaque>", "s": [3], "(1, 2)": "tuple key"}
     assert not cut
+
+
+class Color(Enum):
+    RED = 1
+
+
+def test_both_paths_write_dates_ids_enums_and_keys_alike() -> None:
+    ident = uuid.UUID(int=7)
+    value = {"d": date(2024, 1, 2), "u": ident, "c": Color.RED, True: 1, None: 2}
+    fast = filled(value)
+    walk = careful(value)
+    assert fast == walk
+    assert fast[0] == {"d": "2024-01-02", "u": str(ident), "c": 1, "true": 1, "null": 2}
+
+
+def test_a_lone_surrogate_is_replaced_not_fatal() -> None:
+    got, _ = filled({"text": "cut emoji \ud83d", "\ud83dkey": 1})
+    assert got == {"text": "cut emoji \ufffd", "\ufffdkey": 1}
+
+
+def test_a_value_far_over_its_budget_is_not_written_whole() -> None:
+    big = {"docs": ["x" * 100 for _ in range(200_000)]}  # ~22 MB as JSON
+    started = time.perf_counter()
+    got, cut = filled(big, budget=64_000)
+    assert cut and len(got["docs"]) < 1000
+    assert time.perf_counter() - started < 0.5  # the walk stops at the budget

@@ -229,7 +229,53 @@ def test_handoff_with_command_parent_is_not_a_failure(runhistory: App, sender: R
     assert sorted(n.name for n in run.node_logs) == sorted(expected)
     assert all(n.status == pb.RUN_STATUS_COMPLETED and not n.error for n in run.node_logs)
     triage = next(n for n in run.node_logs if n.name == "triage")
+    # The Command as the node raised it (LangGraph rewrites the exception's copy later).
     assert to_python(triage.output)["goto"] == "billing"
+    assert to_python(triage.output)["graph"] == Command.PARENT
+
+
+def test_what_the_caller_changes_after_a_run_is_not_in_its_record(
+    runhistory: App, tmp_path: Path
+) -> None:
+    """A chat loop reuses and appends to the state it got back; the record is built
+    later on the sender's thread and must still hold the run as it was."""
+    g: Any = StateGraph(Team)
+    g.add_node("bot", lambda s: {"log": ["reply"]})
+    g.add_edge(START, "bot")
+    graph = g.compile(name="chat")
+    slow = RunSender(runhistory.address("runhistory"), spool_dir=tmp_path / "s", linger_s=2.0)
+    try:
+        hook = RunHistoryCallback(sender=slow)
+        state: dict[str, Any] = {"log": ["question 1"]}
+        first = str(uuid.uuid4())
+        state = graph.invoke(state, {"callbacks": [hook], "run_id": first})
+        state["log"].append("question 2")  # before the sender built run 1
+        state["n"] = 2
+        run = _stored(runhistory, slow, "chat", first)
+    finally:
+        slow.close()
+    assert to_python(run.inputs) == {"log": ["question 1"]}
+    assert to_python(run.outputs) == {"log": ["question 1", "reply"]}
+
+
+def test_past_its_bounds_a_run_keeps_nodes_io_or_says_it_was_cut(
+    runhistory: App, sender: RunSender
+) -> None:
+    def fan_out(s: Team) -> list[Send]:
+        return [Send("work", {"n": i}) for i in range(40)]
+
+    g: Any = StateGraph(Team)
+    g.add_node("work", lambda s: {"log": [f"w{s['n']}"]})
+    g.add_conditional_edges(START, fan_out, ["work"])
+    graph = g.compile(name="bounded")
+    run_id = str(uuid.uuid4())
+    hook = RunHistoryCallback(sender=sender, max_node_logs=10)
+    graph.invoke({"log": []}, {"callbacks": [hook], "run_id": run_id})
+    run = _stored(runhistory, sender, "bounded", run_id)
+    assert len(run.node_logs) == 10 and run.omitted_node_logs == 30
+    for node in run.node_logs:  # every node kept has its input and output, or says so
+        assert node.truncated or (node.HasField("input") and node.HasField("output"))
+    assert all(to_python(n.output)["log"][0].startswith("w") for n in run.node_logs)
 
 
 def _approval_graph() -> Any:
