@@ -37,7 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from neuralops.clients.batching import BatchQueue, Encoded, Item, chunks, pause
+from neuralops.clients.batching import (
+    BUSY_S,
+    CATCH_UP_SLICE_S,
+    SLICE_S,
+    BatchQueue,
+    Encoded,
+    Item,
+    chunks,
+    pace,
+)
 from neuralops.clients.deadletter import DeadLetters
 from neuralops.clients.exporter import Exporter, ExportError, GrpcExporter
 from neuralops.clients.runhistory import default_address
@@ -50,10 +59,10 @@ __all__ = ["Item", "RunSender", "Senders", "sender_for"]
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-# The worker gives the GIL back after about this much work, so a graph thread waiting
-# for it is held up by at most one slice (not by a whole batch, nor by the 5 ms
-# switch interval).
-SLICE_S = 0.0002
+# How long the worker steps aside at a time for an application running Python flat out,
+# and how often it looks whether it still is.
+MAX_DEFER_S = 1.0
+DEFER_POLL_S = 0.05
 
 
 def _size(run: pb.Run) -> int:
@@ -204,6 +213,8 @@ class RunSender:
         """Build and serialize each run once, pausing between runs for the graph."""
         out = []
         since = time.perf_counter()
+        behind = self._behind()
+        slice_s = CATCH_UP_SLICE_S if behind else SLICE_S
         for item in items:
             for run in self._build((item,)):
                 try:
@@ -215,10 +226,28 @@ class RunSender:
                         run.wpk_id,
                         run.run_id,
                     )
-            if time.perf_counter() - since > SLICE_S:
-                pause()
+            since, busy = pace(since, slice_s)
+            if busy and not behind:
+                self._yield_to_busy_app()
                 since = time.perf_counter()
         return out
+
+    def _behind(self) -> bool:
+        return self._queue.qsize() > self._max_queue // 4
+
+    def _yield_to_busy_app(self) -> None:
+        """The application is running Python flat out (a loop of invokes that never
+        waits): step aside for up to ``MAX_DEFER_S`` rather than take the GIL from it
+        every switch interval. Work resumes as soon as the GIL comes back quickly (the
+        application waits on I/O, as agents do), a flush or close asks, or the queue is a
+        quarter full (then the worker catches up with longer turns)."""
+        deadline = time.monotonic() + MAX_DEFER_S
+        self.counters.add("deferrals")
+        while time.monotonic() < deadline and not self._behind() and not self._queue.hurried():
+            started = time.perf_counter()
+            self._queue.wait_unless_hurried(DEFER_POLL_S)
+            if time.perf_counter() - started - DEFER_POLL_S < BUSY_S:
+                return  # the GIL came straight back: the application is idle now
 
     def _handle(self, items: Sequence[Item]) -> None:
         if self._down():

@@ -60,7 +60,7 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import Runnable
 from neuralops.clients import capture as cap
-from neuralops.clients.batching import pause
+from neuralops.clients.batching import pace
 from neuralops.clients.delivery import RunSender, sender_for
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
@@ -192,25 +192,46 @@ def _path(ns: str) -> str:
 class _Open:
     """A graph run being recorded, as the callbacks saw it: an append-only event log.
 
-    The callbacks only append tuples (``list.append`` is atomic, so parallel branches on
-    other threads need no lock) and map each open run id to this log; the tree of
-    nodes and calls is rebuilt from the log on the sender's thread
-    (:meth:`RunHistoryCallback._assemble`)."""
+    The callbacks only extend one flat list with an event's fields (``list.extend`` of a
+    tuple is atomic, so parallel branches on other threads need no lock; and no tuple
+    per event stays alive for the garbage collector to scan while the run waits to be
+    built) and map each open run id to this log; the tree of nodes and calls is rebuilt
+    from the log on the sender's thread (:meth:`RunHistoryCallback._assemble`). The
+    object itself is what the sender's queue holds: calling it builds the record.
+    """
 
-    __slots__ = ("calls", "ended", "first_tokens", "key", "log", "nodes", "rid")
+    __slots__ = (
+        "calls",
+        "cancelled_at",
+        "ended",
+        "first_tokens",
+        "hook",
+        "key",
+        "log",
+        "nodes",
+        "rid",
+        "root",
+    )
 
-    def __init__(self, key: Any, rid: str) -> None:
+    def __init__(self, hook: RunHistoryCallback, key: Any, rid: str, root: tuple[Any, ...]) -> None:
+        self.hook = hook
         self.key = key
         self.rid = rid
-        self.log: list[tuple[Any, ...]] = []
+        self.root = root  # (serialized, inputs, tags, metadata, name, start)
+        self.log: list[Any] = []
         self.first_tokens: dict[Any, float] = {}
         self.ended = False
+        self.cancelled_at: float | None = None
         self.nodes = 0  # node starts seen, and calls: past a bound their I/O is not kept
         self.calls = 0
 
+    def __call__(self) -> pb.Run:
+        return self.hook._build(self)
 
-# Event kinds in an _Open log.
-_ROOT, _START, _END, _CALL, _CALL_END, _INTERRUPT, _RESUME = range(7)
+
+# Event kinds in an _Open log, and how many fields each event has (its kind included).
+_START, _END, _CALL, _CALL_END, _INTERRUPT, _RESUME = range(6)
+_SIZE = {_START: 8, _END: 6, _CALL: 10, _CALL_END: 6, _INTERRUPT: 2, _RESUME: 2}
 
 
 class RunHistoryCallback(_Base):
@@ -288,20 +309,8 @@ class RunHistoryCallback(_Base):
             rec = self._open.get(pkey) if pkey is not None else None
             key = _key(run_id)
             if rec is None:
-                rec = _Open(key, self._run_id_for(key, run_id))
-                rec.log.append(
-                    (
-                        _ROOT,
-                        key,
-                        run_id,
-                        serialized,
-                        cap.snapshot(inputs),
-                        tags,
-                        metadata,
-                        kwargs.get("name"),
-                        now,
-                    )
-                )
+                root = (serialized, cap.snapshot(inputs), tags, metadata, kwargs.get("name"), now)
+                rec = _Open(self, key, self._run_id_for(key, run_id), root)
                 self._open[key] = rec
                 return
             self._open[key] = rec
@@ -332,7 +341,7 @@ class RunHistoryCallback(_Base):
                 self._io.add(key)
             else:
                 inputs = cap.DROPPED if dropped else None
-            rec.log.append((_START, key, pkey, name, ns, step, inputs, now))
+            rec.log.extend((_START, key, pkey, name, ns, step, inputs, now))
         except Exception:
             log.exception("neuralops hook: on_chain_start failed")
 
@@ -400,12 +409,12 @@ class RunHistoryCallback(_Base):
                     # A handoff (ParentCommand) ends its node: the Command is what it
                     # returned (read now: LangGraph rewrites the exception's args later).
                     outputs = error.args[0]
-            rec.log.append((_END, key, outputs, status, error_text, now))
+            rec.log.extend((_END, key, outputs, status, error_text, now))
             return
         # The graph run itself ended: copy what the caller may change next; the rest is
         # built on the sender's thread.
         rec.ended = True
-        rec.log.append((_END, key, cap.snapshot(outputs), status, error_text, now))
+        rec.log.extend((_END, key, cap.snapshot(outputs), status, error_text, now))
         self._submit(rec, None)
 
     # ------------------------------------------------------------- calls
@@ -441,7 +450,7 @@ class RunHistoryCallback(_Base):
             provider = str(m.get("ls_provider") or "")
         if not keep:
             inputs = params = cap.DROPPED if self._capture_calls else None
-        rec.log.append((_CALL, key, pkey, kind, name, inputs, model, provider, params, now))
+        rec.log.extend((_CALL, key, pkey, kind, name, inputs, model, provider, params, now))
 
     def _call_end(self, run_id: uuid.UUID, output: Any, error: BaseException | None) -> None:
         now = time.perf_counter()
@@ -452,7 +461,7 @@ class RunHistoryCallback(_Base):
             if not keep and kind != "model":  # a model's output has its token usage
                 output = cap.DROPPED if self._capture_calls else None
             status, error_text = _outcome(error)
-            rec.log.append((_CALL_END, key, output, status, error_text, now))
+            rec.log.extend((_CALL_END, key, output, status, error_text, now))
 
     def on_chat_model_start(
         self,
@@ -598,7 +607,7 @@ class RunHistoryCallback(_Base):
         try:
             rec = self._open.get(_key(event.run_id)) if event.run_id is not None else None
             if rec is not None:
-                rec.log.append((_INTERRUPT, event))
+                rec.log.extend((_INTERRUPT, event))
         except Exception:
             log.exception("neuralops hook: on_interrupt failed")
 
@@ -606,14 +615,18 @@ class RunHistoryCallback(_Base):
         try:
             rec = self._open.get(_key(event.run_id)) if event.run_id is not None else None
             if rec is not None:
-                rec.log.append((_RESUME, event))
+                rec.log.extend((_RESUME, event))
         except Exception:
             log.exception("neuralops hook: on_resume failed")
 
     # ------------------------------------------------------------- internals
 
     def _submit(self, rec: _Open, cancelled_at: float | None) -> None:
-        self._sender.submit(lambda: self._record(*self._assemble(rec, cancelled_at)))
+        rec.cancelled_at = cancelled_at
+        self._sender.submit(rec)
+
+    def _build(self, rec: _Open) -> pb.Run:
+        return self._record(*self._assemble(rec, rec.cancelled_at))
 
     def close_open_runs(self) -> int:
         """Record every run still open as cancelled (used at interpreter exit)."""
@@ -633,7 +646,8 @@ class RunHistoryCallback(_Base):
     def _assemble(self, rec: _Open, cancelled_at: float | None) -> tuple[_Run, Any, str, int, str]:
         """The run's tree from its log (on the sender's thread)."""
         log_ = list(rec.log)  # a snapshot: a late callback on another thread may append
-        _, key, _, serialized, inputs, tags, meta, name, start = log_[0]
+        key = rec.key
+        serialized, inputs, tags, meta, name, start = rec.root
         meta = meta or {}
         name = name or (serialized or {}).get("name") or "LangGraph"
         wpk = meta.get("wpk_id") or self._wpk_id or name
@@ -645,8 +659,12 @@ class RunHistoryCallback(_Base):
         outcome, error_text = "cancelled", ""
         end = cancelled_at
         ended = False
-        for ev in log_[1:]:
-            kind = ev[0]
+        i, n = 0, len(log_)
+        while i < n:
+            kind = log_[i]
+            size = _SIZE[kind]
+            ev = tuple(log_[i : i + size])
+            i += size
             if kind == _START:
                 self._replay_start(run, track, ev)
             elif kind == _END:
@@ -678,9 +696,9 @@ class RunHistoryCallback(_Base):
             end = time.perf_counter()
         duration_ms = round((end - run.start) * 1000)
         if not ended:  # still open at exit
-            for n in run.nodes:
-                if n.end is None:
-                    n.end, n.status = end, "cancelled"
+            for node in run.nodes:
+                if node.end is None:
+                    node.end, node.status = end, "cancelled"
             return run, None, "cancelled", duration_ms, ""
         if isinstance(outputs, dict) and "__interrupt__" in outputs:
             run.interrupted = True
@@ -808,9 +826,9 @@ class RunHistoryCallback(_Base):
             truncated |= cap.fill(target, value, budget, self._node_budget)
         self._context(msg, run)
         usage = _Totals()
-        for i, n in enumerate(run.nodes):
-            if i and i % 16 == 0:
-                pause()
+        since = time.perf_counter()
+        for n in run.nodes:
+            since, _ = pace(since)
             node, cut = self._node_message(n, status, budget, usage)
             truncated |= cut
             msg.node_logs.append(node)

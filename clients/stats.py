@@ -20,6 +20,7 @@ OUTCOMES = (
     "replayed",  # delivered from the spool
     "damaged",  # spool records skipped as torn/corrupt
     "batches",  # BatchLogRuns calls that stored their batch
+    "deferrals",  # times the worker stepped aside for an application running flat out
 )
 
 

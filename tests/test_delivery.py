@@ -414,3 +414,29 @@ def test_runs_linger_into_one_batch_and_flush_does_not_wait(
             quick.close()
     finally:
         sender.close()
+
+
+@one_backend
+def test_the_worker_steps_aside_for_a_busy_app_and_never_for_an_idle_one(
+    runhistory: App, tmp_path: Path
+) -> None:
+    addr = runhistory.address("runhistory")
+    sender = RunSender(addr, spool_dir=tmp_path / "spool", linger_s=0.05)
+    try:
+        # Idle application (waiting, as an agent waits on its model): delivered at once.
+        sender.submit(run_msg("aside", "idle"))
+        wait_for(lambda: sender.delivered == 1, timeout=5)
+        # An application running Python flat out: the worker waits for it...
+        for i in range(300):
+            sender.submit(run_msg("aside", f"busy-{i}"))
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            pass
+        assert sender.stats()["deferrals"] >= 1
+        # ...and a flush delivers everything without waiting out the deferral.
+        started = time.monotonic()
+        assert sender.flush(10)
+        assert time.monotonic() - started < 5
+        assert sender.delivered == 301
+    finally:
+        sender.close()
