@@ -91,12 +91,27 @@ def from_struct(s: struct_pb2.Struct) -> dict[str, Any]:
 
 
 _EPOCH = datetime(1970, 1, 1)
+# "YYYY-MM-DDT" per day number since the epoch: timestamps sent together share their
+# day, so the date is formatted once and only the time of day per timestamp.
+_DAYS: dict[int, str] = {}
+
+
+def _day_prefix(day: int) -> str:
+    prefix = _DAYS.get(day)
+    if prefix is None:
+        if len(_DAYS) > 4096:
+            _DAYS.clear()
+        prefix = _DAYS[day] = (_EPOCH + timedelta(days=day)).isoformat()[:11]
+    return prefix
 
 
 def timestamp_text(ts: timestamp_pb2.Timestamp) -> str:
     """RFC 3339 in UTC, as ``Timestamp.ToJsonString`` writes it (0, 3, 6 or 9
     fraction digits), without its per-call overhead."""
-    text = (_EPOCH + timedelta(seconds=ts.seconds)).isoformat()
+    day, rem = divmod(ts.seconds, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, seconds = divmod(rem, 60)
+    text = f"{_day_prefix(day)}{hours:02d}:{minutes:02d}:{seconds:02d}"
     nanos = ts.nanos
     if not nanos:
         return text + "Z"
