@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
+from neuralops.servers.runtime.budget import CHARGE_PER_BYTE
 from neuralops.servers.runtime.db import PostgresDatabase, scratch_schema
 from neuralops.servers.runtime.migrate import migrate
 
@@ -273,12 +275,16 @@ def _burst(
     run_bytes: int = 155_000,
     budget_mb: int = 128,
 ) -> None:
+    metrics_port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(
             Path(tmp),
             services="runhistory",
             postgres_dsn=dsn,
-            extra_env={"NEURALOPS_MAX_INFLIGHT_BYTES": str(budget_mb * 1024 * 1024)},
+            extra_env={
+                "NEURALOPS_MAX_INFLIGHT_BYTES": str(budget_mb * 1024 * 1024),
+                "NEURALOPS_METRICS_PORT": str(metrics_port),
+            },
         )
         try:
             assert server.proc is not None
@@ -325,6 +331,7 @@ def _burst(
             for s in (1, 3, 5):
                 _sleep_until(t0 + took + s)
                 after[s] = _rss_mb(pid)
+            admitted_peak = _gauge(metrics_port, "neuralops_inflight_request_bytes_peak") / 1e6
             channel.close()
         finally:
             server.stop()
@@ -334,15 +341,31 @@ def _burst(
         f"all {stored:,} runs stored in {took:.1f} s; {refused[0]} answers RESOURCE_EXHAUSTED "
         f"(retried after the RetryInfo delay)",
     )
-    section.add("in-flight budget (NEURALOPS_MAX_INFLIGHT_BYTES)", f"{budget_mb} MiB")
+    budget = budget_mb * 1.048576  # MB
     section.add(
-        "server RSS: base -> peak (target: peak <= base + 2 x budget)",
-        f"{base:,.0f} MB -> {peak:,.0f} MB (base + {(peak - base) / budget_mb:.2f} x budget)",
+        "in-flight budget (NEURALOPS_MAX_INFLIGHT_BYTES; a call is charged "
+        f"{CHARGE_PER_BYTE} bytes per request byte: wire bytes, decoded message, values)",
+        f"{budget_mb} MiB ({budget:,.0f} MB); most admitted at once: {admitted_peak:,.0f} MB "
+        f"charged = {admitted_peak / CHARGE_PER_BYTE:,.0f} MB of requests",
+    )
+    section.add(
+        "server RSS: base -> peak; (peak - base) / budget and / most admitted (target <= 2)",
+        f"{base:,.0f} MB -> {peak:,.0f} MB; {(peak - base) / budget:.2f} x budget, "
+        f"{(peak - base) / admitted_peak:.2f} x admitted",
     )
     section.add(
         "server RSS 1 s / 3 s / 5 s after the burst",
         " / ".join(f"{v:,.0f} MB" for v in after.values()),
     )
+
+
+def _gauge(port: int, name: str) -> float:
+    """One unlabelled value from the server's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise LookupError(f"{name} not on /metrics")
 
 
 def _raw(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:

@@ -24,9 +24,10 @@ from neuralops.servers.runtime import outbox, textcodec
 from neuralops.servers.runtime.db import Database, Row, as_datetime, json_value, utcnow
 
 NOTIFY_TOPIC = "registry.notify_run"
-# Column text per insert statement, at most (a larger batch takes several, in one
-# transaction); batches of ordinary runs fit in one.
-CHUNK_BYTES = 4 * 1024 * 1024
+# JSON text per insert statement, about (a larger batch takes several, in one
+# transaction); batches of ordinary runs fit in one. Small enough that the send buffer
+# of each pooled connection, which libpq never shrinks, stays small after a burst.
+CHUNK_BYTES = 1024 * 1024
 # Ids per lookup of the rows a SQLite batch stored (under SQLite's variable limit).
 _SQLITE_IDS = 500
 
