@@ -371,8 +371,8 @@ class RunStore:
             del rows
             # The rows stored now carry the ids chosen here; only the others are looked up.
             stored: set[str] = set()
-            for at in range(0, len(unique), _SQLITE_IDS):
-                ids = batch.ids[at : at + _SQLITE_IDS]
+            for start in range(0, len(unique), _SQLITE_IDS):
+                ids = batch.ids[start : start + _SQLITE_IDS]
                 found = tx.execute(
                     f"SELECT id FROM workflow_runs WHERE id IN ({', '.join(['%s'] * len(ids))})",
                     ids,

@@ -170,10 +170,9 @@ _isfinite = math.isfinite
 
 
 def _timestamp_ok(msg: Any) -> bool:
-    return (
-        MIN_TIMESTAMP_SECONDS <= msg.seconds <= MAX_TIMESTAMP_SECONDS
-        and 0 <= msg.nanos <= 999_999_999
-    )
+    seconds: int = msg.seconds
+    nanos: int = msg.nanos
+    return MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS and 0 <= nanos <= 999_999_999
 
 
 def _duration_ok(msg: Any) -> bool:
@@ -267,19 +266,27 @@ def _needs_look(desc: Any, seen: set[Any]) -> bool:
     return False
 
 
+def _each_value(one: _Check) -> _Check:
+    return lambda m: all(one(m[k]) for k in m)
+
+
+def _each_item(one: _Check) -> _Check:
+    return lambda xs: all(map(one, xs[:]))
+
+
 def _plan(desc: Any) -> dict[Any, _Check]:
     plan: dict[Any, _Check] = {}
     for field in desc.fields:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             one = _single_check(field.message_type.fields_by_name["value"])
             if one is not None:
-                plan[field] = lambda m, one=one: all(one(m[k]) for k in m)
+                plan[field] = _each_value(one)
             continue
         one = _single_check(field)
         if one is None:
             continue
         if field.is_repeated:
-            plan[field] = lambda xs, one=one: all(map(one, xs[:]))
+            plan[field] = _each_item(one)
         else:
             plan[field] = one
     _plans[desc] = plan
