@@ -180,7 +180,7 @@ class InflightBudget:
             packed.Pack(detail)
             details.append(packed)
         message = (
-            f"server busy: the in-flight budget of {self.max_bytes} request bytes is full;"
+            f"server busy: the in-flight budget of {self.max_bytes} bytes of request memory is full;"
             f" retry after {self.retry_after_s:g} s"
         )
         return rpc_status.to_status(
