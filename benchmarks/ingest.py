@@ -15,11 +15,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
+from neuralops.servers.runtime.budget import CHARGE_PER_BYTE
 from neuralops.servers.runtime.db import PostgresDatabase, scratch_schema
 from neuralops.servers.runtime.migrate import migrate
 
@@ -92,6 +95,10 @@ def floor_row(run: pb.Run) -> tuple[Any, ...]:
 
 
 def run(section: Section, base_dsn: str) -> None:
+    section.add(
+        "load average (1, 5, 15 min) at the start (2 cores, shared)",
+        ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+    )
     with (
         scratch_schema(base_dsn, "nops_ingest") as svc_dsn,
         scratch_schema(base_dsn, "nops_floor") as floor_dsn,
@@ -114,6 +121,9 @@ def run(section: Section, base_dsn: str) -> None:
         migrate(db)
         db.close()
         _burst(section, dsn)
+    section.add(
+        "load average (1, 5, 15 min) at the end", ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    )
 
 
 # ------------------------------------------------------------------ throughput
@@ -124,7 +134,8 @@ def _throughput(
 ) -> None:
     batch = 200
     call = _raw(channel, SERVICE + "BatchLogRuns")
-    service_s = floor_s = 0.0
+    service_s: list[float] = []
+    floor_s: list[float] = []
     runs_n = rounds * per_round * batch
     with psycopg.connect(floor_dsn) as conn:
         for r in range(-1, rounds):  # round -1 warms both up and is not counted
@@ -138,30 +149,35 @@ def _throughput(
                 [floor_row(make_run(f"t{r}-{b}-{i}")) for i in range(batch)]
                 for b in range(per_round)
             ]
-            t0 = time.perf_counter()
-            for req in requests:
+            # Batch by batch, one of each in turn, so a change in the machine's load
+            # falls on both sides alike.
+            for req, chunk in zip(requests, rows, strict=True):
+                t0 = time.perf_counter()
                 call(req, timeout=60)
-            took = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            for chunk in rows:
+                t1 = time.perf_counter()
                 with conn.cursor() as cur:
                     cur.executemany(FLOOR_INSERT, chunk)
                 conn.commit()
-            floor_took = time.perf_counter() - t0
-            if r >= 0:
-                service_s += took
-                floor_s += floor_took
+                t2 = time.perf_counter()
+                if r >= 0:
+                    service_s.append(t1 - t0)
+                    floor_s.append(t2 - t1)
     size = len(requests[0]) / batch
-    service_rate, floor_rate = runs_n / service_s, runs_n / floor_s
+    service_rate, floor_rate = runs_n / sum(service_s), runs_n / sum(floor_s)
+    s, f = stats_ms(service_s), stats_ms(floor_s)
     section.add(
         "BatchLogRuns into Postgres (batches of 200)",
-        f"{service_rate:,.0f} runs/s ({runs_n:,} runs of {size:,.0f} B, 3 node logs)",
+        f"{service_rate:,.0f} runs/s ({runs_n:,} runs of {size:,.0f} B, 3 node logs); "
+        f"{s['p50']:.1f} ms per batch (p50)",
     )
     section.add(
         "floor: psycopg executemany ... ON CONFLICT DO NOTHING, same rows",
-        f"{floor_rate:,.0f} rows/s",
+        f"{floor_rate:,.0f} rows/s; {f['p50']:.1f} ms per batch (p50)",
     )
-    section.add("BatchLogRuns / floor (target >= 0.5)", f"{service_rate / floor_rate:.2f}x")
+    section.add(
+        "BatchLogRuns / floor (target >= 0.5): all batches; p50 batch",
+        f"{service_rate / floor_rate:.2f}x; {f['p50'] / s['p50']:.2f}x",
+    )
 
 
 # ----------------------------------------------------------------------- unary
@@ -273,12 +289,16 @@ def _burst(
     run_bytes: int = 155_000,
     budget_mb: int = 128,
 ) -> None:
+    metrics_port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(
             Path(tmp),
             services="runhistory",
             postgres_dsn=dsn,
-            extra_env={"NEURALOPS_MAX_INFLIGHT_BYTES": str(budget_mb * 1024 * 1024)},
+            extra_env={
+                "NEURALOPS_MAX_INFLIGHT_BYTES": str(budget_mb * 1024 * 1024),
+                "NEURALOPS_METRICS_PORT": str(metrics_port),
+            },
         )
         try:
             assert server.proc is not None
@@ -325,6 +345,7 @@ def _burst(
             for s in (1, 3, 5):
                 _sleep_until(t0 + took + s)
                 after[s] = _rss_mb(pid)
+            admitted_peak = _gauge(metrics_port, "neuralops_inflight_request_bytes_peak") / 1e6
             channel.close()
         finally:
             server.stop()
@@ -334,15 +355,31 @@ def _burst(
         f"all {stored:,} runs stored in {took:.1f} s; {refused[0]} answers RESOURCE_EXHAUSTED "
         f"(retried after the RetryInfo delay)",
     )
-    section.add("in-flight budget (NEURALOPS_MAX_INFLIGHT_BYTES)", f"{budget_mb} MiB")
+    budget = budget_mb * 1.048576  # MB
     section.add(
-        "server RSS: base -> peak (target: peak <= base + 2 x budget)",
-        f"{base:,.0f} MB -> {peak:,.0f} MB (base + {(peak - base) / budget_mb:.2f} x budget)",
+        "in-flight budget (NEURALOPS_MAX_INFLIGHT_BYTES; a call is charged "
+        f"{CHARGE_PER_BYTE} bytes per request byte: wire bytes, decoded message, values)",
+        f"{budget_mb} MiB ({budget:,.0f} MB); most admitted at once: {admitted_peak:,.0f} MB "
+        f"charged = {admitted_peak / CHARGE_PER_BYTE:,.0f} MB of requests",
+    )
+    section.add(
+        "server RSS: base -> peak; (peak - base) / budget and / most admitted (target <= 2)",
+        f"{base:,.0f} MB -> {peak:,.0f} MB; {(peak - base) / budget:.2f} x budget, "
+        f"{(peak - base) / admitted_peak:.2f} x admitted",
     )
     section.add(
         "server RSS 1 s / 3 s / 5 s after the burst",
         " / ".join(f"{v:,.0f} MB" for v in after.values()),
     )
+
+
+def _gauge(port: int, name: str) -> float:
+    """One unlabelled value from the server's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise LookupError(f"{name} not on /metrics")
 
 
 def _raw(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
+import orjson
 from neuralops.servers.runhistory import context
 from neuralops.servers.runhistory.model import (
     EMPTY_CONTEXT,
@@ -22,75 +24,100 @@ from neuralops.servers.runtime import outbox, textcodec
 from neuralops.servers.runtime.db import Database, Row, as_datetime, json_value, utcnow
 
 NOTIFY_TOPIC = "registry.notify_run"
-# Column text per insert statement, at most (a larger batch takes several, in one
-# transaction); batches of ordinary runs fit in one.
-CHUNK_BYTES = 4 * 1024 * 1024
+# JSON text per insert statement, about (a larger batch takes several, in one
+# transaction); batches of ordinary runs fit in one. Small enough that the send buffer
+# of each pooled connection, which libpq never shrinks, stays small after a burst.
+CHUNK_BYTES = 1024 * 1024
+# Ids per lookup of the rows a SQLite batch stored (under SQLite's variable limit).
+_SQLITE_IDS = 500
 
 
 @dataclass(frozen=True)
 class Column:
-    """One column a caller's run fills: its name, its Postgres type, its value."""
+    """One column a caller's run fills: its name, its Postgres type, where its value
+    comes from (an attribute of the run, or of its context when ``of_context``), and
+    whether it is free text (stored escaped, see textcodec) or JSON (``jsonb``)."""
 
     name: str
     pg_type: str
-    value: Callable[[NewRun], Any]
+    attr: str
+    of_context: bool = False
+    free_text: bool = False
 
+    def raw(self, runs: Sequence[NewRun], contexts: Sequence[RunContext]) -> list[Any]:
+        """This column's value for each run, as the run holds it: one C-level getter
+        over the batch, no Python call per run."""
+        return list(map(attrgetter(self.attr), contexts if self.of_context else runs))
 
-def _dumps(value: Any) -> str:
-    return textcodec.dumps(value)
+    def escaped(self, runs: Sequence[NewRun], contexts: Sequence[RunContext]) -> list[Any]:
+        """Each run's value with its free text escaped (JSON values still as values)."""
+        raw = self.raw(runs, contexts)
+        if self.pg_type == "jsonb":
+            return list(map(textcodec.escape_value, raw))
+        return list(map(textcodec.escape, raw)) if self.free_text else raw
 
-
-def _ctx(run: NewRun) -> RunContext:
-    return run.context or EMPTY_CONTEXT
+    def values(self, runs: Sequence[NewRun], contexts: Sequence[RunContext]) -> list[Any]:
+        """Each run's value as stored: free text escaped, JSON as its text."""
+        raw = self.raw(runs, contexts)
+        if self.pg_type == "jsonb":
+            return list(map(textcodec.dumps, raw))
+        return list(map(textcodec.escape, raw)) if self.free_text else raw
 
 
 # The columns taken from the run itself. Adding a column is one line here: both the
 # Postgres statement and the SQLite one are built from this list.
 RUN_COLUMNS: tuple[Column, ...] = (
-    Column("wpk_id", "text", lambda r: r.wpk_id),
-    Column("run_id", "text", lambda r: r.run_id),
-    Column("inputs", "jsonb", lambda r: _dumps(r.inputs)),
-    Column("outputs", "jsonb", lambda r: _dumps(r.outputs)),
-    Column("status", "text", lambda r: r.status),
-    Column("duration_ms", "bigint", lambda r: r.duration_ms),
-    Column("node_logs", "jsonb", lambda r: _dumps(r.node_logs)),
-    Column("error", "text", lambda r: textcodec.escape(r.error)),
+    Column("wpk_id", "text", "wpk_id"),
+    Column("run_id", "text", "run_id"),
+    Column("inputs", "jsonb", "inputs"),
+    Column("outputs", "jsonb", "outputs"),
+    Column("status", "text", "status"),
+    Column("duration_ms", "bigint", "duration_ms"),
+    Column("node_logs", "jsonb", "node_logs"),
+    Column("error", "text", "error", free_text=True),
     # The run context (migration 006; read back by context.py).
-    Column("thread_id", "text", lambda r: textcodec.escape(_ctx(r).thread_id)),
-    Column("checkpoint_id", "text", lambda r: textcodec.escape(_ctx(r).checkpoint_id)),
-    Column("user_id", "text", lambda r: textcodec.escape(_ctx(r).user_id)),
-    Column("session_id", "text", lambda r: textcodec.escape(_ctx(r).session_id)),
-    Column("tags", "jsonb", lambda r: _dumps(_ctx(r).tags)),
-    Column("metadata", "jsonb", lambda r: _dumps(_ctx(r).metadata)),
-    Column("usage", "jsonb", lambda r: _dumps(_ctx(r).usage)),
-    Column("interrupts", "jsonb", lambda r: _dumps(_ctx(r).interrupts)),
-    Column("omitted_node_logs", "integer", lambda r: _ctx(r).omitted_node_logs),
-    Column("truncated", "boolean", lambda r: _ctx(r).truncated),
+    Column("thread_id", "text", "thread_id", of_context=True, free_text=True),
+    Column("checkpoint_id", "text", "checkpoint_id", of_context=True, free_text=True),
+    Column("user_id", "text", "user_id", of_context=True, free_text=True),
+    Column("session_id", "text", "session_id", of_context=True, free_text=True),
+    Column("tags", "jsonb", "tags", of_context=True),
+    Column("metadata", "jsonb", "metadata", of_context=True),
+    Column("usage", "jsonb", "usage", of_context=True),
+    Column("interrupts", "jsonb", "interrupts", of_context=True),
+    Column("omitted_node_logs", "integer", "omitted_node_logs", of_context=True),
+    Column("truncated", "boolean", "truncated", of_context=True),
 )
 # Set by the server per run, after the run's own columns: id, created_at, embed?
 _SERVER_COLUMNS = ("id", "created_at", "updated_at", "embedding_status", "embedding_next_at")
 _COLUMNS = ", ".join(("id", *(c.name for c in RUN_COLUMNS), *_SERVER_COLUMNS[1:]))
 
 
+def _from_doc(i: int, c: Column) -> str:
+    if c.pg_type == "jsonb":
+        return f"d->{i}"
+    if c.pg_type == "text":
+        return f"d->>{i}"
+    return f"(d->>{i})::{c.pg_type}"
+
+
 def _pg_insert_sql() -> str:
-    """One statement for a whole batch: unnest the column arrays, insert what is new,
-    write an outbox row per new run, and answer every run's id in the same round trip
-    (new rows from the insert, known ones from the table)."""
+    """One statement for a whole batch. Its runs' columns come as one JSON document (an
+    array per run: one ``orjson`` call for the batch, one parse in Postgres, instead of
+    a text per value), beside binary arrays of the ids, times and embed flags the
+    server chose. It inserts what is new, writes an outbox row per workflow with new
+    runs, and answers, in the same round trip, the runs that were not inserted (with
+    the stored row's id; usually none). A new run's id and time are the ones this
+    process chose, so they need no answer."""
     names = [c.name for c in RUN_COLUMNS]
-    # %b: binary parameters (psycopg escapes text arrays element by element otherwise).
-    arrays = ", ".join(
-        f"%b::{'text' if c.pg_type == 'jsonb' else c.pg_type}[]" for c in RUN_COLUMNS
-    )
-    values = ", ".join(
-        f"b.{c.name}::jsonb" if c.pg_type == "jsonb" else f"b.{c.name}" for c in RUN_COLUMNS
-    )
+    picks = ", ".join(f"{_from_doc(i, c)} AS {c.name}" for i, c in enumerate(RUN_COLUMNS))
     return f"""
 WITH b AS (
-    SELECT * FROM unnest(%b::uuid[], %b::timestamptz[], %b::boolean[], {arrays})
-        AS b(id, at, embed, {", ".join(names)})
+    SELECT u.id, u.at, u.embed, {picks}
+    FROM ROWS FROM (unnest(%b::uuid[]), unnest(%b::timestamptz[]), unnest(%b::boolean[]),
+                    jsonb_array_elements(%b::text::jsonb)) AS u(id, at, embed, d)
 ), ins AS (
     INSERT INTO workflow_runs (id, {", ".join(names)}, {", ".join(_SERVER_COLUMNS[1:])})
-    SELECT b.id, {values}, b.at, b.at,
+    SELECT b.id, {", ".join(f"b.{n}" for n in names)}, b.at, b.at,
            CASE WHEN b.embed THEN 'pending' ELSE 'skipped' END,
            CASE WHEN b.embed THEN b.at END
     FROM b
@@ -108,11 +135,11 @@ WITH b AS (
     FROM ins
     ORDER BY ins.wpk_id, ins.created_at DESC
 )
-SELECT b.id AS new_id, ins.id IS NOT NULL AS created,
-       COALESCE(ins.id, old.id) AS id, COALESCE(ins.created_at, old.created_at) AS created_at
+SELECT b.id AS new_id, old.id AS id, old.created_at AS created_at
 FROM b
 LEFT JOIN ins ON ins.id = b.id
 LEFT JOIN workflow_runs old ON ins.id IS NULL AND old.wpk_id = b.wpk_id AND old.run_id = b.run_id
+WHERE ins.id IS NULL
 """
 
 
@@ -156,16 +183,48 @@ def stored_run(row: Row) -> StoredRun:
     )
 
 
+def new_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as text, from one read of the system's random
+    source: ``str(uuid.uuid4())`` per run costs a quarter of a batch's bookkeeping."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = bytes([(x & 0x0F) | 0x40 for x in raw[6::16]])  # version 4
+    raw[8::16] = bytes([(x & 0x3F) | 0x80 for x in raw[8::16]])  # RFC 4122 variant
+    h = raw.hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
+
+
 @dataclass(frozen=True)
 class _Batch:
     """A batch as columns, each (wpk_id, run_id) once; ``first[i]`` is the position in
     ``unique`` of request run ``i``."""
 
     unique: list[NewRun]
+    contexts: list[RunContext]
     first: list[int]
     ids: list[str]
     stamps: list[datetime]
     embed: list[bool]
+
+
+def _columns(batch: _Batch, start: int, stop: int) -> list[list[Any]]:
+    runs, contexts = batch.unique[start:stop], batch.contexts[start:stop]
+    return [c.values(runs, contexts) for c in RUN_COLUMNS]
+
+
+def _document(batch: _Batch, start: int, stop: int) -> str:
+    """Runs ``start:stop`` as one JSON array of arrays (RUN_COLUMNS order), free text
+    escaped. Nearly always the text holds nothing to escape, which one scan of it
+    shows; only then are the values walked."""
+    runs, contexts = batch.unique[start:stop], batch.contexts[start:stop]
+    raw = (c.raw(runs, contexts) for c in RUN_COLUMNS)
+    text = orjson.dumps(list(zip(*raw, strict=True))).decode()
+    if textcodec.needs_escape(text):
+        rows = zip(*(c.escaped(runs, contexts) for c in RUN_COLUMNS), strict=True)
+        text = orjson.dumps(list(rows)).decode()
+    return text
 
 
 class RunStore:
@@ -196,10 +255,11 @@ class RunStore:
         on = self._embeddings_enabled
         return _Batch(
             unique,
+            [r.context or EMPTY_CONTEXT for r in unique],
             first,
-            [str(uuid.uuid4()) for _ in unique],
+            new_ids(len(unique)),
             stamps,
-            [on and r.output_text is not None for r in unique],
+            [on and r.output_text is not None for r in unique] if on else [False] * len(unique),
         )
 
     def insert(self, runs: Sequence[NewRun]) -> list[LogResult]:
@@ -228,24 +288,26 @@ class RunStore:
         chunks = self._pg_chunks(batch, now)
         first = next(chunks)
         if first[0] is None:  # the whole batch in one statement: one round trip
-            rows = self._db.statement(_PG_INSERT, first[1])
+            rows = self._db.statement(_PG_INSERT, first[1], prepare=True)
         else:
             with self._db.transaction() as tx:
-                rows = tx.execute(_PG_INSERT, first[1])
+                rows = tx.execute(_PG_INSERT, first[1], prepare=True)
                 for _, params in chunks:
-                    rows += tx.execute(_PG_INSERT, params)
-        by_id = {str(r["new_id"]): r for r in rows}
-        out: list[tuple[str, bool, datetime]] = []
+                    rows += tx.execute(_PG_INSERT, params, prepare=True)
+        # New runs have the id and time chosen here; only the others come back.
+        out = [(i, True, at) for i, at in zip(batch.ids, batch.stamps, strict=True)]
+        if not rows:
+            return out
+        where = {new_id: i for i, new_id in enumerate(batch.ids)}
         late: list[int] = []
-        for i, new_id in enumerate(batch.ids):
-            r = by_id[new_id]
+        for r in rows:
+            i = where[str(r["new_id"])]
             if r["id"] is None:
                 # Stored by a concurrent call that committed after this statement's
                 # snapshot was taken: read it again below.
                 late.append(i)
-                out.append(("", False, now))
             else:
-                out.append((str(r["id"]), bool(r["created"]), r["created_at"]))
+                out[i] = (str(r["id"]), False, r["created_at"])
         if late:
             with self._db.transaction(write=False) as tx:
                 for i in late:
@@ -254,59 +316,74 @@ class RunStore:
         return out
 
     def _pg_chunks(self, batch: _Batch, now: datetime) -> Iterator[tuple[int | None, list[Any]]]:
-        """Statement parameters for up to CHUNK_BYTES of column text at a time, so a
-        large batch never holds all its JSON (nor grows each pooled connection's send
-        buffer) at once. Yields (next start or None when this chunk ends the batch,
-        parameters)."""
-        unique, start = batch.unique, 0
-        while start < len(unique):
-            columns: list[list[Any]] = [[] for _ in RUN_COLUMNS]
-            size, end = 0, start
-            while end < len(unique) and (end == start or size < CHUNK_BYTES):
-                for values, c in zip(columns, RUN_COLUMNS, strict=True):
-                    v = c.value(unique[end])
-                    if isinstance(v, str):
-                        size += len(v)
-                    values.append(v)
-                end += 1
+        """Statement parameters for about CHUNK_BYTES of JSON at a time, so a large batch
+        never holds all its JSON (nor grows each pooled connection's send buffer) at
+        once. The document is made for a slice of runs at a time, the slice sized from
+        the runs seen so far. Yields (next start or None when this chunk ends the
+        batch, parameters)."""
+        n, start = len(batch.unique), 0
+        while start < n:
+            parts: list[str] = []
+            size, end, step = 0, start, 1
+            while end < n and size < CHUNK_BYTES:
+                stop = min(n, end + step)
+                part = _document(batch, end, stop)
+                size += len(part)
+                parts.append(part[1:-1])  # the runs, without the array's brackets
+                del part
+                end = stop
+                step = max(1, (CHUNK_BYTES - size) // max(1, size // (end - start)))
+            doc = parts[0] if len(parts) == 1 else ",".join(parts)
+            del parts
             params: list[Any] = [
                 batch.ids[start:end],
                 batch.stamps[start:end],
                 batch.embed[start:end],
-                *columns,
+                f"[{doc}]",
                 NOTIFY_TOPIC,
                 now,
                 now,
             ]
-            del columns
-            yield (end if end < len(unique) else None), params
+            del doc
+            yield (end if end < n else None), params
             start = end
 
     def _insert_sqlite(self, batch: _Batch) -> list[tuple[str, bool, datetime]]:
         unique = batch.unique
+        columns = _columns(batch, 0, len(unique))
         rows = [
             (
                 row_id,
-                *(c.value(r) for c in RUN_COLUMNS),
+                *values,
                 at,
                 at,
                 "pending" if embed else "skipped",
                 at if embed else None,
             )
-            for r, row_id, at, embed in zip(
-                unique, batch.ids, batch.stamps, batch.embed, strict=True
+            for row_id, at, embed, *values in zip(
+                batch.ids, batch.stamps, batch.embed, *columns, strict=True
             )
         ]
+        del columns
         out: list[tuple[str, bool, datetime]] = []
         with self._db.transaction() as tx:
             tx.executemany(_SQLITE_INSERT, rows)
+            del rows
+            # The rows stored now carry the ids chosen here; only the others are looked up.
+            stored: set[str] = set()
+            for start in range(0, len(unique), _SQLITE_IDS):
+                ids = batch.ids[start : start + _SQLITE_IDS]
+                found = tx.execute(
+                    f"SELECT id FROM workflow_runs WHERE id IN ({', '.join(['%s'] * len(ids))})",
+                    ids,
+                )
+                stored.update(str(r["id"]) for r in found)
             for r, row_id, at in zip(unique, batch.ids, batch.stamps, strict=True):
+                if row_id in stored:
+                    out.append((row_id, True, at))
+                    continue
                 (row,) = tx.execute(_FIND, (r.wpk_id, r.run_id))
-                found = str(row["id"])
-                if found == row_id:
-                    out.append((found, True, at))
-                else:
-                    out.append((found, False, as_datetime(row["created_at"]) or at))
+                out.append((str(row["id"]), False, as_datetime(row["created_at"]) or at))
             newest: dict[str, dict[str, Any]] = {}
             for r, (row_id, created, at) in zip(unique, out, strict=True):
                 if created:  # later runs of a batch are newer: the last one stays

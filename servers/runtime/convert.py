@@ -10,6 +10,7 @@ stay integers; :func:`dict_message` reads both back.
 
 from __future__ import annotations
 
+import keyword
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -91,12 +92,27 @@ def from_struct(s: struct_pb2.Struct) -> dict[str, Any]:
 
 
 _EPOCH = datetime(1970, 1, 1)
+# "YYYY-MM-DDT" per day number since the epoch: timestamps sent together share their
+# day, so the date is formatted once and only the time of day per timestamp.
+_DAYS: dict[int, str] = {}
+
+
+def _day_prefix(day: int) -> str:
+    prefix = _DAYS.get(day)
+    if prefix is None:
+        if len(_DAYS) > 4096:
+            _DAYS.clear()
+        prefix = _DAYS[day] = (_EPOCH + timedelta(days=day)).isoformat()[:11]
+    return prefix
 
 
 def timestamp_text(ts: timestamp_pb2.Timestamp) -> str:
     """RFC 3339 in UTC, as ``Timestamp.ToJsonString`` writes it (0, 3, 6 or 9
     fraction digits), without its per-call overhead."""
-    text = (_EPOCH + timedelta(seconds=ts.seconds)).isoformat()
+    day, rem = divmod(ts.seconds, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, seconds = divmod(rem, 60)
+    text = f"{_day_prefix(day)}{hours:02d}:{minutes:02d}:{seconds:02d}"
     nanos = ts.nanos
     if not nanos:
         return text + "Z"
@@ -172,13 +188,53 @@ def _field_converter(fd: Any) -> _Convert:
 
 
 _tables: dict[Any, dict[Any, tuple[str, _Convert]]] = {}
+# Per message type, a function made for it (see _compile), or None where the generic
+# walk must do (extensions, float fields).
+_compiled: dict[Any, Callable[[Any], dict[str, Any]] | None] = {}
+
+
+def _compile(desc: Any) -> Callable[[Any], dict[str, Any]] | None:
+    """A converter written out for one message type: one attribute read per field and
+    a truth test (what ``ListFields`` reports as set, for proto3 fields without
+    presence), ``HasField`` for fields with presence, no table look-ups. Float fields
+    (where ``-0.0`` is set but false) and extendable types are left to the generic walk."""
+    if desc.extension_ranges:
+        return None
+    env: dict[str, Any] = {}
+    body = ["def convert(m):", "    out = {}"]
+    for i, fd in enumerate(sorted(desc.fields, key=lambda f: f.number)):
+        name = fd.name
+        read = f"getattr(m, {name!r})" if keyword.iskeyword(name) else f"m.{name}"
+        conv = _field_converter(fd)
+        env[f"c{i}"] = conv
+        is_map = fd.message_type is not None and fd.message_type.GetOptions().map_entry
+        if fd.is_repeated or is_map:
+            body += [f"    v = {read}", "    if v:", f"        out[{name!r}] = c{i}(v)"]
+        elif fd.has_presence:
+            body += [f"    if m.HasField({name!r}):", f"        out[{name!r}] = c{i}({read})"]
+        elif fd.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            return None
+        elif fd.type == FieldDescriptor.TYPE_ENUM:
+            body += [f"    v = {read}", "    if v:", f"        out[{name!r}] = c{i}(v)"]
+        else:  # strings, bytes, integers, bools: as they are
+            body += [f"    v = {read}", "    if v:", f"        out[{name!r}] = v"]
+    body.append("    return out")
+    exec("\n".join(body), env)  # code built from descriptors only, no caller input
+    fn: Callable[[Any], dict[str, Any]] = env["convert"]
+    return fn
 
 
 def message_dict(message: Message) -> dict[str, Any]:
     """The set fields of ``message`` as a JSON-ready dict keyed by proto field names."""
-    table = _tables.get(message.DESCRIPTOR)
+    desc = message.DESCRIPTOR
+    try:
+        fn = _compiled[desc]
+    except KeyError:
+        fn = _compiled[desc] = _compile(desc)
+    if fn is not None:
+        return fn(message)
+    table = _tables.get(desc)
     if table is None:
-        desc = message.DESCRIPTOR
         table = _tables[desc] = {fd: (fd.name, _field_converter(fd)) for fd in desc.fields}
     out: dict[str, Any] = {}
     for fd, value in message.ListFields():

@@ -35,7 +35,10 @@ _SQLITE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 class Tx(Protocol):
     """An open transaction."""
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+    def execute(self, sql: str, params: Sequence[Any] = (), *, prepare: bool = False) -> list[Row]:
+        """Run one statement and return its rows. ``prepare``: a statement run on every
+        call of a hot path, planned once per connection (Postgres)."""
+        ...
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None: ...
 
@@ -52,7 +55,9 @@ class Database(Protocol):
 
     def transaction(self, *, write: bool = True) -> contextlib.AbstractContextManager[Tx]: ...
 
-    def statement(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    def statement(
+        self, sql: str, params: Sequence[Any] = (), *, prepare: bool = False
+    ) -> list[Row]:
         """Run one statement as its own transaction and return its rows: atomic as any
         single statement is, and on Postgres one round trip (no BEGIN, no COMMIT)."""
         ...
@@ -93,8 +98,8 @@ class _PgTx:
     def __init__(self, conn: psycopg.Connection[Row]) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        cur = self._conn.execute(sql, params)
+    def execute(self, sql: str, params: Sequence[Any] = (), *, prepare: bool = False) -> list[Row]:
+        cur = self._conn.execute(sql, params, prepare=True if prepare else None)
         return cur.fetchall() if cur.description else []
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
@@ -145,12 +150,14 @@ class PostgresDatabase:
             log.warning("postgres unavailable: %s", exc)
             raise StorageUnavailable("database unavailable") from exc
 
-    def statement(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    def statement(
+        self, sql: str, params: Sequence[Any] = (), *, prepare: bool = False
+    ) -> list[Row]:
         try:
             with self._pool.connection() as conn:
                 conn.autocommit = True
                 try:
-                    cur = conn.execute(sql, params)
+                    cur = conn.execute(sql, params, prepare=True if prepare else None)
                     return cur.fetchall() if cur.description else []
                 finally:
                     conn.autocommit = False
@@ -187,7 +194,7 @@ class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    def execute(self, sql: str, params: Sequence[Any] = (), *, prepare: bool = False) -> list[Row]:
         cur = self._conn.execute(_sqlite_sql(sql), [_sqlite_param(p) for p in params])
         if cur.description is None:
             return []
@@ -247,7 +254,9 @@ class SqliteDatabase:
             conn.execute("ROLLBACK")
             raise StorageUnavailable(f"database unavailable: {exc}") from exc
 
-    def statement(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    def statement(
+        self, sql: str, params: Sequence[Any] = (), *, prepare: bool = False
+    ) -> list[Row]:
         with self.transaction() as tx:
             return tx.execute(sql, params)
 

@@ -68,13 +68,17 @@ def restore(value: Any) -> Any:
     return _walk(value, unescape)
 
 
+def needs_escape(json_text: str) -> bool:
+    """Whether JSON made by orjson from some values holds text :func:`escape` would
+    change (orjson writes NUL as the six characters \\u0000; a literal backslash-u0000
+    also matches, which costs a walk that changes nothing)."""
+    return "\\u0000" in json_text or _NEEDS_RESTORE.search(json_text) is not None
+
+
 def dumps(value: Any) -> str:
     """Compact JSON of ``value`` as stored (escaped). NaN and infinities must not reach
     this point (validation refuses them; orjson would write them as null)."""
     text = orjson.dumps(value).decode()
-    # orjson (like json) writes NUL as the six characters \u0000; only then (or when a marker
-    # character is present) is the value walked. A literal backslash-u0000 also
-    # matches, which costs a walk that changes nothing.
-    if "\\u0000" in text or _NEEDS_RESTORE.search(text):
+    if needs_escape(text):
         text = orjson.dumps(escape_value(value)).decode()
     return text
