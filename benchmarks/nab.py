@@ -135,13 +135,30 @@ def _seasonal(n: int, rng: np.random.Generator, amp: float, weekly: bool) -> Flo
     return out
 
 
+def _benign_spikes(
+    x: FloatArray, rng: np.random.Generator, sd: float, per_day: float
+) -> FloatArray:
+    """Unlabelled bursts (a cron job, a deploy, a retry storm) at ``per_day`` a day:
+    real production series have them, and a detector that alarms on each pays."""
+    n = x.shape[0]
+    hits = np.flatnonzero(rng.random(n) < per_day / 288.0)
+    for at in hits:
+        span = int(rng.integers(1, 4))
+        x[at : at + span] += sd * rng.uniform(3.0, 8.0) * (1 if rng.random() < 0.8 else -1)
+    return x
+
+
 def _base(kind: str, n: int, rng: np.random.Generator) -> tuple[FloatArray, float]:
     """A clean series of ``kind`` and its noise scale (for sizing anomalies)."""
-    if kind == "cpu":
+    if kind == "cpu":  # EC2/RDS CPU: bounded, autocorrelated, often coarsely quantised
         level = rng.uniform(10, 60)
         sd = rng.uniform(0.5, 3.0)
         x = level + _ar1(rng, n, rng.uniform(0.3, 0.9), sd, 3.0)
         x += np.cumsum(rng.normal(0, sd * 0.01, n))  # slow drift
+        if rng.random() < 0.5:
+            x = _benign_spikes(x, rng, sd, rng.uniform(0.2, 1.0))
+        if rng.random() < 0.4:
+            x = np.round(x / 0.5) * 0.5
         return np.clip(x, 0, 100), sd
     if kind == "traffic":
         level = rng.uniform(50, 2000)
@@ -149,6 +166,19 @@ def _base(kind: str, n: int, rng: np.random.Generator) -> tuple[FloatArray, floa
         lam = np.maximum(level + _seasonal(n, rng, amp, rng.random() < 0.6), 1.0)
         lam = lam * np.exp(_ar1(rng, n, 0.8, 0.03, 5.0))
         return rng.poisson(lam).astype(np.float64), math.sqrt(level) + 0.05 * level
+    if kind == "network":  # bytes in/out: log-normal, daily cycle, bursty
+        level = rng.uniform(1e5, 1e7)
+        sd_log = rng.uniform(0.1, 0.3)
+        cycle = _seasonal(n, rng, rng.uniform(0.0, 0.4), rng.random() < 0.5)
+        x = level * np.exp(cycle + _ar1(rng, n, 0.6, sd_log, 4.0))
+        x = _benign_spikes(x, rng, level * sd_log, rng.uniform(0.5, 2.0))
+        return np.maximum(x, 0.0), level * sd_log
+    if kind == "tweets":  # mention counts: Poisson on a daily cycle with bursts
+        level = rng.uniform(5, 80)
+        lam = np.maximum(level * np.exp(_seasonal(n, rng, 0.5, False)), 0.5)
+        x = rng.poisson(lam).astype(np.float64)
+        sd = math.sqrt(level) + 0.1 * level
+        return _benign_spikes(x, rng, sd, rng.uniform(0.3, 1.5)), sd
     if kind == "adexchange":
         level = rng.uniform(0.2, 3.0)
         sd = 0.25
@@ -160,6 +190,11 @@ def _base(kind: str, n: int, rng: np.random.Generator) -> tuple[FloatArray, floa
         x = level + _seasonal(n, rng, sd * rng.uniform(0, 4), False)
         x += np.cumsum(rng.normal(0, sd * 0.03, n)) + rng.normal(0, sd, n)
         return x, sd
+    if kind == "temperature":  # machine temperature: smooth, slow swings, small noise
+        level = rng.uniform(70, 95)
+        sd = rng.uniform(0.3, 1.0)
+        slow = _ar1(rng, n, 0.995, sd * 0.15, 5.0)
+        return np.round(level + slow + rng.normal(0, sd * 0.5, n), 2), sd
     if kind == "latency":
         level = rng.uniform(0.05, 2.0)
         x = level * np.exp(rng.normal(0, 0.2, n))
@@ -207,11 +242,22 @@ def _plant(
     return x, str(what)
 
 
-KINDS = ("cpu", "traffic", "adexchange", "sensor", "latency", "sparse", "step")
+KINDS = (
+    "cpu",
+    "traffic",
+    "network",
+    "tweets",
+    "adexchange",
+    "sensor",
+    "temperature",
+    "latency",
+    "sparse",
+    "step",
+)
 LENGTHS = (1200, 4032, 4032, 4032, 4032, 6000, 10_000, 16_000, 22_000)
 
 
-def corpus(seed: int = 11, size: int = 56) -> list[Labelled]:
+def corpus(seed: int = 11, size: int = 60) -> list[Labelled]:
     rng = np.random.default_rng(seed)
     out: list[Labelled] = []
     start = 1_700_000_000.0 - (1_700_000_000.0 % 86400)

@@ -59,7 +59,9 @@ class DetectorSettings:
     surprise: float = 1.05  # robust: a point must also beat this x the window's highest score
     surprise_cap: float = 2.0  # ... that bar capped at this x the threshold
     level_points: int = 12  # robust: also score the median of the last this many points
-    level_gain: float = 1.5  # ... times this (a sustained shift of threshold/gain alerts)
+    level_gain: float = 1.0  # ... times this (a sustained shift of threshold/gain alerts)
+    flat_points: int = 12  # robust: a run of identical values this long may be a flatline
+    flat_ratio: float = 1.5  # ... when also this x the longest run in the window before it
 
     def check(self) -> list[tuple[str, str]]:
         """Violations as (field, description); empty when valid."""
@@ -93,7 +95,7 @@ class Scored:
     hot: npt.NDArray[np.bool_]
 
 
-def _hot(score: FloatArray, settings: DetectorSettings) -> npt.NDArray[np.bool_]:
+def _hot(score: FloatArray, flat: FloatArray, settings: DetectorSettings) -> npt.NDArray[np.bool_]:
     """Over the threshold and, for ROBUST, at least ``surprise`` x the highest score in
     the point's own window, that bar capped at ``surprise_cap`` x the threshold. A
     series whose ordinary week reaches score 7 now and then does not alarm at 7 (the
@@ -103,6 +105,8 @@ def _hot(score: FloatArray, settings: DetectorSettings) -> npt.NDArray[np.bool_]
         over = score >= settings.threshold
     if settings.method != "robust" or settings.surprise <= 0 or not over.any():
         return over
+    with np.errstate(invalid="ignore"):
+        stuck = flat >= settings.threshold
     z = np.nan_to_num(score, nan=0.0)
     w = settings.window
     padded = np.concatenate([np.zeros((z.shape[0], 1)), z], axis=1)
@@ -111,7 +115,7 @@ def _hot(score: FloatArray, settings: DetectorSettings) -> npt.NDArray[np.bool_]
         dtype=np.float64,
     )[:, :-1]  # the highest of the w scores before each point
     bar = settings.surprise * np.minimum(past, settings.surprise_cap * settings.threshold)
-    return over & (z >= bar)
+    return (over & (z >= bar)) | stuck
 
 
 def _rows_quantiles(sorted_rows: FloatArray, count: IntArray, qs: tuple[float, ...]) -> FloatArray:
@@ -172,6 +176,11 @@ def _windowed(
     base = np.full((n_series, n), np.nan)
     w, k = settings.window, _block(settings.window)
     stats = _robust_stats if robust else _mean_stats
+    lvl_k = settings.level_points
+    use_level = robust and lvl_k > 1 and settings.level_gain > 0
+    if use_level:
+        level = _causal_median(values, lvl_k)
+        lscore = np.full((n_series, n), np.nan)
     b = max(first, 1)
     while b < n:
         # Short histories move fast: recompute the baseline every 1/8 of its length.
@@ -183,8 +192,32 @@ def _windowed(
         z = (seg - med[:, None]) / spread[:, None]
         score[:, b:e] = np.where(ok, z, np.nan)
         base[:, b:e] = med[:, None]
+        if use_level:
+            lmed, lspread, _ = stats(level[:, max(0, b - w) : b], settings.spread_floor)
+            lspread = np.fmax(lspread, spread / math.sqrt(lvl_k))
+            lz = (level[:, b:e] - lmed[:, None]) / lspread[:, None]
+            lscore[:, b:e] = np.where(ok, lz, np.nan)
         b = e
-    return _with_level(score, settings) if robust else np.abs(score), base
+    if not robust:
+        return np.abs(score), base
+    if not use_level:
+        return np.abs(score), base
+    out: FloatArray = np.where(
+        np.isnan(score), np.nan, np.fmax(np.abs(score), settings.level_gain * np.abs(np.nan_to_num(lscore)))
+    )
+    return out, base
+
+
+def _causal_median(values: FloatArray, k: int) -> FloatArray:
+    """Median of each point and the ``k - 1`` before it (gaps carry the last value)."""
+    filled = values.copy()
+    if np.isnan(filled).any():
+        idx = np.where(np.isnan(filled), 0, np.arange(filled.shape[1])[None, :])
+        np.maximum.accumulate(idx, axis=1, out=idx)
+        filled = np.take_along_axis(filled, idx, axis=1)
+        filled = np.where(np.isnan(filled), np.nanmedian(np.where(np.isnan(values).all(axis=1, keepdims=True), 0.0, values), axis=1, keepdims=True), filled)
+    out: FloatArray = median_filter(filled, size=(1, k), origin=(0, (k - 1) // 2), mode="nearest")
+    return out
 
 
 def _with_level(signed: FloatArray, settings: DetectorSettings) -> FloatArray:
@@ -283,7 +316,38 @@ def score_matrix(
         score, base = _ewma(values, first, settings)
     else:
         score, base = _scores(values, first, settings, step_s)
-    return Scored(score, base, _hot(score, settings))
+    flat = np.zeros_like(score)
+    if settings.method == "robust" and settings.flat_points > 1:
+        flat = np.where(np.isnan(score), np.nan, flat_scores(values, settings))
+        score = np.fmax(score, flat)
+    return Scored(score, base, _hot(score, flat, settings))
+
+
+def flat_scores(values: FloatArray, settings: DetectorSettings) -> FloatArray:
+    """``threshold x run / bar``: ``run`` is how many identical values in a row end at
+    each point, ``bar`` the larger of ``flat_points`` and ``flat_ratio`` x the longest
+    run that ended in the window before the current one began. A stuck exporter or
+    sensor scores the threshold once its run is clearly longer than any the series
+    showed lately; a quantised series whose value often sits still does not."""
+    n_series, n = values.shape
+    same = np.zeros((n_series, n), dtype=bool)
+    same[:, 1:] = values[:, 1:] == values[:, :-1]  # NaN never equals: gaps break runs
+    idx = np.arange(n)[None, :]
+    starts = np.where(same, 0, idx)
+    np.maximum.accumulate(starts, axis=1, out=starts)
+    run = (idx - starts + 1).astype(np.float64)
+    ended = np.zeros((n_series, n))
+    ended[:, :-1] = np.where(same[:, 1:], 0.0, run[:, :-1])  # a run's length at its last point
+    w = settings.window
+    past = np.zeros((n_series, n))
+    past[:, 1:] = maximum_filter1d(ended, size=w, axis=1, origin=(w - 1) // 2, mode="constant")[
+        :, :-1
+    ]
+    # the bar in force when the current run began (its own length never raises it)
+    bar_then = np.take_along_axis(past, starts, axis=1)
+    bar = np.fmax(float(settings.flat_points), settings.flat_ratio * bar_then)
+    out: FloatArray = settings.threshold * run / bar
+    return out
 
 
 def _scores(
