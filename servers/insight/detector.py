@@ -61,7 +61,7 @@ class DetectorSettings:
     level_points: int = 12  # robust: also score the median of the last this many points
     level_gain: float = 1.0  # ... times this (a sustained shift of threshold/gain alerts)
     flat_points: int = 12  # robust: a run of identical values this long may be a flatline
-    flat_ratio: float = 1.5  # ... when also this x the longest run in the window before it
+    flat_ratio: float = 3.0  # ... when also this x the longest run in the window before it
 
     def check(self) -> list[tuple[str, str]]:
         """Violations as (field, description); empty when valid."""
@@ -135,22 +135,23 @@ def _rows_quantiles(sorted_rows: FloatArray, count: IntArray, qs: tuple[float, .
     return out
 
 
-def _robust_stats(hist: FloatArray, floor: float) -> tuple[FloatArray, FloatArray, IntArray]:
-    """Median, floored robust spread and usable count per row of ``hist``."""
+def _robust_stats(hist: FloatArray, floor: float) -> tuple[FloatArray, FloatArray, FloatArray, IntArray]:
+    """Median, floored robust spread above and below it, and usable count per row."""
     s = np.sort(hist, axis=1)
     count = np.sum(~np.isnan(hist), axis=1).astype(np.int64)
     p01, med, p99 = _rows_quantiles(s, count, (TAIL, 0.5, 1 - TAIL))
     dev = np.sort(np.abs(hist - med[:, None]), axis=1)
     (mad,) = _rows_quantiles(dev, count, (0.5,))
     # The tail term: a heavy-tailed series' own 1%/99% points are not news.
-    spread = np.fmax(1.4826 * mad, (p99 - p01) / TAIL_Z)
-    spread = np.fmax(spread, floor * (p99 - p01))
+    spread = np.fmax(1.4826 * mad, floor * (p99 - p01))
     spread = np.fmax(spread, floor * np.abs(med))
     spread = np.fmax(spread, 1e-9)
-    return med, spread, count
+    up = np.fmax(spread, (p99 - med) / (TAIL_Z / 2))
+    down = np.fmax(spread, (med - p01) / (TAIL_Z / 2))
+    return med, up, down, count
 
 
-def _mean_stats(hist: FloatArray, floor: float) -> tuple[FloatArray, FloatArray, IntArray]:
+def _mean_stats(hist: FloatArray, floor: float) -> tuple[FloatArray, FloatArray, FloatArray, IntArray]:
     count = np.sum(~np.isnan(hist), axis=1).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         total = np.nansum(hist, axis=1)
@@ -160,8 +161,8 @@ def _mean_stats(hist: FloatArray, floor: float) -> tuple[FloatArray, FloatArray,
     rng = np.nanmax(np.where(count[:, None] > 0, hist, 0.0), axis=1) - np.nanmin(
         np.where(count[:, None] > 0, hist, 0.0), axis=1
     )
-    spread = np.fmax(np.fmax(std, floor * rng), floor * np.abs(mean))
-    return mean, np.fmax(spread, 1e-9), count
+    spread = np.fmax(np.fmax(np.fmax(std, floor * rng), floor * np.abs(mean)), 1e-9)
+    return mean, spread, spread, count
 
 
 def _block(window: int) -> int:
@@ -186,16 +187,16 @@ def _windowed(
         # Short histories move fast: recompute the baseline every 1/8 of its length.
         e = min(n, b + min(k, max(1, min(b, w) // 8)))
         hist = values[:, max(0, b - w) : b]
-        med, spread, count = stats(hist, settings.spread_floor)
+        med, up, down, count = stats(hist, settings.spread_floor)
         seg = values[:, b:e]
         ok = (count >= settings.min_points)[:, None] & ~np.isnan(seg)
-        z = (seg - med[:, None]) / spread[:, None]
+        z = _sided(seg - med[:, None], up, down)
         score[:, b:e] = np.where(ok, z, np.nan)
         base[:, b:e] = med[:, None]
         if use_level:
-            lmed, lspread, _ = stats(level[:, max(0, b - w) : b], settings.spread_floor)
-            lspread = np.fmax(lspread, spread / math.sqrt(lvl_k))
-            lz = (level[:, b:e] - lmed[:, None]) / lspread[:, None]
+            lmed, lup, ldown, _ = stats(level[:, max(0, b - w) : b], settings.spread_floor)
+            root = math.sqrt(lvl_k)
+            lz = _sided(level[:, b:e] - lmed[:, None], np.fmax(lup, up / root), np.fmax(ldown, down / root))
             lscore[:, b:e] = np.where(ok, lz, np.nan)
         b = e
     if not robust:
@@ -206,6 +207,11 @@ def _windowed(
         np.isnan(score), np.nan, np.fmax(np.abs(score), settings.level_gain * np.abs(np.nan_to_num(lscore)))
     )
     return out, base
+
+
+def _sided(dev: FloatArray, up: FloatArray, down: FloatArray) -> FloatArray:
+    out: FloatArray = np.where(dev > 0, dev / up[:, None], dev / down[:, None])
+    return out
 
 
 def _causal_median(values: FloatArray, k: int) -> FloatArray:
@@ -265,32 +271,40 @@ def _ewma(
 
 
 def daily_profile(values: FloatArray, period: int, days: int = 7) -> FloatArray:
-    """For every point, the median of the same time of day (±1 step) on up to
-    ``days`` previous days; NaN where fewer than two days are behind it."""
+    """For every point, the median over up to ``days`` previous days of the same time
+    of day (each day's value the median of that step and its two neighbours); NaN
+    where fewer than two days are behind it."""
     n_series, n = values.shape
     out = np.full((n_series, n), np.nan)
     if period < 3 or n <= 2 * period:
         return out
-    lagged = []
-    for d in range(1, days + 1):
-        for off in (-1, 0, 1):
-            lag = d * period + off
-            if lag >= n:
-                continue
-            shifted = np.full((n_series, n), np.nan)
-            shifted[:, lag:] = values[:, : n - lag]
-            lagged.append(shifted)
-    stack = np.stack(lagged, axis=2)
-    stack.sort(axis=2)
-    count = np.sum(~np.isnan(stack), axis=2)
-    enough = count >= 6  # two days of three neighbours
-    mid = np.maximum(count - 1, 0) / 2.0
-    lo = np.floor(mid).astype(np.int64)
-    hi = np.ceil(mid).astype(np.int64)
-    a = np.take_along_axis(stack, lo[..., None], axis=2)[..., 0]
-    b = np.take_along_axis(stack, hi[..., None], axis=2)[..., 0]
+    near = _median3(values)
+    lags = [d * period for d in range(1, days + 1) if d * period < n]
+    stack = np.full((len(lags), n_series, n), np.nan)
+    for j, lag in enumerate(lags):
+        stack[j, :, lag:] = near[:, : n - lag]
+    stack.sort(axis=0)  # NaNs last
+    count = np.sum(~np.isnan(stack), axis=0)
+    enough = count >= 2
+    lo = np.maximum(count - 1, 0) // 2
+    hi = np.maximum(count, 1) // 2
+    a = np.take_along_axis(stack, lo[None], axis=0)[0]
+    b = np.take_along_axis(stack, hi[None], axis=0)[0]
     out[enough] = ((a + b) / 2.0)[enough]
     return out
+
+
+def _median3(values: FloatArray) -> FloatArray:
+    """The median of each point and its two neighbours (NaNs ignored where possible)."""
+    a = np.empty_like(values)
+    c = np.empty_like(values)
+    a[:, 1:], a[:, 0] = values[:, :-1], np.nan
+    c[:, :-1], c[:, -1] = values[:, 1:], np.nan
+    b = values
+    with np.errstate(invalid="ignore"):
+        m: FloatArray = np.fmax(np.fmin(a, b), np.fmin(np.fmax(a, b), c))
+    # where only one neighbour is missing fmin/fmax pick from the other two: close enough
+    return np.where(np.isnan(b), np.nan, m)
 
 
 def _spread_of(x: FloatArray) -> FloatArray:
