@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.ndimage import maximum_filter1d, median_filter
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.ndimage import maximum_filter1d
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -135,7 +136,9 @@ def _rows_quantiles(sorted_rows: FloatArray, count: IntArray, qs: tuple[float, .
     return out
 
 
-def _robust_stats(hist: FloatArray, floor: float) -> tuple[FloatArray, FloatArray, FloatArray, IntArray]:
+def _robust_stats(
+    hist: FloatArray, floor: float
+) -> tuple[FloatArray, FloatArray, FloatArray, IntArray]:
     """Median, floored robust spread above and below it, and usable count per row."""
     s = np.sort(hist, axis=1)
     count = np.sum(~np.isnan(hist), axis=1).astype(np.int64)
@@ -151,7 +154,9 @@ def _robust_stats(hist: FloatArray, floor: float) -> tuple[FloatArray, FloatArra
     return med, up, down, count
 
 
-def _mean_stats(hist: FloatArray, floor: float) -> tuple[FloatArray, FloatArray, FloatArray, IntArray]:
+def _mean_stats(
+    hist: FloatArray, floor: float
+) -> tuple[FloatArray, FloatArray, FloatArray, IntArray]:
     count = np.sum(~np.isnan(hist), axis=1).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         total = np.nansum(hist, axis=1)
@@ -196,7 +201,9 @@ def _windowed(
         if use_level:
             lmed, lup, ldown, _ = stats(level[:, max(0, b - w) : b], settings.spread_floor)
             root = math.sqrt(lvl_k)
-            lz = _sided(level[:, b:e] - lmed[:, None], np.fmax(lup, up / root), np.fmax(ldown, down / root))
+            lz = _sided(
+                level[:, b:e] - lmed[:, None], np.fmax(lup, up / root), np.fmax(ldown, down / root)
+            )
             lscore[:, b:e] = np.where(ok, lz, np.nan)
         b = e
     if not robust:
@@ -204,7 +211,9 @@ def _windowed(
     if not use_level:
         return np.abs(score), base
     out: FloatArray = np.where(
-        np.isnan(score), np.nan, np.fmax(np.abs(score), settings.level_gain * np.abs(np.nan_to_num(lscore)))
+        np.isnan(score),
+        np.nan,
+        np.fmax(np.abs(score), settings.level_gain * np.abs(np.nan_to_num(lscore))),
     )
     return out, base
 
@@ -215,30 +224,19 @@ def _sided(dev: FloatArray, up: FloatArray, down: FloatArray) -> FloatArray:
 
 
 def _causal_median(values: FloatArray, k: int) -> FloatArray:
-    """Median of each point and the ``k - 1`` before it (gaps carry the last value)."""
-    filled = values.copy()
-    if np.isnan(filled).any():
-        idx = np.where(np.isnan(filled), 0, np.arange(filled.shape[1])[None, :])
+    """The (upper) median of each point and the ``k - 1`` before it; gaps carry the
+    last value (NaNs before a series' first sample sort last, so they count as high). Sliding windows partitioned a few rows at a time (bounded memory)."""
+    filled = values
+    if np.isnan(values).any():
+        idx = np.where(np.isnan(values), 0, np.arange(values.shape[1])[None, :])
         np.maximum.accumulate(idx, axis=1, out=idx)
-        filled = np.take_along_axis(filled, idx, axis=1)
-        filled = np.where(np.isnan(filled), np.nanmedian(np.where(np.isnan(values).all(axis=1, keepdims=True), 0.0, values), axis=1, keepdims=True), filled)
-    out: FloatArray = median_filter(filled, size=(1, k), origin=(0, (k - 1) // 2), mode="nearest")
-    return out
-
-
-def _with_level(signed: FloatArray, settings: DetectorSettings) -> FloatArray:
-    """``max(|z_t|, level_gain x |median(z_{t-k+1..t})|)``: a shift that one point at a
-    time stays under the threshold (heavy tails widen the spread) is still caught within
-    an hour once it holds, and a lone spike in the short median counts for nothing.
-    Causal: the median covers the point and the ``k - 1`` before it (gaps count as 0)."""
-    k = settings.level_points
-    if k <= 1 or settings.level_gain <= 0:
-        return np.abs(signed)
-    z = np.nan_to_num(signed, nan=0.0)
-    lvl = median_filter(z, size=(1, k), origin=(0, (k - 1) // 2), mode="nearest")
-    out: FloatArray = np.where(
-        np.isnan(signed), np.nan, np.fmax(np.abs(signed), settings.level_gain * np.abs(lvl))
-    )
+        filled = np.take_along_axis(values, idx, axis=1)  # NaN only before the first sample
+    pad = np.concatenate([np.repeat(filled[:, :1], k - 1, axis=1), filled], axis=1)
+    out = np.empty_like(filled)
+    rows = max(1, (1 << 22) // max(1, k * filled.shape[1]))
+    for r in range(0, filled.shape[0], rows):
+        win = sliding_window_view(pad[r : r + rows], k, axis=1)
+        out[r : r + rows] = np.partition(win, k // 2, axis=2)[..., k // 2]
     return out
 
 

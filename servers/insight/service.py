@@ -347,16 +347,19 @@ class Insight:
                 outcome=outcome,
                 constant=bool(flat[i]),
             )
-            key = series_key(labels)
-            cur = current.get(key)
-            new, changed = walker.advance(
-                cur,
-                labels,
-                times=[end],
-                score=sc.score[i, -1:],
-                hot=sc.hot[i, -1:] & (outcome is scoring.Outcome.SCORED),
-                values=data.values[i, -1:],
-                base=sc.baseline[i, -1:],
+            cur = current.get(series_key(labels)) if current else None
+            new, changed = (
+                walker.advance(
+                    cur,
+                    labels,
+                    times=[end],
+                    score=sc.score[i, -1:],
+                    hot=sc.hot[i, -1:] & (outcome is scoring.Outcome.SCORED),
+                    values=data.values[i, -1:],
+                    base=sc.baseline[i, -1:],
+                )
+                if anomalous or cur is not None
+                else ([], [])  # nothing open and nothing new: the walk would do nothing
             )
             opened += [dataclasses.replace(e, hint=hint) for e in new]
             updated += [

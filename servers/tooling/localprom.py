@@ -153,7 +153,15 @@ class LocalPrometheus:
         src.write_text(openmetrics(series))
         extra = [f"--max-block-duration={max_block}"] if max_block else []
         subprocess.run(
-            ["promtool", "tsdb", "create-blocks-from", "openmetrics", *extra, str(src), str(self.data)],
+            [
+                "promtool",
+                "tsdb",
+                "create-blocks-from",
+                "openmetrics",
+                *extra,
+                str(src),
+                str(self.data),
+            ],
             check=True,
             capture_output=True,
         )
