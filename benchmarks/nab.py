@@ -98,7 +98,7 @@ def score_series(
             before = [w for w in windows if w[1] < i]
             if before:
                 s, e = before[-1]
-                pos = abs(e - i) / max(1, e - s - 1)
+                pos = abs(e - i) / max(1, e - s)  # NAB: over (window width - 1)
                 total += scaled_sigmoid(pos) * fp_w
             else:
                 total += -1.0 * fp_w
@@ -354,10 +354,11 @@ def local_detections(series: list[Labelled], settings: DetectorSettings) -> dict
     from neuralops.servers.insight.service import Insight
 
     insight = Insight(None, None)  # type: ignore[arg-type]  # inline Backtest touches neither
-    inline = []
+    inline: list[tuple[dict[str, str], FloatArray, FloatArray]] = []
     for s in series:
         keep = np.flatnonzero(np.isfinite(s.values))
-        inline.append(({"series": s.name}, s.start + keep * STEP_S, s.values[keep]))
+        times: FloatArray = s.start + keep.astype(np.float64) * STEP_S
+        inline.append(({"series": s.name}, times, s.values[keep]))
     out: dict[str, list[int]] = {}
     for s, r in zip(series, insight.backtest_inline(inline, settings), strict=True):
         out[s.name] = [round((float(r.times[sp.start]) - s.start) / STEP_S) for sp in r.spans]

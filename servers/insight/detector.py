@@ -340,7 +340,8 @@ def flat_scores(values: FloatArray, settings: DetectorSettings) -> FloatArray:
     each point, ``bar`` the larger of ``flat_points`` and ``flat_ratio`` x the longest
     run that ended in the window before the current one began. A stuck exporter or
     sensor scores the threshold once its run is clearly longer than any the series
-    showed lately; a quantised series whose value often sits still does not."""
+    showed lately; a quantised series whose value often sits still does not, nor does
+    one that has not moved at all in the window."""
     n_series, n = values.shape
     same = np.zeros((n_series, n), dtype=bool)
     same[:, 1:] = values[:, 1:] == values[:, :-1]  # NaN never equals: gaps break runs
@@ -350,6 +351,7 @@ def flat_scores(values: FloatArray, settings: DetectorSettings) -> FloatArray:
     run = (idx - starts + 1).astype(np.float64)
     ended = np.zeros((n_series, n))
     ended[:, :-1] = np.where(same[:, 1:], 0.0, run[:, :-1])  # a run's length at its last point
+    ended[np.isnan(values)] = 0.0  # a gap is no run
     w = settings.window
     past = np.zeros((n_series, n))
     past[:, 1:] = maximum_filter1d(ended, size=w, axis=1, origin=(w - 1) // 2, mode="constant")[
@@ -357,7 +359,11 @@ def flat_scores(values: FloatArray, settings: DetectorSettings) -> FloatArray:
     ]
     # the bar in force when the current run began (its own length never raises it)
     bar_then = np.take_along_axis(past, starts, axis=1)
-    bar = np.fmax(float(settings.flat_points), settings.flat_ratio * bar_then)
+    # A series that never moved in the window (a constant gauge) has no completed run:
+    # staying constant is its normal, so it never scores here.
+    bar = np.where(
+        bar_then > 0, np.fmax(float(settings.flat_points), settings.flat_ratio * bar_then), np.inf
+    )
     out: FloatArray = settings.threshold * run / bar
     return out
 
