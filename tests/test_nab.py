@@ -53,7 +53,9 @@ def test_scaled_sigmoid_matches_nab() -> None:
 def test_the_corpus_is_reproducible_and_labelled_after_the_probation() -> None:
     a, b = nab.corpus(3), nab.corpus(3)
     assert [s.name for s in a] == [s.name for s in b]
-    assert all(np.array_equal(x.values, y.values, equal_nan=True) for x, y in zip(a, b))
+    assert all(
+        np.array_equal(x.values, y.values, equal_nan=True) for x, y in zip(a, b, strict=True)
+    )
     assert {s.kind for s in a} == set(nab.KINDS)
     for s in a:
         assert all(nab.probation(len(s.values)) < at < len(s.values) for at in s.anomalies)
