@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from neuralops.servers.insight.detector import TAIL_Z, DetectorSettings
+from neuralops.servers.insight.detector import QUANTUM, TAIL_Z, DetectorSettings
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -518,8 +518,9 @@ def main() -> None:
         f"- method `{d.method}`, threshold {d.threshold:g} (in robust spreads), "
         f"baseline window {d.window} points, scored after {d.min_points} points",
         f"- spread above the median = max(1.4826 x MAD, (p99 - median) / {TAIL_Z / 2:g}, "
-        f"{d.spread_floor:g} x (p99 - p1), {d.spread_floor:g} x |median|); below it the same "
-        "with (median - p1): a skewed series' ordinary upper tail is not news, a drop is",
+        f"{d.spread_floor:g} x (p99 - p1), {d.spread_floor:g} x |median|, {QUANTUM:g} x the "
+        "series' resolution); below it the same with (median - p1): a skewed series' ordinary "
+        "upper tail is not news, a drop is",
         f"- level term: the median of the last {d.level_points} points, scored against the "
         f"baseline of those medians (its own spread, at least the point spread / sqrt({d.level_points})), "
         f"x {d.level_gain:g}; the score is the larger of it and the point's",
@@ -540,8 +541,8 @@ def main() -> None:
         "default threshold, one setting for every profile.",
         "",
         "History: the previous default (window 720, symmetric tail spread, short-median level",
-        "term x 1.5, no flatline rule) scores 36.6 / 23.8 mean over the tuning seeds of this",
-        "corpus (33.1 / 18.5 min).",
+        "term x 1.5, no flatline rule, no resolution floor, surprise 1.05) scored 36.6 / 23.8",
+        "mean over the tuning seeds of this corpus (33.1 / 18.5 min).",
     ]
     out = Path("reports") / "nab.md"
     out.parent.mkdir(exist_ok=True)

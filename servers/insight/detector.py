@@ -8,22 +8,29 @@ Methods:
 
 - ``robust`` (the production default): the score of ``x_t`` is
   ``|x_t - median(B)| / spread(B)`` where ``B`` is the baseline, the last ``window``
-  points before ``t``. ``spread`` is ``1.4826 * MAD`` with a floor: at least a
-  ``spread_floor`` fraction of the baseline's 1%-99% range and of ``|median|`` (so a
-  flat series moving from 1.0 to 1.5 scores ~30, not 782 sigma), and never below a tiny
-  absolute epsilon. Median and MAD ignore outliers inside the baseline, so one spike
+  points before ``t``. ``spread`` is ``1.4826 * MAD`` with floors: a ``spread_floor``
+  fraction of the baseline's 1%-99% range and of ``|median|`` (so a flat series moving
+  from 1.0 to 1.5 scores ~30, not 782 sigma), half the series' resolution (its smallest
+  step: one step of an integer gauge is no incident), and a tiny absolute epsilon. A
+  rise is also measured against the baseline's upper tail (p99 - median) and a fall
+  against its lower one, so a skewed series' ordinary bursts are not news while a drop
+  as large is. Median and quantiles ignore outliers inside the baseline, so one spike
   does not hide the next one. Baselines are recomputed every ``block`` points (the
   statistics of a long window barely move in a few points) which keeps the cost at
   a few sorts per block across all series at once. When the history covers at least
   two days and removing the daily profile (the median of the same time of day on
   previous days) shrinks the spread by a quarter or more, the series is scored on
-  its residual instead: a daily peak is then normal, a flat noon is not. The final
-  score is ``max(|z_t|, level_gain * |median(z over the last level_points points)|)``:
-  a level shift that heavy tails hide point by point still alerts within the hour.
+  its residual instead: a daily peak is then normal, a flat noon is not. Two more
+  terms, the score being the largest: the *level* term scores the median of the last
+  ``level_points`` points against the baseline of those medians (its own spread, so
+  autocorrelated noise does not alarm and a sustained small shift that no single point
+  shows does), times ``level_gain``; the *flatline* term scores a run of identical
+  values against the longest run the window showed (:func:`flat_scores`).
 - ``z_score``: ``|x_t - mean(B)| / std(B)``; ``ewma``: exponentially weighted mean and
   deviation with factor ``alpha``. Both kept for comparison; they use the same floor.
 
-The threshold is in units of the robust spread, so 6 means the same on every series.
+The threshold is in units of the robust spread, and a point must also beat the highest
+score of its own window (capped), so 5 means "unusual for this series" on every series.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ METHODS = ("robust", "z_score", "ewma")
 TAIL = 0.01
 TAIL_Z = 4.65  # (p99 - p1) of a normal distribution, in standard deviations
 DAY_S = 86_400.0
+QUANTUM = 0.5  # the spread is at least this x the series' resolution (its smallest step)
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class DetectorSettings:
     alpha: float = 0.02  # EWMA factor
     spread_floor: float = 0.02  # fraction of the baseline's range and of |median|
     seasonal: bool = True  # use the daily profile where the history covers it
-    surprise: float = 1.05  # robust: a point must also beat this x the window's highest score
+    surprise: float = 1.0  # robust: a point must also beat this x the window's highest score
     surprise_cap: float = 2.0  # ... that bar capped at this x the threshold
     level_points: int = 12  # robust: also score the median of the last this many points
     level_gain: float = 1.0  # ... times this (a sustained shift of threshold/gain alerts)
@@ -149,6 +157,12 @@ def _robust_stats(
     spread = np.fmax(1.4826 * mad, floor * (p99 - p01))
     spread = np.fmax(spread, floor * np.abs(med))
     spread = np.fmax(spread, 1e-9)
+    # A quantised series (integer counts, CPU in 0.5% steps) cannot move by less than its
+    # resolution: one step of it is at most 1/QUANTUM spreads, however still it sat.
+    steps = np.diff(s, axis=1)
+    with np.errstate(invalid="ignore"):
+        quantum = np.min(np.where(steps > 0, steps, np.inf), axis=1, initial=np.inf)
+    spread = np.fmax(spread, np.where(np.isfinite(quantum), QUANTUM * quantum, 0.0))
     up = np.fmax(spread, (p99 - med) / (TAIL_Z / 2))
     down = np.fmax(spread, (med - p01) / (TAIL_Z / 2))
     return med, up, down, count
