@@ -9,9 +9,11 @@ Methods:
 - ``robust`` (the production default): the score of ``x_t`` is
   ``|x_t - median(B)| / spread(B)`` where ``B`` is the baseline, the last ``window``
   points before ``t``. ``spread`` is ``1.4826 * MAD`` with floors: a ``spread_floor``
-  fraction of the baseline's 1%-99% range and of ``|median|`` (so a flat series moving
-  from 1.0 to 1.5 scores ~30, not 782 sigma), half the series' resolution (its smallest
-  step: one step of an integer gauge is no incident), and a tiny absolute epsilon. A
+  fraction of the baseline's 1%-99% range, the same fraction of ``|median|`` where the
+  baseline sat still (so a flat series moving from 1.0 to 1.5 scores 25, not 782 sigma)
+  and a quarter of it where the series has noise of its own, half the series'
+  resolution (its smallest step: one step of an integer gauge is no incident), and a
+  tiny absolute epsilon. A
   rise is also measured against the baseline's upper tail (p99 - median) and a fall
   against its lower one, so a skewed series' ordinary bursts are not news while a drop
   as large is. Median and quantiles ignore outliers inside the baseline, so one spike
@@ -155,7 +157,10 @@ def _robust_stats(
     (mad,) = _rows_quantiles(dev, count, (0.5,))
     # The tail term: a heavy-tailed series' own 1%/99% points are not news.
     spread = np.fmax(1.4826 * mad, floor * (p99 - p01))
-    spread = np.fmax(spread, floor * np.abs(med))
+    # |median| floor: the full fraction where the window sat still (a flat gauge that
+    # moves a little is not 782 sigma), a quarter of it where the series has noise of
+    # its own to be measured by.
+    spread = np.fmax(spread, np.where(p99 > p01, floor / 4, floor) * np.abs(med))
     spread = np.fmax(spread, 1e-9)
     # A quantised series (integer counts, CPU in 0.5% steps) cannot move by less than its
     # resolution: one step of it is at most 1/QUANTUM spreads, however still it sat.
