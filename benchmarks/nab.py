@@ -526,7 +526,8 @@ def main() -> None:
         f"baseline of those medians (its own spread, at least the point spread / sqrt({d.level_points})), "
         f"x {d.level_gain:g}; the score is the larger of it and the point's",
         f"- flatline: a run of identical values scores threshold x run / max({d.flat_points}, "
-        f"{d.flat_ratio:g} x the longest run in the window before it)",
+        f"{d.flat_ratio:g} x the longest run in the window before it); a series that did not "
+        "move at all in that window never does",
         f"- a point must also reach {d.surprise:g} x the highest score of its own window "
         f"(that bar capped at {d.surprise_cap:g} x the threshold); a flatline is exempt",
         f"- episodes close after {d.close_after} normal points; only an episode's start is a detection",
@@ -543,8 +544,8 @@ def main() -> None:
         "",
         "History: the previous default (window 720, symmetric tail spread, short-median level",
         "term x 1.5, no flatline rule, no resolution floor, 2% |median| floor everywhere,",
-        "surprise 1.05) scored 36.6 / 23.8",
-        "mean over the tuning seeds of this corpus (33.1 / 18.5 min).",
+        "surprise 1.05) scored 36.6 / 23.8 mean over the tuning seeds of this corpus",
+        "(33.1 / 18.5 min).",
     ]
     out = Path("reports") / "nab.md"
     out.parent.mkdir(exist_ok=True)
