@@ -26,6 +26,10 @@ def test_a_noisy_series_that_gets_stuck_opens_one_episode_within_the_hour() -> N
     x[2000:2300] = x[1999]  # a dead exporter repeating its last value
     spans = _episodes(x)
     assert len(spans) == 1 and 2000 <= spans[0].start <= 2000 + 12
+    sc = detector.score_matrix(x[None, :], D, step_s=300.0)
+    assert sc.stuck[0, spans[0].start] and not sc.stuck[0, :1999].any()  # says why
+    off = DetectorSettings(flat_points=0)  # what Probe uses: no flatline judgement
+    assert not detector.score_matrix(x[None, :], off, step_s=300.0).stuck.any()
 
 
 def test_a_quantised_series_does_not_alarm_on_its_ordinary_runs() -> None:

@@ -9,11 +9,11 @@ Methods:
 - ``robust`` (the production default): the score of ``x_t`` is
   ``|x_t - median(B)| / spread(B)`` where ``B`` is the baseline, the last ``window``
   points before ``t``. ``spread`` is ``1.4826 * MAD`` with floors: a ``spread_floor``
-  fraction of the baseline's 1%-99% range, the same fraction of ``|median|`` where the
-  baseline sat still (so a flat series moving from 1.0 to 1.5 scores 25, not 782 sigma)
-  and a quarter of it where the series has noise of its own, half the series'
-  resolution (its smallest step: one step of an integer gauge is no incident), and a
-  tiny absolute epsilon. A
+  fraction of the baseline's 1%-99% range and of ``|median|`` (so a flat series moving
+  from 1.0 to 1.5 scores 25, not 782 sigma, and a change of a few percent of the level
+  is no incident however quiet the series was), half the series' resolution (its
+  smallest step: one step of an integer gauge is no incident), and a tiny absolute
+  epsilon. A
   rise is also measured against the baseline's upper tail (p99 - median) and a fall
   against its lower one, so a skewed series' ordinary bursts are not news while a drop
   as large is. Median and quantiles ignore outliers inside the baseline, so one spike
@@ -71,7 +71,7 @@ class DetectorSettings:
     surprise_cap: float = 2.0  # ... that bar capped at this x the threshold
     level_points: int = 12  # robust: also score the median of the last this many points
     level_gain: float = 1.0  # ... times this (a sustained shift of threshold/gain alerts)
-    flat_points: int = 12  # robust: a run of identical values this long may be a flatline
+    flat_points: int = 12  # robust: a run of identical values this long may be a flatline (<2: off)
     flat_ratio: float = 3.0  # ... when also this x the longest run in the window before it
 
     def check(self) -> list[tuple[str, str]]:
@@ -99,11 +99,12 @@ class DetectorSettings:
 @dataclass(frozen=True)
 class Scored:
     """Per-point results, each ``[series, step]``; NaN score where not scored;
-    ``hot`` marks the anomalous points."""
+    ``hot`` marks the anomalous points, ``stuck`` those the flatline rule scored."""
 
     score: FloatArray
     baseline: FloatArray
     hot: npt.NDArray[np.bool_]
+    stuck: npt.NDArray[np.bool_]  # the flatline term set the score (a run of one value)
 
 
 def _hot(score: FloatArray, flat: FloatArray, settings: DetectorSettings) -> npt.NDArray[np.bool_]:
@@ -157,10 +158,7 @@ def _robust_stats(
     (mad,) = _rows_quantiles(dev, count, (0.5,))
     # The tail term: a heavy-tailed series' own 1%/99% points are not news.
     spread = np.fmax(1.4826 * mad, floor * (p99 - p01))
-    # |median| floor: the full fraction where the window sat still (a flat gauge that
-    # moves a little is not 782 sigma), a quarter of it where the series has noise of
-    # its own to be measured by.
-    spread = np.fmax(spread, np.where(p99 > p01, floor / 4, floor) * np.abs(med))
+    spread = np.fmax(spread, floor * np.abs(med))
     spread = np.fmax(spread, 1e-9)
     # A quantised series (integer counts, CPU in 0.5% steps) cannot move by less than its
     # resolution: one step of it is at most 1/QUANTUM spreads, however still it sat.
@@ -341,7 +339,8 @@ def score_matrix(
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] == 0:
         empty = np.full(values.shape, np.nan)
-        return Scored(empty, empty.copy(), np.zeros(values.shape, dtype=bool))
+        none = np.zeros(values.shape, dtype=bool)
+        return Scored(empty, empty.copy(), none, none.copy())
     values = np.where(np.isfinite(values), values, np.nan)
     if settings.method == "ewma":
         score, base = _ewma(values, first, settings)
@@ -351,7 +350,9 @@ def score_matrix(
     if settings.method == "robust" and settings.flat_points > 1:
         flat = np.where(np.isnan(score), np.nan, flat_scores(values, settings))
         score = np.fmax(score, flat)
-    return Scored(score, base, _hot(score, flat, settings))
+    with np.errstate(invalid="ignore"):
+        stuck = (flat >= settings.threshold) & (flat >= score)
+    return Scored(score, base, _hot(score, flat, settings), stuck)
 
 
 def flat_scores(values: FloatArray, settings: DetectorSettings) -> FloatArray:
