@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from neuralops.servers.insight.detector import QUANTUM, TAIL_Z, DetectorSettings
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -97,7 +98,7 @@ def score_series(
             before = [w for w in windows if w[1] < i]
             if before:
                 s, e = before[-1]
-                pos = abs(e - i) / max(1, e - s - 1)
+                pos = abs(e - i) / max(1, e - s)  # NAB: over (window width - 1)
                 total += scaled_sigmoid(pos) * fp_w
             else:
                 total += -1.0 * fp_w
@@ -135,13 +136,30 @@ def _seasonal(n: int, rng: np.random.Generator, amp: float, weekly: bool) -> Flo
     return out
 
 
+def _benign_spikes(
+    x: FloatArray, rng: np.random.Generator, sd: float, per_day: float
+) -> FloatArray:
+    """Unlabelled bursts (a cron job, a deploy, a retry storm) at ``per_day`` a day:
+    real production series have them, and a detector that alarms on each pays."""
+    n = x.shape[0]
+    hits = np.flatnonzero(rng.random(n) < per_day / 288.0)
+    for at in hits:
+        span = int(rng.integers(1, 4))
+        x[at : at + span] += sd * rng.uniform(3.0, 8.0) * (1 if rng.random() < 0.8 else -1)
+    return x
+
+
 def _base(kind: str, n: int, rng: np.random.Generator) -> tuple[FloatArray, float]:
     """A clean series of ``kind`` and its noise scale (for sizing anomalies)."""
-    if kind == "cpu":
+    if kind == "cpu":  # EC2/RDS CPU: bounded, autocorrelated, often coarsely quantised
         level = rng.uniform(10, 60)
         sd = rng.uniform(0.5, 3.0)
         x = level + _ar1(rng, n, rng.uniform(0.3, 0.9), sd, 3.0)
         x += np.cumsum(rng.normal(0, sd * 0.01, n))  # slow drift
+        if rng.random() < 0.5:
+            x = _benign_spikes(x, rng, sd, rng.uniform(0.2, 1.0))
+        if rng.random() < 0.4:
+            x = np.round(x / 0.5) * 0.5
         return np.clip(x, 0, 100), sd
     if kind == "traffic":
         level = rng.uniform(50, 2000)
@@ -149,6 +167,19 @@ def _base(kind: str, n: int, rng: np.random.Generator) -> tuple[FloatArray, floa
         lam = np.maximum(level + _seasonal(n, rng, amp, rng.random() < 0.6), 1.0)
         lam = lam * np.exp(_ar1(rng, n, 0.8, 0.03, 5.0))
         return rng.poisson(lam).astype(np.float64), math.sqrt(level) + 0.05 * level
+    if kind == "network":  # bytes in/out: log-normal, daily cycle, bursty
+        level = rng.uniform(1e5, 1e7)
+        sd_log = rng.uniform(0.1, 0.3)
+        cycle = _seasonal(n, rng, rng.uniform(0.0, 0.4), rng.random() < 0.5)
+        x = level * np.exp(cycle + _ar1(rng, n, 0.6, sd_log, 4.0))
+        x = _benign_spikes(x, rng, level * sd_log, rng.uniform(0.5, 2.0))
+        return np.maximum(x, 0.0), level * sd_log
+    if kind == "tweets":  # mention counts: Poisson on a daily cycle with bursts
+        level = rng.uniform(5, 80)
+        lam = np.maximum(level * np.exp(_seasonal(n, rng, 0.5, False)), 0.5)
+        x = rng.poisson(lam).astype(np.float64)
+        sd = math.sqrt(level) + 0.1 * level
+        return _benign_spikes(x, rng, sd, rng.uniform(0.3, 1.5)), sd
     if kind == "adexchange":
         level = rng.uniform(0.2, 3.0)
         sd = 0.25
@@ -160,6 +191,11 @@ def _base(kind: str, n: int, rng: np.random.Generator) -> tuple[FloatArray, floa
         x = level + _seasonal(n, rng, sd * rng.uniform(0, 4), False)
         x += np.cumsum(rng.normal(0, sd * 0.03, n)) + rng.normal(0, sd, n)
         return x, sd
+    if kind == "temperature":  # machine temperature: smooth, slow swings, small noise
+        level = rng.uniform(70, 95)
+        sd = rng.uniform(0.3, 1.0)
+        slow = _ar1(rng, n, 0.995, sd * 0.15, 5.0)
+        return np.round(level + slow + rng.normal(0, sd * 0.5, n), 2), sd
     if kind == "latency":
         level = rng.uniform(0.05, 2.0)
         x = level * np.exp(rng.normal(0, 0.2, n))
@@ -207,11 +243,22 @@ def _plant(
     return x, str(what)
 
 
-KINDS = ("cpu", "traffic", "adexchange", "sensor", "latency", "sparse", "step")
+KINDS = (
+    "cpu",
+    "traffic",
+    "network",
+    "tweets",
+    "adexchange",
+    "sensor",
+    "temperature",
+    "latency",
+    "sparse",
+    "step",
+)
 LENGTHS = (1200, 4032, 4032, 4032, 4032, 6000, 10_000, 16_000, 22_000)
 
 
-def corpus(seed: int = 11, size: int = 56) -> list[Labelled]:
+def corpus(seed: int = 11, size: int = 60) -> list[Labelled]:
     rng = np.random.default_rng(seed)
     out: list[Labelled] = []
     start = 1_700_000_000.0 - (1_700_000_000.0 % 86400)
@@ -295,99 +342,221 @@ def backtest_detections(
     return out
 
 
-def main() -> None:
+TUNING_SEEDS = (1, 2, 3, 4, 5, 6, 7, 8)  # the defaults were chosen on these
+HELD_OUT_SEEDS = (21, 22, 23, 24, 25, 26, 27, 28)  # never looked at while tuning
+GRPC_SEED = 11  # one corpus also run through the served gRPC Backtest (a cross-check)
+
+
+def local_detections(series: list[Labelled], settings: DetectorSettings) -> dict[str, list[int]]:
+    """The episodes :meth:`Insight.backtest_inline` (what Backtest with inline series
+    runs) opens on each series, as indexes into the series (gaps are left out of the
+    request, as the gRPC path leaves them out)."""
+    from neuralops.servers.insight.service import Insight
+
+    insight = Insight(None, None)  # type: ignore[arg-type]  # inline Backtest touches neither
+    inline: list[tuple[dict[str, str], FloatArray, FloatArray]] = []
+    for s in series:
+        keep = np.flatnonzero(np.isfinite(s.values))
+        times: FloatArray = s.start + keep.astype(np.float64) * STEP_S
+        inline.append(({"series": s.name}, times, s.values[keep]))
+    out: dict[str, list[int]] = {}
+    for s, r in zip(series, insight.backtest_inline(inline, settings), strict=True):
+        out[s.name] = [round((float(r.times[sp.start]) - s.start) / STEP_S) for sp in r.spans]
+    return out
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    seed: int
+    series: int
+    points: int
+    windows: int
+    detections: int
+    scores: dict[str, float]
+
+
+def run_seeds(seeds: Iterable[int], settings: DetectorSettings) -> list[SeedResult]:
+    rows = []
+    for seed in seeds:
+        series = corpus(seed)
+        found = local_detections(series, settings)
+        rows.append(
+            SeedResult(
+                seed,
+                len(series),
+                sum(len(s.values) for s in series),
+                sum(len(s.windows) for s in series),
+                sum(len(v) for v in found.values()),
+                evaluate(found, series),
+            )
+        )
+    return rows
+
+
+def _summary(rows: list[SeedResult], profile: str) -> tuple[float, float]:
+    values = [r.scores[profile] for r in rows]
+    return float(np.mean(values)), float(np.min(values))
+
+
+def _grpc_check(settings_msg: object) -> tuple[dict[str, float], float]:
     import tempfile
     import time
     from pathlib import Path
 
-    from neuralops.insight.v1 import insight_pb2 as ipb
-    from neuralops.servers.insight.detector import DetectorSettings
     from neuralops.servers.runtime.app import App
     from neuralops.servers.runtime.config import Config
 
-    series = corpus()
-    n_windows = sum(len(s.windows) for s in series)
-    d = DetectorSettings()
-    contenders = [
-        ("robust (production default)", ipb.DetectorSettings()),
-        (
-            "z-score, window 60, threshold 3",
-            ipb.DetectorSettings(method=ipb.METHOD_Z_SCORE, window=60, threshold=3),
-        ),
-        (
-            "EWMA, alpha 0.3, threshold 3",
-            ipb.DetectorSettings(method=ipb.METHOD_EWMA, alpha=0.3, threshold=3),
-        ),
-    ]
-    rows = []
+    series = corpus(GRPC_SEED)
     with tempfile.TemporaryDirectory() as tmp:
         app = App(
             Config(data_dir=Path(tmp), metrics_port=0), services=("insight",), ports={"insight": 0}
         ).start()
         try:
-            for name, det in contenders:
-                t0 = time.perf_counter()
-                found = backtest_detections(app.address("insight"), series, det)
-                took = time.perf_counter() - t0
-                scores = evaluate(found, series)
-                rows.append((name, scores, sum(len(v) for v in found.values()), took))
-                print(name, {k: round(v, 1) for k, v in scores.items()}, flush=True)
+            t0 = time.perf_counter()
+            found = backtest_detections(app.address("insight"), series, settings_msg)
+            took = time.perf_counter() - t0
         finally:
             app.stop(grace=1)
-    kinds = sorted({s.kind for s in series})
+    return evaluate(found, series), took
+
+
+def main() -> None:
+    from pathlib import Path
+
+    from neuralops.insight.v1 import insight_pb2 as ipb
+
+    d = DetectorSettings()
+    contenders = [
+        ("robust (production default)", d),
+        (
+            "z-score, window 60, threshold 3",
+            DetectorSettings(method="z_score", window=60, threshold=3),
+        ),
+        ("EWMA, alpha 0.3, threshold 3", DetectorSettings(method="ewma", alpha=0.3, threshold=3)),
+    ]
+    tuned = run_seeds(TUNING_SEEDS, d)
+    held = run_seeds(HELD_OUT_SEEDS, d)
+    others = [(name, run_seeds(TUNING_SEEDS, s)) for name, s in contenders[1:]]
+    served, took = _grpc_check(ipb.DetectorSettings())
+    local = run_seeds([GRPC_SEED], d)[0].scores
+    std, low = "standard", "reward_low_FP_rate"
+    for name, rows in [
+        ("default, tuning seeds", tuned),
+        ("default, held-out seeds", held),
+        *others,
+    ]:
+        print(name, f"{_summary(rows, std)[0]:.1f} / {_summary(rows, low)[0]:.1f}", flush=True)
+    first = corpus(TUNING_SEEDS[0])
+    kinds = sorted({s.kind for s in first})
     lines = [
         "# Insight detector on the NAB scoring rules",
         "",
-        "Command: `make nab` (runs `python -m benchmarks.nab`: builds the labelled corpus,",
-        "runs InsightService.Backtest over gRPC on every series, scores the episode starts",
-        "with the NAB rules). Corpus and scorer: `benchmarks/nab.py`.",
+        "Command: `make nab` (runs `python -m benchmarks.nab`: builds the labelled corpora,",
+        "runs the Backtest domain code (`Insight.backtest_inline`, what InsightService.Backtest",
+        "with inline series runs) on every series, scores the episode starts with the NAB",
+        "rules). Corpus and scorer: `benchmarks/nab.py`.",
         "",
-        f"Corpus: {len(series)} synthetic series ({', '.join(kinds)}), 5-minute steps, "
-        f"{min(len(s.values) for s in series):,} to {max(len(s.values) for s in series):,} points, "
-        f"{sum(len(s.values) for s in series):,} points in all, {n_windows} anomaly windows, "
-        f"{sum(1 for s in series if not s.windows)} clean series. No labelled real data was "
-        "found in a registry package, so these figures are on synthetic data only.",
+        f"Corpus: one per seed, each {len(first)} synthetic series ({', '.join(kinds)}), "
+        "5-minute steps, 1,200 to 22,000 points; noise autocorrelated (AR(1)) and heavy-tailed "
+        "(Student t), daily cycles of 288 points (some weekly), coarse quantisation, integer "
+        "counts, mostly-zero series, drifts, unlabelled benign bursts and scrape gaps. "
+        "Anomalies (labelled, one NAB window each): spikes, dips, level shifts, trend changes, "
+        "variance changes and flatlines; some series are clean. No registry package was found "
+        "that ships NAB's labelled real data (PyPI: tsb-ad, tsb-uad, easytsad and streamad "
+        "ship code or unrelated demo data only), so every figure here is on synthetic data. "
+        "The hidden real-data figure may differ.",
         "",
-        "| detector | standard | reward low FP | reward low FN | detections | time |",
-        "|---|---|---|---|---|---|",
+        f"## Production default, {len(TUNING_SEEDS)} tuning seeds and {len(HELD_OUT_SEEDS)} held-out seeds",
+        "",
+        "| seeds | series | windows | standard mean | standard min | low FP mean | low FP min | low FN mean |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, scores, count, took in rows:
+    for label, rows in (
+        ("tuning " + _seed_list(TUNING_SEEDS), tuned),
+        ("held out " + _seed_list(HELD_OUT_SEEDS), held),
+    ):
+        sm, sn = _summary(rows, std)
+        lm, ln = _summary(rows, low)
+        fm, _ = _summary(rows, "reward_low_FN_rate")
         lines.append(
-            f"| {name} | {scores['standard']:.1f} | {scores['reward_low_FP_rate']:.1f} | "
-            f"{scores['reward_low_FN_rate']:.1f} | {count} | {took:.1f} s |"
+            f"| {label} | {sum(r.series for r in rows)} | {sum(r.windows for r in rows)} | "
+            f"{sm:.1f} | {sn:.1f} | {lm:.1f} | {ln:.1f} | {fm:.1f} |"
         )
     lines += [
         "",
-        "Production default settings (`DetectorSettings()` in servers/insight/detector.py):",
+        "Per seed (production default):",
+        "",
+        "| seed | points | windows | detections | standard | reward low FP | reward low FN |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in (*tuned, *held):
+        lines.append(
+            f"| {r.seed} | {r.points:,} | {r.windows} | {r.detections} | {r.scores[std]:.1f} | "
+            f"{r.scores[low]:.1f} | {r.scores['reward_low_FN_rate']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Served path: seed {GRPC_SEED} through InsightService.Backtest over gRPC (inline series, "
+        f"one call per series, {took:.1f} s) scores {served[std]:.1f} / {served[low]:.1f} / "
+        f"{served['reward_low_FN_rate']:.1f}; in-process {local[std]:.1f} / {local[low]:.1f} / "
+        f"{local['reward_low_FN_rate']:.1f} (standard / low FP / low FN).",
+        "",
+        "## Other methods (tuning seeds, mean)",
+        "",
+        "| detector | standard | reward low FP | reward low FN |",
+        "|---|---|---|---|",
+    ]
+    for name, rows in [(contenders[0][0], tuned), *others]:
+        lines.append(
+            f"| {name} | {_summary(rows, std)[0]:.1f} | {_summary(rows, low)[0]:.1f} | "
+            f"{_summary(rows, 'reward_low_FN_rate')[0]:.1f} |"
+        )
+    lines += [
+        "",
+        "## Production default settings (`DetectorSettings()` in servers/insight/detector.py)",
         "",
         f"- method `{d.method}`, threshold {d.threshold:g} (in robust spreads), "
         f"baseline window {d.window} points, scored after {d.min_points} points",
-        f"- spread = max(1.4826 x MAD, (p99 - p1) / {4.65:g}, {d.spread_floor:g} x (p99 - p1), "
-        f"{d.spread_floor:g} x |median|)",
+        f"- spread above the median = max(1.4826 x MAD, (p99 - median) / {TAIL_Z / 2:g}, "
+        f"{d.spread_floor:g} x (p99 - p1), {d.spread_floor:g} x |median|, {QUANTUM:g} x the "
+        "series' resolution); below it the same with (median - p1): a skewed series' ordinary "
+        "upper tail is not news, a drop is",
+        f"- level term: the median of the last {d.level_points} points, scored against the "
+        f"baseline of those medians (its own spread, at least the point spread / sqrt({d.level_points})), "
+        f"x {d.level_gain:g}; the score is the larger of it and the point's",
+        f"- flatline: a run of identical values scores threshold x run / max({d.flat_points}, "
+        f"{d.flat_ratio:g} x the longest run in the window before it); a series that did not "
+        "move at all in that window never does",
         f"- a point must also reach {d.surprise:g} x the highest score of its own window "
-        f"(that bar capped at {d.surprise_cap:g} x the threshold)",
-        f"- score = max(|x - median| / spread, {d.level_gain:g} x |median of the last "
-        f"{d.level_points} points' signed scores|): a sustained shift alerts within the hour",
+        f"(that bar capped at {d.surprise_cap:g} x the threshold); a flatline is exempt",
         f"- episodes close after {d.close_after} normal points; only an episode's start is a detection",
-        "- daily-profile residuals where two days of history exist and the profile shrinks the spread by 25%",
+        "- daily-profile residuals where two days of history exist and the profile shrinks "
+        "the spread by 25%",
         "",
         "NAB rules as implemented: probationary period 15% (at most 750 points), windows 10% of",
         "the length over the number of anomalies centred on each, scaled sigmoid, first",
-        "detection per window only, weights (TP, FP, FN) standard (1, 0.11, 1), low FP",
-        "(1, 0.22, 1), low FN (1, 0.11, 2), normalised so null = 0 and perfect = 100.",
-    ]
-    lines += [
+        "detection per window only, false positives weighted by the scaled sigmoid of their",
+        "distance past the previous window, weights (TP, FP, FN) standard (1, 0.11, 1), low FP",
+        "(1, 0.22, 1), low FN (1, 0.11, 2), normalised so null = 0 and perfect = 100. NAB itself",
+        "picks each detector's best threshold per profile; these figures are at the production",
+        "default threshold, one setting for every profile.",
         "",
-        "History: the previous default (window 1440, surprise cap 3, close after 72, no",
-        "short-median term) scored 45.5 standard / 37.3 low FP / 50.0 low FN on this corpus.",
-        "This corpus (seed 11) flatters both: over seeds 1, 2, 3 and 11 together (224",
-        "series, 383 windows; in-process, same scorer) the old default scores 37.5 / 29.8 and",
-        "the new one 43.9 / 30.6, so expect the hidden real-data figure nearer those.",
+        "History: the previous default (window 720, symmetric tail spread, short-median level",
+        "term x 1.5, no flatline rule, no resolution floor, surprise 1.05) scored 36.6 / 23.8",
+        "mean over the tuning seeds of this corpus (33.1 / 18.5 min). A |median| floor of",
+        "0.5% where the series has noise of its own would score about 57 / 47 here, but makes",
+        "millisecond run durations alarm on sub-millisecond jitter (the demo's Probe did), so",
+        "the production floor stays 2% of the level: a change of a few percent is no incident.",
     ]
     out = Path("reports") / "nab.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
+
+
+def _seed_list(seeds: Iterable[int]) -> str:
+    s = list(seeds)
+    return f"{s[0]}-{s[-1]}" if s == list(range(s[0], s[-1] + 1)) else ", ".join(map(str, s))
 
 
 if __name__ == "__main__":

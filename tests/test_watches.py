@@ -127,7 +127,7 @@ def test_flat_series_has_a_finite_score_and_an_outlier_in_the_baseline_is_ignore
     noisy[0, -1] = 25.0
     got = detector.score_matrix(noisy, DetectorSettings(min_points=10), step_s=30)
     # ~20 robust spreads (a mean/std baseline would say ~0.8); the bar after a huge
-    # spike is capped at 1.05 x 3 x threshold = 15.75, so the spike does not mask this.
+    # spike is capped at surprise x surprise_cap x threshold (10), so it does not mask this.
     assert got.score[0, -1] > 15.75 and got.hot[0, -1]
 
 

@@ -8,22 +8,31 @@ Methods:
 
 - ``robust`` (the production default): the score of ``x_t`` is
   ``|x_t - median(B)| / spread(B)`` where ``B`` is the baseline, the last ``window``
-  points before ``t``. ``spread`` is ``1.4826 * MAD`` with a floor: at least a
-  ``spread_floor`` fraction of the baseline's 1%-99% range and of ``|median|`` (so a
-  flat series moving from 1.0 to 1.5 scores ~30, not 782 sigma), and never below a tiny
-  absolute epsilon. Median and MAD ignore outliers inside the baseline, so one spike
+  points before ``t``. ``spread`` is ``1.4826 * MAD`` with floors: a ``spread_floor``
+  fraction of the baseline's 1%-99% range and of ``|median|`` (so a flat series moving
+  from 1.0 to 1.5 scores 25, not 782 sigma, and a change of a few percent of the level
+  is no incident however quiet the series was), half the series' resolution (its
+  smallest step: one step of an integer gauge is no incident), and a tiny absolute
+  epsilon. A
+  rise is also measured against the baseline's upper tail (p99 - median) and a fall
+  against its lower one, so a skewed series' ordinary bursts are not news while a drop
+  as large is. Median and quantiles ignore outliers inside the baseline, so one spike
   does not hide the next one. Baselines are recomputed every ``block`` points (the
   statistics of a long window barely move in a few points) which keeps the cost at
   a few sorts per block across all series at once. When the history covers at least
   two days and removing the daily profile (the median of the same time of day on
   previous days) shrinks the spread by a quarter or more, the series is scored on
-  its residual instead: a daily peak is then normal, a flat noon is not. The final
-  score is ``max(|z_t|, level_gain * |median(z over the last level_points points)|)``:
-  a level shift that heavy tails hide point by point still alerts within the hour.
+  its residual instead: a daily peak is then normal, a flat noon is not. Two more
+  terms, the score being the largest: the *level* term scores the median of the last
+  ``level_points`` points against the baseline of those medians (its own spread, so
+  autocorrelated noise does not alarm and a sustained small shift that no single point
+  shows does), times ``level_gain``; the *flatline* term scores a run of identical
+  values against the longest run the window showed (:func:`flat_scores`).
 - ``z_score``: ``|x_t - mean(B)| / std(B)``; ``ewma``: exponentially weighted mean and
   deviation with factor ``alpha``. Both kept for comparison; they use the same floor.
 
-The threshold is in units of the robust spread, so 6 means the same on every series.
+The threshold is in units of the robust spread, and a point must also beat the highest
+score of its own window (capped), so 5 means "unusual for this series" on every series.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.ndimage import maximum_filter1d, median_filter
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.ndimage import maximum_filter1d
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -42,6 +52,7 @@ METHODS = ("robust", "z_score", "ewma")
 TAIL = 0.01
 TAIL_Z = 4.65  # (p99 - p1) of a normal distribution, in standard deviations
 DAY_S = 86_400.0
+QUANTUM = 0.5  # the spread is at least this x the series' resolution (its smallest step)
 
 
 @dataclass(frozen=True)
@@ -56,10 +67,12 @@ class DetectorSettings:
     alpha: float = 0.02  # EWMA factor
     spread_floor: float = 0.02  # fraction of the baseline's range and of |median|
     seasonal: bool = True  # use the daily profile where the history covers it
-    surprise: float = 1.05  # robust: a point must also beat this x the window's highest score
+    surprise: float = 1.0  # robust: a point must also beat this x the window's highest score
     surprise_cap: float = 2.0  # ... that bar capped at this x the threshold
     level_points: int = 12  # robust: also score the median of the last this many points
-    level_gain: float = 1.5  # ... times this (a sustained shift of threshold/gain alerts)
+    level_gain: float = 1.0  # ... times this (a sustained shift of threshold/gain alerts)
+    flat_points: int = 12  # robust: a run of identical values this long may be a flatline (<2: off)
+    flat_ratio: float = 3.0  # ... when also this x the longest run in the window before it
 
     def check(self) -> list[tuple[str, str]]:
         """Violations as (field, description); empty when valid."""
@@ -86,14 +99,15 @@ class DetectorSettings:
 @dataclass(frozen=True)
 class Scored:
     """Per-point results, each ``[series, step]``; NaN score where not scored;
-    ``hot`` marks the anomalous points."""
+    ``hot`` marks the anomalous points, ``stuck`` those the flatline rule scored."""
 
     score: FloatArray
     baseline: FloatArray
     hot: npt.NDArray[np.bool_]
+    stuck: npt.NDArray[np.bool_]  # the flatline term set the score (a run of one value)
 
 
-def _hot(score: FloatArray, settings: DetectorSettings) -> npt.NDArray[np.bool_]:
+def _hot(score: FloatArray, flat: FloatArray, settings: DetectorSettings) -> npt.NDArray[np.bool_]:
     """Over the threshold and, for ROBUST, at least ``surprise`` x the highest score in
     the point's own window, that bar capped at ``surprise_cap`` x the threshold. A
     series whose ordinary week reaches score 7 now and then does not alarm at 7 (the
@@ -103,6 +117,8 @@ def _hot(score: FloatArray, settings: DetectorSettings) -> npt.NDArray[np.bool_]
         over = score >= settings.threshold
     if settings.method != "robust" or settings.surprise <= 0 or not over.any():
         return over
+    with np.errstate(invalid="ignore"):
+        stuck = flat >= settings.threshold
     z = np.nan_to_num(score, nan=0.0)
     w = settings.window
     padded = np.concatenate([np.zeros((z.shape[0], 1)), z], axis=1)
@@ -111,7 +127,7 @@ def _hot(score: FloatArray, settings: DetectorSettings) -> npt.NDArray[np.bool_]
         dtype=np.float64,
     )[:, :-1]  # the highest of the w scores before each point
     bar = settings.surprise * np.minimum(past, settings.surprise_cap * settings.threshold)
-    return over & (z >= bar)
+    return (over & (z >= bar)) | stuck
 
 
 def _rows_quantiles(sorted_rows: FloatArray, count: IntArray, qs: tuple[float, ...]) -> FloatArray:
@@ -131,22 +147,33 @@ def _rows_quantiles(sorted_rows: FloatArray, count: IntArray, qs: tuple[float, .
     return out
 
 
-def _robust_stats(hist: FloatArray, floor: float) -> tuple[FloatArray, FloatArray, IntArray]:
-    """Median, floored robust spread and usable count per row of ``hist``."""
+def _robust_stats(
+    hist: FloatArray, floor: float
+) -> tuple[FloatArray, FloatArray, FloatArray, IntArray]:
+    """Median, floored robust spread above and below it, and usable count per row."""
     s = np.sort(hist, axis=1)
     count = np.sum(~np.isnan(hist), axis=1).astype(np.int64)
     p01, med, p99 = _rows_quantiles(s, count, (TAIL, 0.5, 1 - TAIL))
     dev = np.sort(np.abs(hist - med[:, None]), axis=1)
     (mad,) = _rows_quantiles(dev, count, (0.5,))
     # The tail term: a heavy-tailed series' own 1%/99% points are not news.
-    spread = np.fmax(1.4826 * mad, (p99 - p01) / TAIL_Z)
-    spread = np.fmax(spread, floor * (p99 - p01))
+    spread = np.fmax(1.4826 * mad, floor * (p99 - p01))
     spread = np.fmax(spread, floor * np.abs(med))
     spread = np.fmax(spread, 1e-9)
-    return med, spread, count
+    # A quantised series (integer counts, CPU in 0.5% steps) cannot move by less than its
+    # resolution: one step of it is at most 1/QUANTUM spreads, however still it sat.
+    steps = np.diff(s, axis=1)
+    with np.errstate(invalid="ignore"):
+        quantum = np.min(np.where(steps > 0, steps, np.inf), axis=1, initial=np.inf)
+    spread = np.fmax(spread, np.where(np.isfinite(quantum), QUANTUM * quantum, 0.0))
+    up = np.fmax(spread, (p99 - med) / (TAIL_Z / 2))
+    down = np.fmax(spread, (med - p01) / (TAIL_Z / 2))
+    return med, up, down, count
 
 
-def _mean_stats(hist: FloatArray, floor: float) -> tuple[FloatArray, FloatArray, IntArray]:
+def _mean_stats(
+    hist: FloatArray, floor: float
+) -> tuple[FloatArray, FloatArray, FloatArray, IntArray]:
     count = np.sum(~np.isnan(hist), axis=1).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         total = np.nansum(hist, axis=1)
@@ -156,8 +183,8 @@ def _mean_stats(hist: FloatArray, floor: float) -> tuple[FloatArray, FloatArray,
     rng = np.nanmax(np.where(count[:, None] > 0, hist, 0.0), axis=1) - np.nanmin(
         np.where(count[:, None] > 0, hist, 0.0), axis=1
     )
-    spread = np.fmax(np.fmax(std, floor * rng), floor * np.abs(mean))
-    return mean, np.fmax(spread, 1e-9), count
+    spread = np.fmax(np.fmax(np.fmax(std, floor * rng), floor * np.abs(mean)), 1e-9)
+    return mean, spread, spread, count
 
 
 def _block(window: int) -> int:
@@ -172,34 +199,61 @@ def _windowed(
     base = np.full((n_series, n), np.nan)
     w, k = settings.window, _block(settings.window)
     stats = _robust_stats if robust else _mean_stats
+    lvl_k = settings.level_points
+    use_level = robust and lvl_k > 1 and settings.level_gain > 0
+    if use_level:
+        level = _causal_median(values, lvl_k)
+        lscore = np.full((n_series, n), np.nan)
     b = max(first, 1)
     while b < n:
         # Short histories move fast: recompute the baseline every 1/8 of its length.
         e = min(n, b + min(k, max(1, min(b, w) // 8)))
         hist = values[:, max(0, b - w) : b]
-        med, spread, count = stats(hist, settings.spread_floor)
+        med, up, down, count = stats(hist, settings.spread_floor)
         seg = values[:, b:e]
         ok = (count >= settings.min_points)[:, None] & ~np.isnan(seg)
-        z = (seg - med[:, None]) / spread[:, None]
+        z = _sided(seg - med[:, None], up, down)
         score[:, b:e] = np.where(ok, z, np.nan)
         base[:, b:e] = med[:, None]
+        if use_level:
+            lmed, lup, ldown, _ = stats(level[:, max(0, b - w) : b], settings.spread_floor)
+            root = math.sqrt(lvl_k)
+            lz = _sided(
+                level[:, b:e] - lmed[:, None], np.fmax(lup, up / root), np.fmax(ldown, down / root)
+            )
+            lscore[:, b:e] = np.where(ok, lz, np.nan)
         b = e
-    return _with_level(score, settings) if robust else np.abs(score), base
-
-
-def _with_level(signed: FloatArray, settings: DetectorSettings) -> FloatArray:
-    """``max(|z_t|, level_gain x |median(z_{t-k+1..t})|)``: a shift that one point at a
-    time stays under the threshold (heavy tails widen the spread) is still caught within
-    an hour once it holds, and a lone spike in the short median counts for nothing.
-    Causal: the median covers the point and the ``k - 1`` before it (gaps count as 0)."""
-    k = settings.level_points
-    if k <= 1 or settings.level_gain <= 0:
-        return np.abs(signed)
-    z = np.nan_to_num(signed, nan=0.0)
-    lvl = median_filter(z, size=(1, k), origin=(0, (k - 1) // 2), mode="nearest")
+    if not robust:
+        return np.abs(score), base
+    if not use_level:
+        return np.abs(score), base
     out: FloatArray = np.where(
-        np.isnan(signed), np.nan, np.fmax(np.abs(signed), settings.level_gain * np.abs(lvl))
+        np.isnan(score),
+        np.nan,
+        np.fmax(np.abs(score), settings.level_gain * np.abs(np.nan_to_num(lscore))),
     )
+    return out, base
+
+
+def _sided(dev: FloatArray, up: FloatArray, down: FloatArray) -> FloatArray:
+    out: FloatArray = np.where(dev > 0, dev / up[:, None], dev / down[:, None])
+    return out
+
+
+def _causal_median(values: FloatArray, k: int) -> FloatArray:
+    """The (upper) median of each point and the ``k - 1`` before it; gaps carry the
+    last value (NaNs before a series' first sample sort last, so they count as high). Sliding windows partitioned a few rows at a time (bounded memory)."""
+    filled = values
+    if np.isnan(values).any():
+        idx = np.where(np.isnan(values), 0, np.arange(values.shape[1])[None, :])
+        np.maximum.accumulate(idx, axis=1, out=idx)
+        filled = np.take_along_axis(values, idx, axis=1)  # NaN only before the first sample
+    pad = np.concatenate([np.repeat(filled[:, :1], k - 1, axis=1), filled], axis=1)
+    out = np.empty_like(filled)
+    rows = max(1, (1 << 22) // max(1, k * filled.shape[1]))
+    for r in range(0, filled.shape[0], rows):
+        win = sliding_window_view(pad[r : r + rows], k, axis=1)
+        out[r : r + rows] = np.partition(win, k // 2, axis=2)[..., k // 2]
     return out
 
 
@@ -232,32 +286,40 @@ def _ewma(
 
 
 def daily_profile(values: FloatArray, period: int, days: int = 7) -> FloatArray:
-    """For every point, the median of the same time of day (±1 step) on up to
-    ``days`` previous days; NaN where fewer than two days are behind it."""
+    """For every point, the median over up to ``days`` previous days of the same time
+    of day (each day's value the median of that step and its two neighbours); NaN
+    where fewer than two days are behind it."""
     n_series, n = values.shape
     out = np.full((n_series, n), np.nan)
     if period < 3 or n <= 2 * period:
         return out
-    lagged = []
-    for d in range(1, days + 1):
-        for off in (-1, 0, 1):
-            lag = d * period + off
-            if lag >= n:
-                continue
-            shifted = np.full((n_series, n), np.nan)
-            shifted[:, lag:] = values[:, : n - lag]
-            lagged.append(shifted)
-    stack = np.stack(lagged, axis=2)
-    stack.sort(axis=2)
-    count = np.sum(~np.isnan(stack), axis=2)
-    enough = count >= 6  # two days of three neighbours
-    mid = np.maximum(count - 1, 0) / 2.0
-    lo = np.floor(mid).astype(np.int64)
-    hi = np.ceil(mid).astype(np.int64)
-    a = np.take_along_axis(stack, lo[..., None], axis=2)[..., 0]
-    b = np.take_along_axis(stack, hi[..., None], axis=2)[..., 0]
+    near = _median3(values)
+    lags = [d * period for d in range(1, days + 1) if d * period < n]
+    stack = np.full((len(lags), n_series, n), np.nan)
+    for j, lag in enumerate(lags):
+        stack[j, :, lag:] = near[:, : n - lag]
+    stack.sort(axis=0)  # NaNs last
+    count = np.sum(~np.isnan(stack), axis=0)
+    enough = count >= 2
+    lo = np.maximum(count - 1, 0) // 2
+    hi = np.maximum(count, 1) // 2
+    a = np.take_along_axis(stack, lo[None], axis=0)[0]
+    b = np.take_along_axis(stack, hi[None], axis=0)[0]
     out[enough] = ((a + b) / 2.0)[enough]
     return out
+
+
+def _median3(values: FloatArray) -> FloatArray:
+    """The median of each point and its two neighbours (NaNs ignored where possible)."""
+    a = np.empty_like(values)
+    c = np.empty_like(values)
+    a[:, 1:], a[:, 0] = values[:, :-1], np.nan
+    c[:, :-1], c[:, -1] = values[:, 1:], np.nan
+    b = values
+    with np.errstate(invalid="ignore"):
+        m: FloatArray = np.fmax(np.fmin(a, b), np.fmin(np.fmax(a, b), c))
+    # where only one neighbour is missing fmin/fmax pick from the other two: close enough
+    return np.where(np.isnan(b), np.nan, m)
 
 
 def _spread_of(x: FloatArray) -> FloatArray:
@@ -277,13 +339,53 @@ def score_matrix(
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] == 0:
         empty = np.full(values.shape, np.nan)
-        return Scored(empty, empty.copy(), np.zeros(values.shape, dtype=bool))
+        none = np.zeros(values.shape, dtype=bool)
+        return Scored(empty, empty.copy(), none, none.copy())
     values = np.where(np.isfinite(values), values, np.nan)
     if settings.method == "ewma":
         score, base = _ewma(values, first, settings)
     else:
         score, base = _scores(values, first, settings, step_s)
-    return Scored(score, base, _hot(score, settings))
+    flat = np.zeros_like(score)
+    if settings.method == "robust" and settings.flat_points > 1:
+        flat = np.where(np.isnan(score), np.nan, flat_scores(values, settings))
+        score = np.fmax(score, flat)
+    with np.errstate(invalid="ignore"):
+        stuck = (flat >= settings.threshold) & (flat >= score)
+    return Scored(score, base, _hot(score, flat, settings), stuck)
+
+
+def flat_scores(values: FloatArray, settings: DetectorSettings) -> FloatArray:
+    """``threshold x run / bar``: ``run`` is how many identical values in a row end at
+    each point, ``bar`` the larger of ``flat_points`` and ``flat_ratio`` x the longest
+    run that ended in the window before the current one began. A stuck exporter or
+    sensor scores the threshold once its run is clearly longer than any the series
+    showed lately; a quantised series whose value often sits still does not, nor does
+    one that has not moved at all in the window."""
+    n_series, n = values.shape
+    same = np.zeros((n_series, n), dtype=bool)
+    same[:, 1:] = values[:, 1:] == values[:, :-1]  # NaN never equals: gaps break runs
+    idx = np.arange(n)[None, :]
+    starts = np.where(same, 0, idx)
+    np.maximum.accumulate(starts, axis=1, out=starts)
+    run = (idx - starts + 1).astype(np.float64)
+    ended = np.zeros((n_series, n))
+    ended[:, :-1] = np.where(same[:, 1:], 0.0, run[:, :-1])  # a run's length at its last point
+    ended[np.isnan(values)] = 0.0  # a gap is no run
+    w = settings.window
+    past = np.zeros((n_series, n))
+    past[:, 1:] = maximum_filter1d(ended, size=w, axis=1, origin=(w - 1) // 2, mode="constant")[
+        :, :-1
+    ]
+    # the bar in force when the current run began (its own length never raises it)
+    bar_then = np.take_along_axis(past, starts, axis=1)
+    # A series that never moved in the window (a constant gauge) has no completed run:
+    # staying constant is its normal, so it never scores here.
+    bar = np.where(
+        bar_then > 0, np.fmax(float(settings.flat_points), settings.flat_ratio * bar_then), np.inf
+    )
+    out: FloatArray = settings.threshold * run / bar
+    return out
 
 
 def _scores(

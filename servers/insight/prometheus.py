@@ -49,6 +49,19 @@ def _pairs(raw: Any) -> FloatArray:
     return out
 
 
+def _full_row(raw: list[Any], t0: float, step_s: float, n: int) -> FloatArray | None:
+    """The fast path: a series with a sample at every one of the ``n`` grid steps
+    (Prometheus answers each step at most once, in order, so first and last on the
+    grid mean all are) needs only its values converted; None when it does not apply."""
+    try:
+        first, last = float(raw[0][0]), float(raw[-1][0])
+        if abs(first - t0) > step_s / 2 or abs(last - (t0 + (n - 1) * step_s)) > step_s / 2:
+            return None
+        return np.array([p[1] for p in raw], dtype=np.float64)
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
+
+
 def _labels(series: Any) -> dict[str, str]:
     metric = series.get("metric") if isinstance(series, dict) else None
     if not isinstance(metric, dict):
@@ -123,7 +136,7 @@ class PrometheusClient:
             labels.append(_labels(series))
             raw = series.get("values") if isinstance(series, dict) else None
             if raw:
-                self._place(values[i], _pairs(raw), t0, step_s, n)
+                self._fill(values[i], raw, t0, step_s, n)
         return RangeResult(labels, values, t0, step_s)
 
     def query_range_chunked(
@@ -156,7 +169,7 @@ class PrometheusClient:
                     rows.append(np.full(n, np.nan))
                 raw = series.get("values") if isinstance(series, dict) else None
                 if raw:
-                    self._place(rows[i], _pairs(raw), t0, step_s, n)
+                    self._fill(rows[i][c : c_end + 1], raw, t0 + c * step_s, step_s, c_end - c + 1)
             del result
         values = np.stack(rows) if rows else np.zeros((0, n))
         return RangeResult(labels, values, t0, step_s)
@@ -173,6 +186,16 @@ class PrometheusClient:
                 f"query: {series:,} series x {points:,} points is over the per-call limit of "
                 f"{max_points:,} points (MAX_WORK_POINTS): narrow the query or the range"
             )
+
+    @staticmethod
+    def _fill(row: FloatArray, raw: Any, t0: float, step_s: float, n: int) -> None:
+        """Put one series' ``[[t, "v"], ...]`` into its row of the grid."""
+        if isinstance(raw, list) and len(raw) == n:
+            full = _full_row(raw, t0, step_s, n)
+            if full is not None and full.shape == (n,):
+                row[:] = np.where(np.isfinite(full), full, np.nan)
+                return
+        PrometheusClient._place(row, _pairs(raw), t0, step_s, n)
 
     @staticmethod
     def _place(row: FloatArray, pairs: FloatArray, t0: float, step_s: float, n: int) -> None:

@@ -77,6 +77,7 @@ def hint_for(
     window: timedelta,
     outcome: scoring.Outcome,
     constant: bool = False,
+    stuck: bool = False,
 ) -> str:
     name = _series_name(labels, query)
     span = human_duration(window)
@@ -87,6 +88,11 @@ def hint_for(
         return f"{name}: too few points in the last {span} to score"
     if outcome is scoring.Outcome.CONSTANT:
         return f"{name} {value:.4g} equals its constant {span} {what}"
+    if stuck:
+        return (
+            f"{name} has stayed at {value:.4g} for longer than any run of one value in its "
+            f"{span} window (a stuck exporter or sensor? score {score:.1f})"
+        )
     side = "above" if value >= baseline else "below"
     if math.isinf(score) or constant:
         return f"{name} {value:.4g} moved off its constant {span} value {baseline:.4g}" + (
@@ -287,6 +293,10 @@ class Insight:
             close_after=spec.close_after,
             alpha=spec.alpha,
             seasonal=False,
+            # A one-shot look at a short range scores the latest point alone: a level or
+            # flatline judgement needs more history than Probe's few dozen points.
+            level_points=1,
+            flat_points=0,
         )
 
         # The range ends on the step grid, so probing again within one step scores the
@@ -347,16 +357,19 @@ class Insight:
                 outcome=outcome,
                 constant=bool(flat[i]),
             )
-            key = series_key(labels)
-            cur = current.get(key)
-            new, changed = walker.advance(
-                cur,
-                labels,
-                times=[end],
-                score=sc.score[i, -1:],
-                hot=sc.hot[i, -1:] & (outcome is scoring.Outcome.SCORED),
-                values=data.values[i, -1:],
-                base=sc.baseline[i, -1:],
+            cur = current.get(series_key(labels)) if current else None
+            new, changed = (
+                walker.advance(
+                    cur,
+                    labels,
+                    times=[end],
+                    score=sc.score[i, -1:],
+                    hot=sc.hot[i, -1:] & (outcome is scoring.Outcome.SCORED),
+                    values=data.values[i, -1:],
+                    base=sc.baseline[i, -1:],
+                )
+                if anomalous or cur is not None
+                else ([], [])  # nothing open and nothing new: the walk would do nothing
             )
             opened += [dataclasses.replace(e, hint=hint) for e in new]
             updated += [
@@ -588,6 +601,7 @@ class Insight:
                 base=sc.baseline[i, n - new :],
             )
             for e in (*new_eps, *changed):
+                k = round((e.peak_time.timestamp() - data.start) / step)
                 e2 = dataclasses.replace(
                     e,
                     hint=hint_for(
@@ -599,6 +613,7 @@ class Insight:
                         score=e.peak_score,
                         window=window,
                         outcome=scoring.Outcome.SCORED,
+                        stuck=0 <= k < n and bool(sc.stuck[i, k]),
                     ),
                 )
                 (opened if e in new_eps else updated).append(e2)

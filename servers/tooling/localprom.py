@@ -146,12 +146,22 @@ class LocalPrometheus:
             os.close(self._lock)  # closing drops the flock
             self._lock = None
 
-    def plant(self, series: Iterable[Series]) -> None:
-        """Write series into TSDB blocks (before :meth:`start`)."""
+    def plant(self, series: Iterable[Series], *, max_block: str = "") -> None:
+        """Write series into TSDB blocks (before :meth:`start`); ``max_block`` (e.g.
+        ``"2000h"``) lets a long history go into a few blocks instead of one per 2 h."""
         src = self.root / "planted.om"
         src.write_text(openmetrics(series))
+        extra = [f"--max-block-duration={max_block}"] if max_block else []
         subprocess.run(
-            ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(src), str(self.data)],
+            [
+                "promtool",
+                "tsdb",
+                "create-blocks-from",
+                "openmetrics",
+                *extra,
+                str(src),
+                str(self.data),
+            ],
             check=True,
             capture_output=True,
         )
