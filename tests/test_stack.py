@@ -4,6 +4,7 @@ the demo workflow through the hook, then runs, latest-run links and a signal."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -49,7 +50,9 @@ def test_up_then_demo_shows_runs_latest_runs_and_a_signal(tmp_path: Path) -> Non
         assert "Runs stored per workflow:" in out
         assert "support-triage" in out and "billing-triage" in out
         assert "Signals raised by this run (" in out and "[support-triage]" in out
-        assert "x its robust spread above its" in out
+        # A sane hint: measured against the series' robust spread, or, when the demo's
+        # window happened to hold one repeated value, said to have moved off it.
+        assert re.search(r"x its robust spread (above|below) its|moved off its constant", out)
 
         reg = "neuralops.registry.v1.RegistryService"
         listed = json.loads(
