@@ -39,7 +39,7 @@ try:  # a dependency of langsmith (so of langchain-core) on CPython; the walk wo
     import orjson
 except ImportError:  # pragma: no cover
     orjson = None  # type: ignore[assignment]
-from neuralops.clients.enums import RUN_STATUS
+from neuralops.clients.enums import CALL_KIND, RUN_STATUS
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
 MAX_EXACT_INT = 2**53
@@ -47,12 +47,6 @@ MAX_EXACT_INT = 2**53
 DROPPED: Any = type("Dropped", (), {"__repr__": lambda self: "<dropped>"})()
 MAX_DEPTH = 20  # Struct nests two messages per level; protobuf parsers stop at 100
 _ELLIPSIS = "…"
-_KIND = {
-    "model": pb.CALL_KIND_MODEL,
-    "tool": pb.CALL_KIND_TOOL,
-    "retriever": pb.CALL_KIND_RETRIEVER,
-    "chain": pb.CALL_KIND_CHAIN,
-}
 
 
 class Budget:
@@ -380,7 +374,7 @@ def status(text: str) -> pb.RunStatus.ValueType:
 
 
 def kind(text: str) -> pb.CallKind.ValueType:
-    return _KIND[text]
+    return CALL_KIND.to_proto(text)
 
 
 def usage_of(response: Any) -> tuple[dict[str, int], str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from neuralops.runhistory.v1 import runhistory_pb2 as rpb
 
@@ -115,6 +115,13 @@ class EmbeddingStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+class CallKind(StrEnum):
+    MODEL = "model"
+    TOOL = "tool"
+    RETRIEVER = "retriever"
+    CHAIN = "chain"
+
+
 RUN_STATUS = EnumCodec(
     RunStatus,
     {
@@ -139,3 +146,23 @@ EMBEDDING_STATUS = EnumCodec(
     unspecified=rpb.EMBEDDING_STATUS_UNSPECIFIED,
     proto=rpb.EmbeddingStatus,
 )
+
+CALL_KIND = EnumCodec(
+    CallKind,
+    {
+        CallKind.MODEL: rpb.CALL_KIND_MODEL,
+        CallKind.TOOL: rpb.CALL_KIND_TOOL,
+        CallKind.RETRIEVER: rpb.CALL_KIND_RETRIEVER,
+        CallKind.CHAIN: rpb.CALL_KIND_CHAIN,
+    },
+    unspecified=rpb.CALL_KIND_UNSPECIFIED,
+    proto=rpb.CallKind,
+)
+
+# The codec of each enum stored inside messages (by the proto enum's full name), for the
+# generic message <-> dict conversion of the servers.
+BY_PROTO_ENUM: Mapping[str, EnumCodec[Any, Any]] = {
+    rpb.RunStatus.DESCRIPTOR.full_name: RUN_STATUS,
+    rpb.EmbeddingStatus.DESCRIPTOR.full_name: EMBEDDING_STATUS,
+    rpb.CallKind.DESCRIPTOR.full_name: CALL_KIND,
+}

@@ -7,6 +7,7 @@ from enum import StrEnum
 import pytest
 from neuralops.clients.enums import EMBEDDING_STATUS, RUN_STATUS, EnumCodec, RunStatus
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
+from neuralops.servers.runtime.convert import dict_message, message_dict
 
 
 def test_every_run_status_round_trips_to_the_proto_value_of_its_name() -> None:
@@ -73,3 +74,20 @@ def test_unspecified_is_stored_as_empty_text_and_the_old_spelling_still_reads() 
     for stored in ("", "unspecified"):
         assert RUN_STATUS.to_proto(stored) == pb.RUN_STATUS_UNSPECIFIED
         assert RUN_STATUS.to_proto(RUN_STATUS.lookup(stored)) == pb.RUN_STATUS_UNSPECIFIED
+
+
+def test_enums_inside_stored_messages_go_through_their_codec() -> None:
+    node = pb.NodeLog(name="agent")
+    node.calls.add(kind=pb.CALL_KIND_MODEL, status=pb.RUN_STATUS_FAILED, name="m")
+    node.calls.add(kind=pb.CALL_KIND_TOOL, name="t")
+    stored = message_dict(node)
+    assert [(c["kind"], c.get("status")) for c in stored["calls"]] == [
+        ("model", "failed"),
+        ("tool", None),
+    ]
+    assert dict_message(stored, pb.NodeLog()) == node
+    # Spellings older rows hold read back too; text no codec names reads as 0.
+    older = {"name": "agent", "calls": [{"kind": "CALL_KIND_TOOL", "status": "unspecified"}]}
+    back = dict_message(older, pb.NodeLog())
+    assert back.calls[0].kind == pb.CALL_KIND_TOOL
+    assert back.calls[0].status == pb.RUN_STATUS_UNSPECIFIED

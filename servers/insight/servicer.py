@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 import grpc
 import numpy as np
 from google.protobuf import duration_pb2, timestamp_pb2
+from neuralops.clients.enums import EnumCodec
 from neuralops.insight.v1 import insight_pb2 as pb
 from neuralops.insight.v1 import insight_pb2_grpc
 from neuralops.servers.insight.detector import DetectorSettings
@@ -19,21 +21,37 @@ from neuralops.servers.insight.service import (
     settings_from,
 )
 from neuralops.servers.insight.validation import validate
-from neuralops.servers.runtime.convert import enum_text, text_enum, to_timestamp
+from neuralops.servers.runtime.convert import to_timestamp
 from neuralops.servers.runtime.errors import InvalidArgument
 
-_METHOD = "METHOD_"
+
+class MethodName(StrEnum):
+    """Scoring rules as stored (watch settings, episodes) and named in hints."""
+
+    Z_SCORE = "z_score"
+    EWMA = "ewma"
+    ROBUST = "robust"
+
+
+METHOD = EnumCodec(
+    MethodName,
+    {
+        MethodName.Z_SCORE: pb.METHOD_Z_SCORE,
+        MethodName.EWMA: pb.METHOD_EWMA,
+        MethodName.ROBUST: pb.METHOD_ROBUST,
+    },
+    unspecified=pb.METHOD_UNSPECIFIED,
+    proto=pb.Method,
+)
 _MIN_TS, _MAX_TS = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31
 _MAX_DURATION_S = 10 * 366 * 86400
 
 
 def _method(value: int) -> str:
     if value == pb.METHOD_UNSPECIFIED:
-        return "robust"
-    try:
-        return enum_text(pb.Method.Name(value), _METHOD)  # type: ignore[arg-type]
-    except ValueError:
-        return f"unknown({value})"
+        return MethodName.ROBUST.value
+    member = METHOD.from_proto(value)
+    return member.value if member is not None else f"unknown({value})"
 
 
 def _time(field: str, ts: timestamp_pb2.Timestamp) -> datetime:
@@ -62,7 +80,7 @@ def detector_settings(msg: pb.DetectorSettings) -> dict[str, object]:
 
 def detector_message(s: DetectorSettings) -> pb.DetectorSettings:
     return pb.DetectorSettings(
-        method=pb.Method.Value(text_enum(s.method, _METHOD)),
+        method=METHOD.to_proto(s.method),
         threshold=s.threshold,
         window=s.window,
         min_points=s.min_points,
@@ -81,7 +99,7 @@ def signal_message(e: Episode) -> pb.Signal:
         hint=e.hint,
         created_at=to_timestamp(e.created_at),
         labels=e.labels,
-        method=pb.Method.Value(text_enum(e.method, _METHOD)),
+        method=METHOD.to_proto(e.method),
         sample_time=to_timestamp(e.start_time),
         query=e.query,
         threshold=e.threshold,

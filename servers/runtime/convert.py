@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from neuralops.clients.enums import BY_PROTO_ENUM
 
 M = TypeVar("M", bound=Message)
 
@@ -123,22 +124,6 @@ def timestamp_text(ts: timestamp_pb2.Timestamp) -> str:
     return f"{text}.{nanos:09d}Z"
 
 
-def enum_text(enum_name: str, prefix: str) -> str:
-    """``RUN_STATUS_COMPLETED`` -> ``completed`` (how enums are stored)."""
-    return enum_name.removeprefix(prefix).lower()
-
-
-def text_enum(text: str, prefix: str) -> str:
-    """``completed`` -> ``RUN_STATUS_COMPLETED``."""
-    return prefix + text.upper()
-
-
-def enum_prefix(enum: Any) -> str:
-    """``RunStatus`` -> ``RUN_STATUS_`` (buf's ENUM_VALUE_PREFIX rule)."""
-    name = enum.name
-    return "".join("_" + c if c.isupper() and i else c for i, c in enumerate(name)).upper() + "_"
-
-
 # ------------------------------------------------------------- messages as dicts
 
 _Convert = Callable[[Any], Any]
@@ -147,9 +132,13 @@ _field_converters: dict[Any, _Convert] = {}
 
 
 def _enum_converter(enum: Any) -> _Convert:
-    prefix = enum_prefix(enum)
-    names = {v.number: enum_text(v.name, prefix) for v in enum.values}
-    return lambda n: names.get(n, n)
+    """An enum's stored text from its codec (clients/enums.py); a number no codec names
+    (or an enum without one) is stored as the number."""
+    codec = BY_PROTO_ENUM.get(enum.full_name)
+    if codec is None:
+        return lambda n: n
+    texts = {v.number: codec.text(v.number) for v in enum.values}
+    return lambda n: texts.get(n) or n
 
 
 def _single_converter(fd: Any) -> _Convert:
@@ -254,10 +243,15 @@ def _enum_names_back(d: dict[str, Any], desc: Any) -> dict[str, Any]:
         if fd is None:
             continue
         if fd.type == FieldDescriptor.TYPE_ENUM:
-            prefix = enum_prefix(fd.enum_type)
+            codec = BY_PROTO_ENUM.get(fd.enum_type.full_name)
 
-            def back(x: Any, prefix: str = prefix) -> Any:
-                return text_enum(x, prefix) if isinstance(x, str) and x.islower() else x
+            def back(x: Any, codec: Any = codec) -> Any:
+                if not isinstance(x, str):
+                    return x
+                # Stored text ("completed"), a proto name, or text of older rows
+                # ("unspecified"): through the codec; what it does not name reads as 0.
+                member = codec.lookup(x) if codec is not None else None
+                return codec.proto_name(member) if member is not None else 0
 
             out[name] = [back(x) for x in value] if isinstance(value, list) else back(value)
         elif (
