@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -15,9 +16,10 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from neuralops.insight.v1 import insight_pb2 as ipb
 from neuralops.insight.v1 import insight_pb2_grpc
+from neuralops.servers.insight import scoring
 from neuralops.servers.insight.model import ProbeSpec
 from neuralops.servers.insight.prometheus import PrometheusClient
-from neuralops.servers.insight.service import Insight
+from neuralops.servers.insight.service import Insight, hint_for
 from neuralops.servers.insight.storage import SignalStore
 from neuralops.servers.runtime.app import App
 from neuralops.servers.runtime.config import Config
@@ -338,3 +340,19 @@ def test_grpcurl_probe_and_list_signals(
         )  # answered, whatever the data now
     finally:
         server.stop()
+
+
+def test_a_hint_far_from_a_positive_median_says_how_many_times() -> None:
+    common: dict[str, Any] = {
+        "labels": {"__name__": "run_seconds", "wpk_id": "w"},
+        "query": "run_seconds",
+        "method": "robust",
+        "window": timedelta(seconds=30),
+        "outcome": scoring.Outcome.SCORED,
+    }
+    slow = hint_for(value=1.504, baseline=0.003, score=1250.8, **common)
+    assert "is 501x its 30s median 0.003 (score 1250.8)" in slow
+    fast = hint_for(value=0.001, baseline=0.5, score=9.0, **common)
+    assert "is 1/500 of its 30s median 0.5" in fast
+    near = hint_for(value=0.62, baseline=0.5, score=6.1, **common)
+    assert "6.1x its robust spread above its 30s median 0.5" in near
