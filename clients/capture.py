@@ -43,8 +43,20 @@ from neuralops.clients.enums import CALL_KIND, RUN_STATUS
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
 MAX_EXACT_INT = 2**53
-# A value the hook did not keep (past its bounds): captured as nothing, marked truncated.
-DROPPED: Any = type("Dropped", (), {"__repr__": lambda self: "<dropped>"})()
+
+
+class _Dropped:
+    """A value the hook did not keep (past its bounds): captured as nothing, marked
+    truncated."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<dropped>"
+
+
+DROPPED: Any = _Dropped()
+
 MAX_DEPTH = 20  # Struct nests two messages per level; protobuf parsers stop at 100
 _ELLIPSIS = "…"
 
