@@ -15,6 +15,7 @@ batching and the deadline, and the request is the concatenation of its runs' byt
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -181,9 +182,12 @@ SLICE_S = 0.00005
 CATCH_UP_SLICE_S = 0.001
 
 
-# Getting the GIL back after a pause took longer than this: another thread is running
-# Python flat out (it kept the GIL until the switch interval forced it to let go).
-BUSY_S = 0.001
+def busy_after() -> float:
+    """Getting the GIL back after a pause took longer than this: another thread is
+    running Python flat out (it kept the GIL until the switch interval, 5 ms unless the
+    application changed it, forced it to let go). Well above the scheduling delays of a
+    merely loaded machine."""
+    return 0.6 * sys.getswitchinterval()
 
 
 def pace(since: float, slice_s: float = SLICE_S) -> tuple[float, bool]:
@@ -194,4 +198,4 @@ def pace(since: float, slice_s: float = SLICE_S) -> tuple[float, bool]:
         return since, False
     time.sleep(0)  # lets a thread waiting for the GIL run
     after = time.perf_counter()
-    return after, after - now > BUSY_S
+    return after, after - now > busy_after()

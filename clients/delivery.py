@@ -38,12 +38,12 @@ from typing import Any
 
 import grpc
 from neuralops.clients.batching import (
-    BUSY_S,
     CATCH_UP_SLICE_S,
     SLICE_S,
     BatchQueue,
     Encoded,
     Item,
+    busy_after,
     chunks,
     pace,
 )
@@ -215,6 +215,9 @@ class RunSender:
         since = time.perf_counter()
         behind = self._behind()
         slice_s = CATCH_UP_SLICE_S if behind else SLICE_S
+        # Step aside at most once per batch, and only on the worker: a caller's thread
+        # (submit after close, close, replay) never waits for the application.
+        may_defer = not behind and threading.current_thread() is self._thread
         for item in items:
             for run in self._build((item,)):
                 try:
@@ -227,7 +230,8 @@ class RunSender:
                         run.run_id,
                     )
             since, busy = pace(since, slice_s)
-            if busy and not behind:
+            if busy and may_defer and not self._closed:
+                may_defer = False
                 self._yield_to_busy_app()
                 since = time.perf_counter()
         return out
@@ -237,16 +241,22 @@ class RunSender:
 
     def _yield_to_busy_app(self) -> None:
         """The application is running Python flat out (a loop of invokes that never
-        waits): step aside for up to ``MAX_DEFER_S`` rather than take the GIL from it
-        every switch interval. Work resumes as soon as the GIL comes back quickly (the
-        application waits on I/O, as agents do), a flush or close asks, or the queue is a
-        quarter full (then the worker catches up with longer turns)."""
+        waits): step aside for up to ``MAX_DEFER_S`` (once per batch, so a run waits at
+        most about that much longer) rather than take the GIL from it every switch
+        interval. Work resumes as soon as the GIL comes back quickly (the application
+        waits on I/O, as agents do), a flush or close asks, or the queue is a quarter
+        full (then the worker catches up with longer turns)."""
         deadline = time.monotonic() + MAX_DEFER_S
         self.counters.add("deferrals")
-        while time.monotonic() < deadline and not self._behind() and not self._queue.hurried():
+        while (
+            time.monotonic() < deadline
+            and not self._behind()
+            and not self._queue.hurried()
+            and not self._stop.is_set()
+        ):
             started = time.perf_counter()
             self._queue.wait_unless_hurried(DEFER_POLL_S)
-            if time.perf_counter() - started - DEFER_POLL_S < BUSY_S:
+            if time.perf_counter() - started - DEFER_POLL_S < busy_after():
                 return  # the GIL came straight back: the application is idle now
 
     def _handle(self, items: Sequence[Item]) -> None:

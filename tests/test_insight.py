@@ -356,3 +356,17 @@ def test_a_hint_far_from_a_positive_median_says_how_many_times() -> None:
     assert "is 1/500 of its 30s median 0.5" in fast
     near = hint_for(value=0.62, baseline=0.5, score=6.1, **common)
     assert "6.1x its robust spread above its 30s median 0.5" in near
+    assert "is 12,500x its" in hint_for(value=12.5, baseline=0.001, score=9e4, **common)
+    assert "is 1/3 of its" in hint_for(value=0.1, baseline=0.3, score=7.0, **common)
+    # Ratios past what a double holds fall back to spreads instead of failing.
+    assert "robust spread" in hint_for(value=1e-200, baseline=1e200, score=8.0, **common)
+
+
+def test_every_detector_method_has_a_proto_value() -> None:
+    from neuralops.servers.insight.detector import METHODS
+    from neuralops.servers.insight.servicer import METHOD, MethodName
+
+    assert {m.value for m in MethodName} == set(METHODS)
+    assert len(ipb.Method.values()) - 1 == len(MethodName)
+    for m in MethodName:
+        assert METHOD.from_proto(METHOD.to_proto(m)) is m
