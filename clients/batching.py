@@ -68,7 +68,10 @@ class BatchQueue:
     """A bounded FIFO that also counts items not yet settled, for ``flush``."""
 
     def __init__(self, max_items: int) -> None:
-        self._queue: queue.Queue[Item] = queue.Queue(maxsize=max_items)
+        # Each item with the monotonic time it was queued.
+        self._queue: queue.Queue[tuple[float, Item]] = queue.Queue(maxsize=max_items)
+        # When the oldest item of the last batch taken was queued.
+        self.taken_oldest = 0.0
         self._idle = threading.Condition()
         self._unsettled = 0
         self._flushing = 0
@@ -81,7 +84,7 @@ class BatchQueue:
         with self._idle:
             self._unsettled += 1
         try:
-            self._queue.put_nowait(item)
+            self._queue.put_nowait((time.monotonic(), item))
         except queue.Full:
             self.settle(1)
             return False
@@ -93,9 +96,11 @@ class BatchQueue:
         """Up to ``max_items`` items; waits up to ``timeout_s`` for the first, then up
         to ``linger_s`` more for the batch to fill (cut short by :meth:`hurry`)."""
         try:
-            items = [self._queue.get(timeout=timeout_s)]
+            first = self._queue.get(timeout=timeout_s)
         except queue.Empty:
             return []
+        self.taken_oldest = first[0]
+        items = [first[1]]
         self._drain(items, max_items)
         if len(items) < max_items and linger_s > 0 and not self._flushing:
             self._fill_to = max_items - len(items)
@@ -110,7 +115,7 @@ class BatchQueue:
     def _drain(self, items: list[Item], max_items: int) -> None:
         while len(items) < max_items:
             try:
-                items.append(self._queue.get_nowait())
+                items.append(self._queue.get_nowait()[1])
             except queue.Empty:
                 break
 
@@ -184,10 +189,10 @@ CATCH_UP_SLICE_S = 0.001
 
 def busy_after() -> float:
     """Getting the GIL back after a pause took longer than this: another thread is
-    running Python flat out (it kept the GIL until the switch interval, 5 ms unless the
-    application changed it, forced it to let go). Well above the scheduling delays of a
-    merely loaded machine."""
-    return 0.6 * sys.getswitchinterval()
+    running Python (a loop that never waits holds it until the switch interval, 5 ms
+    unless the application changed it, forces it to let go). A false alarm on a loaded
+    machine costs a little delivery latency, bounded by the run's MAX_DELAY_S."""
+    return 0.2 * sys.getswitchinterval()
 
 
 def pace(since: float, slice_s: float = SLICE_S) -> tuple[float, bool]:

@@ -60,9 +60,12 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 # How long the worker steps aside at a time for an application running Python flat out,
-# and how often it looks whether it still is.
+# how often it looks whether it still is, and how long a run may wait in all (like
+# OpenTelemetry's batch schedule delay: a run reaches the server within about 5 s
+# even when the application never lets go of the GIL).
 MAX_DEFER_S = 1.0
 DEFER_POLL_S = 0.05
+MAX_DELAY_S = 5.0
 
 
 def _size(run: pb.Run) -> int:
@@ -215,9 +218,11 @@ class RunSender:
         since = time.perf_counter()
         behind = self._behind()
         slice_s = CATCH_UP_SLICE_S if behind else SLICE_S
-        # Step aside at most once per batch, and only on the worker: a caller's thread
-        # (submit after close, close, replay) never waits for the application.
+        # Step aside only on the worker (a caller's thread: submit after close, close,
+        # never waits for the application) and only until the batch's oldest run has
+        # waited MAX_DELAY_S.
         may_defer = not behind and threading.current_thread() is self._thread
+        defer_until = self._queue.taken_oldest + MAX_DELAY_S
         for item in items:
             for run in self._build((item,)):
                 try:
@@ -230,23 +235,22 @@ class RunSender:
                         run.run_id,
                     )
             since, busy = pace(since, slice_s)
-            if busy and may_defer and not self._closed:
-                may_defer = False
-                self._yield_to_busy_app()
+            if busy and may_defer and not self._closed and time.monotonic() < defer_until:
+                self._yield_to_busy_app(defer_until)
                 since = time.perf_counter()
         return out
 
     def _behind(self) -> bool:
         return self._queue.qsize() > self._max_queue // 4
 
-    def _yield_to_busy_app(self) -> None:
+    def _yield_to_busy_app(self, until: float) -> None:
         """The application is running Python flat out (a loop of invokes that never
-        waits): step aside for up to ``MAX_DEFER_S`` (once per batch, so a run waits at
-        most about that much longer) rather than take the GIL from it every switch
-        interval. Work resumes as soon as the GIL comes back quickly (the application
-        waits on I/O, as agents do), a flush or close asks, or the queue is a quarter
-        full (then the worker catches up with longer turns)."""
-        deadline = time.monotonic() + MAX_DEFER_S
+        waits): step aside for up to ``MAX_DEFER_S`` at a time rather than take the GIL
+        from it every switch interval. Work resumes as soon as the GIL comes back quickly
+        (the application waits on I/O, as agents do), a flush or close asks, the queue is
+        a quarter full (then the worker catches up with longer turns), or ``until`` (a
+        run queued ``MAX_DELAY_S`` ago must go)."""
+        deadline = min(time.monotonic() + MAX_DEFER_S, until)
         self.counters.add("deferrals")
         while (
             time.monotonic() < deadline

@@ -11,9 +11,11 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -439,4 +441,46 @@ def test_the_worker_steps_aside_for_a_busy_app_and_never_for_an_idle_one(
         assert time.monotonic() - started < 5
         assert sender.delivered == 301
     finally:
+        sender.close()
+
+
+@one_backend
+def test_a_busy_thread_elsewhere_delays_runs_by_at_most_the_max_delay(
+    runhistory: App, tmp_path: Path
+) -> None:
+    from neuralops.clients.delivery import MAX_DELAY_S
+
+    addr = runhistory.address("runhistory")
+    sender = RunSender(addr, spool_dir=tmp_path / "spool", linger_s=0.05)
+    stop = threading.Event()
+
+    def spin() -> None:  # some library's thread running Python flat out
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        started = time.monotonic()
+
+        def build(i: int) -> Any:
+            def record() -> Any:  # a record that takes a moment to build, as the hook's do
+                until = time.perf_counter() + 0.0005
+                while time.perf_counter() < until:
+                    pass
+                return run_msg("spun", f"r{i}")
+
+            return record
+
+        for i in range(20):  # an agent finishing a run every 0.1 s
+            sender.submit(build(i))
+            time.sleep(0.1)
+        # Every run is stored while the spinner still spins, none later than
+        # MAX_DELAY_S (plus slack for a loaded machine) after it was submitted.
+        wait_for(lambda: sender.delivered == 20, timeout=MAX_DELAY_S + 4)
+        assert time.monotonic() - started < 2 + MAX_DELAY_S + 4
+        assert spinner.is_alive()
+    finally:
+        stop.set()
+        spinner.join(5)
         sender.close()
