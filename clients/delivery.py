@@ -267,13 +267,14 @@ class RunSender:
         if self._down():
             self._keep(self._build(items))
             return
-        self._keep([e.run for e in self._send(self._encode(items))])
+        self._keep(self._send_runs(items))
 
     def _deadline(self, batch: Sequence[Encoded]) -> float:
         return self._timeout_s + sum(map(_encoded_size, batch)) / self._bytes_per_s
 
-    def _send_runs(self, runs: Sequence[pb.Run]) -> list[pb.Run]:
-        return [e.run for e in self._send(self._encode(runs))]
+    def _send_runs(self, items: Sequence[Item]) -> list[pb.Run]:
+        """Build, serialize and send; the runs a transient failure left undelivered."""
+        return [e.run for e in self._send(self._encode(items))]
 
     def _send(self, encoded: Sequence[Encoded]) -> list[Encoded]:
         """Send in bounded batches; returns the runs left undelivered by a transient

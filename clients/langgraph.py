@@ -748,7 +748,7 @@ class RunHistoryCallback(_Base):
             attempt=attempt,
             start=now,
             started_at=now + _WALL_OFFSET,
-            input=inputs if self._capture else None,
+            input=inputs,  # None unless capture_node_io (decided on the graph's thread)
         )
         run.nodes.append(node)
         return node
