@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypedDict
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
@@ -264,8 +265,14 @@ def test_past_its_bounds_a_run_keeps_nodes_io_or_says_it_was_cut(
     def fan_out(s: Team) -> list[Send]:
         return [Send("work", {"n": i}) for i in range(40)]
 
+    # Each task runs a chain of 20 steps, so a run logs many more events than nodes:
+    # the bounds must count nodes, not events.
+    steps: Any = RunnableLambda(lambda s: s)
+    for _ in range(19):
+        steps = steps | RunnableLambda(lambda s: s)
+    work = steps | RunnableLambda(lambda s: {"log": [f"w{s['n']}"]})
     g: Any = StateGraph(Team)
-    g.add_node("work", lambda s: {"log": [f"w{s['n']}"]})
+    g.add_node("work", work)
     g.add_conditional_edges(START, fan_out, ["work"])
     graph = g.compile(name="bounded")
     run_id = str(uuid.uuid4())
