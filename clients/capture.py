@@ -301,23 +301,15 @@ def _looks_bigger(value: Any, limit: int) -> bool:
 def snapshot(value: Any) -> Any:
     """A copy of what a caller may still change after a run: the containers at the top
     and one level down (a chat loop appending to ``state["messages"]``); the objects
-    inside are shared. Cheap enough for the graph's thread."""
+    inside are shared. Cheap enough for the graph's thread (no call per value)."""
     if isinstance(value, dict):
-        return {k: _copy_container(v) for k, v in value.items()}
+        return {k: v.copy() if type(v) in _MUTABLE else v for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_copy_container(v) for v in value]
+        return [v.copy() if type(v) in _MUTABLE else v for v in value]
     return value
 
 
-def _copy_container(v: Any) -> Any:
-    t = type(v)
-    if t is list:
-        return list(v)
-    if t is dict:
-        return dict(v)
-    if t is set:
-        return set(v)
-    return v
+_MUTABLE = frozenset((list, dict, set))
 
 
 def _json_default(value: Any) -> Any:

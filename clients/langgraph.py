@@ -47,6 +47,7 @@ What one run holds:
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import threading
 import time
@@ -176,6 +177,16 @@ def _key(run_id: Any) -> Any:
 
 
 _NO_META: Mapping[str, Any] = MappingProxyType({})
+_UUID = uuid.UUID
+_now = time.perf_counter
+_snapshot = cap.snapshot
+
+
+def _as_int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _id_text(key: Any) -> str:
@@ -209,17 +220,19 @@ class _Open:
         "key",
         "log",
         "nodes",
-        "rid",
         "root",
+        "use",
     )
 
-    def __init__(self, hook: RunHistoryCallback, key: Any, rid: str, root: tuple[Any, ...]) -> None:
+    def __init__(self, hook: RunHistoryCallback, key: Any, use: int, root: tuple[Any, ...]) -> None:
         self.hook = hook
         self.key = key
-        self.rid = rid
-        self.root = root  # (serialized, inputs, tags, metadata, name, start)
+        # How many runs this process started under this run id (1 unless reused): the
+        # stored id (and the warning for a reuse) is made on the sender's thread.
+        self.use = use
+        self.root = root  # (serialized, inputs, tags, metadata, name, start, run_id)
         self.log: list[Any] = []
-        self.first_tokens: dict[Any, float] = {}
+        self.first_tokens: dict[Any, float] | None = None  # made by the first token
         self.ended = False
         self.cancelled_at: float | None = None
         self.nodes = 0  # node starts seen, and calls: past a bound their I/O is not kept
@@ -282,7 +295,12 @@ class RunHistoryCallback(_Base):
         # Open tool, model and retriever calls: their kind, and whether their I/O is kept.
         self._calls: dict[Any, tuple[str, bool]] = {}
         self._io: set[Any] = set()  # open runs whose output is captured
-        self._seen: dict[Any, int] = {}
+        # Root run ids recorded lately (the last _SEEN_RUN_IDS, oldest first), and how
+        # often each reused one was used: set and deque operations are atomic, so the
+        # common case (a fresh id) takes no lock.
+        self._seen: set[Any] = set()
+        self._seen_order: collections.deque[Any] = collections.deque()
+        self._uses: dict[Any, int] = {}
         self.reused_run_ids = 0
         _close_open_runs_at_exit(self)
 
@@ -303,69 +321,90 @@ class RunHistoryCallback(_Base):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        # The graph's own thread runs this for every node: every line counts (the ids'
+        # keys are read inline, the run's stored id is made on the sender's thread).
         try:
-            now = time.perf_counter()
-            pkey = _key(parent_run_id) if parent_run_id is not None else None
-            rec = self._open.get(pkey) if pkey is not None else None
-            key = _key(run_id)
+            now = _now()
+            key = run_id.int if type(run_id) is _UUID else _key(run_id)
+            name = kwargs.get("name")
+            pkey = rec = None
+            if parent_run_id is not None:
+                pkey = parent_run_id.int if type(parent_run_id) is _UUID else _key(parent_run_id)
+                rec = self._open.get(pkey)
             if rec is None:
-                root = (serialized, cap.snapshot(inputs), tags, metadata, kwargs.get("name"), now)
-                rec = _Open(self, key, self._run_id_for(key, run_id), root)
-                self._open[key] = rec
+                # A new run; its inputs are copied (the caller may change them later).
+                root = (serialized, _snapshot(inputs), tags, metadata, name, now, run_id)
+                self._start_run(key, root)
                 return
             self._open[key] = rec
             # Only atomic values and the captured input are kept (not the task's
             # metadata, tags or ids): what a run holds until it is built stays small
             # and mostly invisible to the garbage collector.
-            name = kwargs.get("name")
             meta = metadata or _NO_META
             node = meta.get("langgraph_node")
             ns: str | None = None
             step = 0
-            keep = False
             if node is not None and name == node and not (tags and _HIDDEN in tags):
-                ns = str(meta.get("langgraph_checkpoint_ns", ""))
-                step = int(meta.get("langgraph_step", 0))
+                ns = meta.get("langgraph_checkpoint_ns", "")
+                step = meta.get("langgraph_step", 0)
                 rec.nodes += 1
                 # A node (unless it is its own node's inner runnable).
-                keep = self._capture and rec.nodes <= self._io_nodes
-                dropped = self._capture and not keep
+                if not self._capture:
+                    inputs = None
+                elif rec.nodes <= self._io_nodes:
+                    self._io.add(key)
+                else:
+                    inputs = cap.DROPPED
             elif pkey in self._calls:  # a chain or graph run inside a tool or model call
                 name = name or (serialized or {}).get("name") or "chain"
                 rec.calls += 1
-                keep = self._capture_calls and rec.calls <= self._io_calls
-                dropped = self._capture_calls and not keep
+                if not self._capture_calls:
+                    inputs = None
+                elif rec.calls <= self._io_calls:
+                    self._io.add(key)
+                else:
+                    inputs = cap.DROPPED
             else:
-                dropped = False
-            if keep:
-                self._io.add(key)
-            else:
-                inputs = cap.DROPPED if dropped else None
+                inputs = None
             rec.log.extend((_START, key, pkey, name, ns, step, inputs, now))
         except Exception:
             log.exception("neuralops hook: on_chain_start failed")
 
-    def _run_id_for(self, key: Any, run_id: uuid.UUID) -> str:
-        """The id a new run is stored under: a run id this process already recorded
-        (a resume reusing ``config["run_id"]``) gets ``~2``, ``~3``, ... and a warning."""
-        with self._lock:
-            n = self._seen.get(key, 0) + 1
-            self._seen[key] = n
-            if len(self._seen) > _SEEN_RUN_IDS:
-                del self._seen[next(iter(self._seen))]
-            if n > 1:
+    def _start_run(self, key: Any, root: tuple[Any, ...]) -> None:
+        """A chain with no recorded parent: a new run. ``root`` is (serialized, inputs,
+        tags, metadata, name, start, run_id) as the callback got them. A run id this
+        process already recorded (a resume reusing ``config["run_id"]``) is counted
+        here and stored as ``~2``, ``~3``, ... (:meth:`_stored_run_id`, on the sender's
+        thread)."""
+        seen = self._seen
+        if key not in seen:
+            use = 1
+            seen.add(key)
+            order = self._seen_order
+            order.append(key)
+            if len(order) > _SEEN_RUN_IDS:
+                old = order.popleft()
+                seen.discard(old)
+                self._uses.pop(old, None)
+        else:
+            with self._lock:
+                use = self._uses[key] = self._uses.get(key, 1) + 1
                 self.reused_run_ids += 1
-        rid = str(run_id)
-        if n == 1:
+        self._open[key] = _Open(self, key, use, root)
+
+    @staticmethod
+    def _stored_run_id(rec: _Open) -> str:
+        rid = str(rec.root[6])
+        if rec.use == 1:
             return rid
         log.warning(
             "neuralops hook: run id %s was already recorded by this process (reused for a "
             "resume?); this run is stored as %s~%d",
             rid,
             rid,
-            n,
+            rec.use,
         )
-        return f"{rid}~{n}"
+        return f"{rid}~{rec.use}"
 
     def on_chain_end(
         self,
@@ -376,7 +415,19 @@ class RunHistoryCallback(_Base):
         **kwargs: Any,
     ) -> None:
         try:
-            self._end(run_id, outputs, None)
+            now = _now()
+            key = run_id.int if type(run_id) is _UUID else _key(run_id)
+            rec = self._open.pop(key, None)
+            if rec is None:
+                return
+            if rec.key != key:
+                if key in self._io:
+                    self._io.discard(key)
+                else:
+                    outputs = None
+                rec.log.extend((_END, key, outputs, "completed", "", now))
+            else:
+                self._end_run(rec, key, outputs, status="completed", error_text="", now=now)
         except Exception:
             log.exception("neuralops hook: on_chain_end failed")
 
@@ -389,33 +440,35 @@ class RunHistoryCallback(_Base):
         **kwargs: Any,
     ) -> None:
         try:
-            self._end(run_id, None, error)
+            now = _now()
+            key = _key(run_id)
+            rec = self._open.pop(key, None)
+            if rec is None:
+                return
+            status, error_text = _outcome(error)
+            if rec.key != key:
+                outputs = None
+                if key in self._io:
+                    self._io.discard(key)
+                    if status != "failed" and error.args:
+                        # A handoff (ParentCommand) ends its node: the Command is what
+                        # it returned (read now: LangGraph rewrites the exception's args
+                        # later).
+                        outputs = error.args[0]
+                rec.log.extend((_END, key, outputs, status, error_text, now))
+            else:
+                self._end_run(rec, key, None, status=status, error_text=error_text, now=now)
         except Exception:
             log.exception("neuralops hook: on_chain_error failed")
 
-    def _end(self, run_id: uuid.UUID, outputs: Any, error: BaseException | None) -> None:
-        now = time.perf_counter()
-        key = _key(run_id)
-        rec = self._open.pop(key, None)
-        if rec is None:
-            return
-        status, error_text = _outcome(error)
-        if rec.key != key:
-            if key not in self._io:
-                outputs = None
-            else:
-                self._io.discard(key)
-                if error is not None and status != "failed" and error.args:
-                    # A handoff (ParentCommand) ends its node: the Command is what it
-                    # returned (read now: LangGraph rewrites the exception's args later).
-                    outputs = error.args[0]
-            rec.log.extend((_END, key, outputs, status, error_text, now))
-            return
-        # The graph run itself ended: copy what the caller may change next; the rest is
-        # built on the sender's thread.
+    def _end_run(
+        self, rec: _Open, key: Any, outputs: Any, *, status: str, error_text: str, now: float
+    ) -> None:
+        """The graph run itself ended: copy what the caller may change next; the rest is
+        built on the sender's thread."""
         rec.ended = True
-        rec.log.extend((_END, key, cap.snapshot(outputs), status, error_text, now))
-        self._submit(rec, None)
+        rec.log.extend((_END, key, _snapshot(outputs), status, error_text, now))
+        self._sender.submit(rec)
 
     # ------------------------------------------------------------- calls
 
@@ -518,8 +571,12 @@ class RunHistoryCallback(_Base):
     ) -> None:
         key = _key(run_id)
         rec = self._open.get(key)
-        if rec is not None and key not in rec.first_tokens:
-            rec.first_tokens[key] = time.perf_counter()
+        if rec is not None:
+            seen = rec.first_tokens
+            if seen is None:
+                seen = rec.first_tokens = {}
+            if key not in seen:
+                seen[key] = _now()
 
     def on_llm_end(self, response: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
         try:
@@ -647,11 +704,11 @@ class RunHistoryCallback(_Base):
         """The run's tree from its log (on the sender's thread)."""
         log_ = list(rec.log)  # a snapshot: a late callback on another thread may append
         key = rec.key
-        serialized, inputs, tags, meta, name, start = rec.root
+        serialized, inputs, tags, meta, name, start, _ = rec.root
         meta = meta or {}
         name = name or (serialized or {}).get("name") or "LangGraph"
         wpk = meta.get("wpk_id") or self._wpk_id or name
-        run = _Run(str(wpk), rec.rid, inputs, start, list(tags or ()), meta)
+        run = _Run(str(wpk), self._stored_run_id(rec), inputs, start, list(tags or ()), meta)
         run.checkpoint_id = str(meta.get("checkpoint_id") or "")
         track: _Track = {key: (None, None)}
         calls: dict[Any, _Call] = {}
@@ -683,7 +740,7 @@ class RunHistoryCallback(_Base):
                 self._replay_interrupt(run, ev[1])
             elif kind == _RESUME and not run.checkpoint_id:
                 run.checkpoint_id = str(ev[1].checkpoint_id)
-        for k, t in list(rec.first_tokens.items()):
+        for k, t in list((rec.first_tokens or {}).items()):
             if k in calls:
                 calls[k].first_token = t
         # Runs that never reported their end (a stream left early) are not kept open.
@@ -720,6 +777,9 @@ class RunHistoryCallback(_Base):
         if parent is None:
             return
         where = parent[0]
+        if ns is not None:  # as LangGraph's metadata gave them
+            ns = str(ns)
+            step = step if type(step) is int else _as_int(step)
         if ns is not None and not (isinstance(where, _Node) and where.ns == ns):
             node = self._start_node(run, name, ns=ns, step=step, inputs=inputs, now=now)
             track[key] = (node, node)
