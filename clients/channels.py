@@ -162,10 +162,22 @@ def open_channel(
     return ch
 
 
+# Channels a forked child inherited: never used again, and never freed either (gRPC
+# Python crashes now and then when a child closes or collects a channel its parent
+# made; see grpc/grpc#41752), so the child keeps a reference to each until it exits.
+_inherited: list[Any] = []
+
+
+def keep_inherited(obj: Any) -> None:
+    """Keep ``obj`` (a channel, or something holding one) alive in a forked child."""
+    _inherited.append(obj)
+
+
 def _forget_after_fork() -> None:
     # A forked child must not use the parent's channels (or a lock held at fork time).
     global _lock
     _lock = threading.Lock()
+    _inherited.extend(_channels.values())
     _channels.clear()
 
 

@@ -97,6 +97,7 @@ class GrpcExporter:
         self._call: grpc.UnaryUnaryMultiCallable | None = None  # type: ignore[type-arg]
 
     def reset(self) -> None:
+        channels.keep_inherited(self._call)  # a child must not free the parent's channel
         self._call = None
 
     def _get_call(self) -> grpc.UnaryUnaryMultiCallable:  # type: ignore[type-arg]

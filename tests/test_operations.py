@@ -176,3 +176,36 @@ def test_make_up_stops_on_a_signal_to_its_own_pid(tmp_path: Path, sig: signal.Si
         if make.poll() is None:
             make.kill()
             make.wait()
+
+
+def test_a_server_child_stops_when_its_starter_is_killed(tmp_path: Path) -> None:
+    # A test run or benchmark killed with SIGKILL leaves no server behind: the child is
+    # started under `setpriv --pdeathsig` (not a preexec_fn, which forks the whole
+    # starting process, gRPC included).
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from neuralops.servers.tooling.processes import ServerProcess\n"
+        "srv = ServerProcess(Path(sys.argv[1]), services='runhistory').start()\n"
+        "print(srv.proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    starter = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "srv")], stdout=subprocess.PIPE, text=True
+    )
+    assert starter.stdout is not None
+    child = int(starter.stdout.readline())
+    assert Path(f"/proc/{child}").exists()
+    starter.kill()
+    starter.wait(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break  # gone (reaped by init)
+        if state == "Z":
+            break  # exited, not yet reaped
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"server pid {child} still running after its starter was killed")

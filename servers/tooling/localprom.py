@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
-from neuralops.servers.tooling.processes import die_with_parent
+from neuralops.servers.tooling.processes import child_command
 
 log = logging.getLogger(__name__)
 
@@ -179,19 +179,22 @@ class LocalPrometheus:
         if leftover is not None:
             log.warning("stopped Prometheus pid %d left running by an earlier run", leftover)
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
+        command, preexec = child_command(
             [
                 "prometheus",
                 f"--config.file={self.config}",
                 f"--storage.tsdb.path={self.data}",
                 "--storage.tsdb.retention.time=100y",
                 f"--web.listen-address={self._host}:{self.port}",
-            ],
+            ]
+        )
+        self.proc = subprocess.Popen(
+            command,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
             # ... and it gets SIGTERM if we die without stopping it (even by SIGKILL).
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - a prctl, nothing else
+            preexec_fn=preexec,  # noqa: PLW1509 - a prctl, nothing else
         )
         self.pid_file.write_text(f"{self.proc.pid}\n")
         deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,20 @@ def _child_dies_with_parent() -> None:
     die_with_parent(signal.SIGTERM)
 
 
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+
+
+def child_command(command: Sequence[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """``command`` and the preexec_fn to start it with, so that it gets SIGTERM when
+    this process dies, even by SIGKILL. Through util-linux's ``setpriv --pdeathsig``
+    where there is one: with a preexec_fn, subprocess forks this whole process, and a
+    process that has used gRPC now and then aborts in that child (gRPC's fork
+    handlers); without one, Linux starts the child with vfork, which runs none."""
+    if _SETPRIV:
+        return [_SETPRIV, "--pdeathsig", "TERM", "--", *command], None
+    return list(command), _child_dies_with_parent
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,13 +158,14 @@ class ServerProcess:
     def start(self, timeout: float = 90.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "a")  # noqa: SIM115 - the child owns it
+        command, preexec = child_command(self.command)
         self.proc = subprocess.Popen(
-            self.command,
+            command,
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
-            preexec_fn=_child_dies_with_parent,  # noqa: PLW1509 - a prctl, nothing else
+            preexec_fn=preexec,  # noqa: PLW1509 - a prctl, nothing else
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
