@@ -1,30 +1,40 @@
 """The ingest path's fast parts give what the plain ones give: the compiled message
 converter, the fast validation pass, the one-document insert (with its escaping), the
-batch of ids; and the in-flight budget charges a call for what it holds."""
+batch of ids; the conversion that makes the generic checks refuses what they name;
+and the in-flight budget charges a call for what it holds."""
 
 from __future__ import annotations
 
 import math
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from hypothesis import HealthCheck, given, settings
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers.runhistory import storage
 from neuralops.servers.runhistory.model import NewRun, RunContext
+from neuralops.servers.runhistory.servicer import new_run
 from neuralops.servers.runhistory.storage import RunStore, new_ids
 from neuralops.servers.runtime import convert, validation
 from neuralops.servers.runtime.app import App
 from neuralops.servers.runtime.budget import CHARGE_PER_BYTE
 from neuralops.servers.runtime.config import Config
 from neuralops.servers.runtime.db import Database
+from neuralops.servers.runtime.errors import FieldViolation
+from neuralops.servers.runtime.interceptors import MAX_DESCRIPTION, MAX_FIELD
 from neuralops.servers.tooling.processes import free_port
 
 from tests.helpers import wait_for
 from tests.test_budget import _writes_blocked
+from tests.test_fuzz import messages
 
 
 def _rich_run() -> pb.Run:
@@ -174,3 +184,177 @@ def test_budget_charges_a_call_for_the_memory_its_request_holds(config: Config) 
         wait_for(lambda: app.budget.admitted == 0)
     finally:
         app.stop(grace=1.0)
+
+
+# ------------------------------------------------- one walk: conversion checks
+
+
+def _bad_runs() -> list[tuple[str, pb.Run, str]]:
+    """Runs each holding one value the generic checks refuse, where it sits, and the
+    field the answer names."""
+    cases: list[tuple[str, pb.Run, str]] = []
+
+    def case(name: str, field: str, spoil: Callable[[pb.Run], object]) -> None:
+        run = _rich_run()
+        spoil(run)
+        cases.append((name, run, field))
+
+    def deep(s: struct_pb2.Struct, levels: int) -> None:
+        for _ in range(levels):
+            s = s.fields["k"].struct_value
+
+    def deep_list(s: struct_pb2.Struct) -> None:
+        lv = s.fields["k"].list_value
+        for _ in range(validation.MAX_STRUCT_DEPTH):
+            lv = lv.values.add().list_value
+
+    def call(r: pb.Run) -> pb.Call:
+        return r.node_logs[0].calls[0]
+
+    case("nan in inputs", "run.inputs.x", lambda r: r.inputs.update({"x": math.nan}))
+    case("inf in a list", "run.outputs.l[1]", lambda r: r.outputs.update({"l": [1, -math.inf]}))
+    case("nan in metadata", "run.metadata.m", lambda r: r.metadata.update({"m": math.inf}))
+    case(
+        "nan in a node output",
+        "run.node_logs[0].output.v",
+        lambda r: r.node_logs[0].output.update({"v": math.nan}),
+    )
+    case(
+        "nan in call parameters",
+        "run.node_logs[0].calls[0].parameters.t",
+        lambda r: call(r).parameters.update({"t": math.nan}),
+    )
+    case(
+        "nan in an interrupt value",
+        "run.interrupts[0].value",
+        lambda r: setattr(r.interrupts[0].value, "number_value", math.nan),
+    )
+    k33 = "run.inputs" + ".k" * validation.MAX_STRUCT_DEPTH
+    case("deep struct", k33, lambda r: deep(r.inputs, validation.MAX_STRUCT_DEPTH + 1))
+    lists = "[0]" * (validation.MAX_STRUCT_DEPTH - 1)
+    case("deep lists", "run.metadata.k" + lists, lambda r: deep_list(r.metadata))
+    case(
+        "deep lists in a call",  # lists: Structs this deep here pass protobuf's depth limit
+        "run.node_logs[0].calls[0].calls[0].input.k" + lists,
+        lambda r: deep_list(call(r).calls[0].input),
+    )
+    case("run status", "run.status", lambda r: setattr(r, "status", 99))
+    case("embedding status", "run.embedding_status", lambda r: setattr(r, "embedding_status", 7))
+    case("node status", "run.node_logs[0].status", lambda r: setattr(r.node_logs[0], "status", -1))
+    case("call kind", "run.node_logs[0].calls[0].kind", lambda r: setattr(call(r), "kind", 9))
+    case(
+        "nested call status",
+        "run.node_logs[0].calls[0].calls[0].status",
+        lambda r: setattr(call(r).calls[0], "status", 42),
+    )
+    case(
+        "node end time",
+        "run.node_logs[0].end_time",
+        lambda r: setattr(r.node_logs[0].end_time, "seconds", validation.MAX_TIMESTAMP_SECONDS + 1),
+    )
+    case(
+        "call start time nanos",
+        "run.node_logs[0].calls[0].start_time",
+        lambda r: setattr(call(r).start_time, "nanos", -1),
+    )
+    case(
+        "run created_at",
+        "run.created_at",
+        lambda r: setattr(r.created_at, "seconds", validation.MIN_TIMESTAMP_SECONDS - 1),
+    )
+    return cases
+
+
+BAD_RUNS = _bad_runs()
+
+
+def _as_sent(violations: list[FieldViolation]) -> list[tuple[str, str]]:
+    """Violations as the error interceptor sends them (long fields clipped)."""
+    return [
+        (validation.clip(v.field, MAX_FIELD), validation.clip(v.description, MAX_DESCRIPTION))
+        for v in violations
+    ]
+
+
+def _violations(err: grpc.RpcError) -> list[tuple[str, str]]:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    out = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out
+
+
+@pytest.mark.parametrize(("name", "run", "field"), BAD_RUNS, ids=[c[0] for c in BAD_RUNS])
+def test_the_conversion_refuses_what_the_generic_walk_names(
+    name: str, run: pb.Run, field: str
+) -> None:
+    with pytest.raises(convert.NotValid):
+        new_run(run)
+    assert [v.field for v in validation.message_violations(run, "run")] == [field]
+
+
+def test_the_conversion_takes_a_valid_run_as_the_lenient_one_does() -> None:
+    run = _rich_run()
+    run.created_at.seconds = validation.MAX_TIMESTAMP_SECONDS
+    run.embedding_status = pb.EMBEDDING_STATUS_DONE
+    assert validation._message_ok(run)
+    assert convert.message_dict(run, strict=True) == convert.message_dict(run)
+    converted = new_run(run)
+    assert converted.node_logs[0]["status"] == "" and converted.status == "failed"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(run=messages(pb.Run.DESCRIPTOR))
+def test_the_conversion_and_the_generic_walk_agree_on_any_run(run: pb.Run) -> None:
+    refused = bool(validation.message_violations(run))
+    try:
+        new_run(run)
+    except convert.NotValid:
+        assert refused
+    else:
+        assert not refused
+
+
+@pytest.fixture
+def runhistory(config: Config) -> Iterator[App]:
+    app = App(
+        config.with_(registry_addr=f"localhost:{free_port()}"),
+        services=("runhistory",),
+        ports={"runhistory": 0},
+    ).start()
+    yield app
+    app.stop(grace=1.0)
+
+
+def _stub(app: App) -> runhistory_pb2_grpc.RunHistoryServiceStub:
+    return runhistory_pb2_grpc.RunHistoryServiceStub(
+        grpc.insecure_channel(app.address("runhistory"))
+    )
+
+
+@pytest.mark.parametrize(("name", "run", "field"), BAD_RUNS, ids=[c[0] for c in BAD_RUNS])
+def test_a_bad_value_anywhere_in_a_run_answers_what_the_generic_walk_names(
+    runhistory: App, name: str, run: pb.Run, field: str
+) -> None:
+    stub = _stub(runhistory)
+    request = pb.LogRunRequest(run=run)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.LogRun(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    named = validation.message_violations(request)
+    assert [v.field for v in named] == [field]
+    assert _violations(err.value) == _as_sent(named)
+    batch = pb.BatchLogRunsRequest(runs=[_rich_run(), run])
+    batch.runs[0].run_id = "fine"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.BatchLogRuns(batch)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    named = validation.message_violations(batch)
+    assert [v.field for v in named] == [field.replace("run.", "runs[1].", 1)]
+    assert _violations(err.value) == _as_sent(named)
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.GetRun(pb.GetRunRequest(wpk_id="w", run_id="fine"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
