@@ -1,7 +1,8 @@
 """The ingest path's fast parts give what the plain ones give: the compiled message
 converter, the fast validation pass, the one-document insert (with its escaping), the
-batch of ids; the conversion that makes the generic checks refuses what they name;
-and the in-flight budget charges a call for what it holds."""
+batch of ids; the conversion that makes the generic checks refuses what they name; a
+large batch pipelined in several statements is one transaction; and the in-flight
+budget charges a call for what it holds."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import math
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
@@ -20,19 +24,21 @@ from hypothesis import HealthCheck, given, settings
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers.runhistory import storage
-from neuralops.servers.runhistory.model import NewRun, RunContext
+from neuralops.servers.runhistory.model import LogResult, NewRun, RunContext
 from neuralops.servers.runhistory.servicer import new_run
 from neuralops.servers.runhistory.storage import RunStore, new_ids
 from neuralops.servers.runtime import convert, validation
+from neuralops.servers.runtime import db as db_module
 from neuralops.servers.runtime.app import App
 from neuralops.servers.runtime.budget import CHARGE_PER_BYTE
 from neuralops.servers.runtime.config import Config
-from neuralops.servers.runtime.db import Database
+from neuralops.servers.runtime.db import Database, PostgresDatabase
 from neuralops.servers.runtime.errors import FieldViolation
 from neuralops.servers.runtime.interceptors import MAX_DESCRIPTION, MAX_FIELD
+from neuralops.servers.runtime.migrate import migrate
 from neuralops.servers.tooling.processes import free_port
 
-from tests.helpers import wait_for
+from tests.helpers import field_violations, wait_for
 from tests.test_budget import _writes_blocked
 from tests.test_fuzz import messages
 
@@ -358,3 +364,141 @@ def test_a_bad_value_anywhere_in_a_run_answers_what_the_generic_walk_names(
     with pytest.raises(grpc.RpcError) as missing:
         stub.GetRun(pb.GetRunRequest(wpk_id="w", run_id="fine"))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _count_sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the statements storage sends in pipelined transactions (Postgres)."""
+    sent = [0]
+    real = db_module._PgTx.send
+
+    def send(self: Any, *args: Any, **kw: Any) -> Any:
+        sent[0] += 1
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(db_module._PgTx, "send", send)
+    return sent
+
+
+def test_a_bad_run_late_in_a_large_batch_stores_nothing_and_is_named(
+    runhistory: App, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "CHUNK_RUNS", 3)
+    sent = _count_sends(monkeypatch)
+    runs = [_rich_run() for _ in range(12)]
+    for i, run in enumerate(runs):
+        run.run_id = f"r{i}"
+    runs[10].node_logs[0].output.update({"v": math.nan})
+    stub = _stub(runhistory)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.BatchLogRuns(pb.BatchLogRunsRequest(runs=runs))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(err.value) == ["runs[10].node_logs[0].output.v"]
+    if backend == "postgres":  # the first runs' statements were sent before run 10 was read
+        assert sent[0] == 3
+    assert _stored(runhistory) == (0, 0)
+    # The connection it rolled back on serves the next batch.
+    runs[10].node_logs[0].output.update({"v": 1})
+    results = stub.BatchLogRuns(pb.BatchLogRunsRequest(runs=runs)).results
+    assert [r.created for r in results] == [True] * 12
+    assert _stored(runhistory) == (12, 1)
+
+
+def _stored(app: App) -> tuple[int, int]:
+    """Runs and outbox rows in the app's database."""
+    assert app.db is not None
+    with app.db.transaction(write=False) as tx:
+        runs = tx.execute("SELECT COUNT(*) AS n FROM workflow_runs")[0]["n"]
+        notes = tx.execute("SELECT COUNT(*) AS n FROM outbox")[0]["n"]
+    return int(runs), int(notes)
+
+
+# ------------------------------------------------- pipelined batches (Postgres)
+
+
+@pytest.fixture
+def pg(pg_schema_factory: Callable[[], str]) -> Iterator[tuple[PostgresDatabase, str]]:
+    dsn = pg_schema_factory()
+    database = PostgresDatabase(dsn)
+    migrate(database)
+    yield database, dsn
+    database.close()
+
+
+def test_a_sent_statement_runs_before_its_rows_are_read(
+    pg: tuple[PostgresDatabase, str],
+) -> None:
+    """psycopg flushes a pipelined statement to the server when it is sent: the server
+    takes the lock the statement asks for while the sender has not read its rows."""
+    db, dsn = pg
+    key = 40_512
+    held = "SELECT COUNT(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
+    with db.transaction(pipeline=True) as tx, psycopg.connect(dsn, autocommit=True) as other:
+        pending = tx.send("SELECT pg_advisory_xact_lock(%s) AS locked", [key])
+        wait_for(lambda: other.execute(held, [key]).fetchone() == (1,))
+        assert len(pending.rows()) == 1
+
+
+def test_a_batch_in_several_statements_is_one_transaction(
+    pg: tuple[PostgresDatabase, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, _ = pg
+    monkeypatch.setattr(storage, "CHUNK_RUNS", 4)
+    sent = _count_sends(monkeypatch)
+    store = RunStore(db, embeddings_enabled=False)
+    store.insert([NewRun(wpk_id="a", run_id="r10", status="completed")])
+    runs = [
+        NewRun(wpk_id="ab"[i % 2], run_id=f"r{i}", status="completed", outputs={"i": i})
+        for i in range(11)
+    ]
+    runs.append(runs[4])  # a repeat inside the batch
+    results = store.insert(runs)
+    assert sent[0] == 3  # 4 + 4 + 3 runs
+    assert [r.created for r in results] == [i < 10 for i in range(12)]
+    assert results[11].id == results[4].id
+    with db.transaction(write=False) as tx:
+        rows = tx.execute(
+            "SELECT xmin::text AS tx, COUNT(*) AS n FROM workflow_runs"
+            " WHERE run_id <> 'r10' GROUP BY xmin::text"
+        )
+        assert [int(r["n"]) for r in rows] == [10]  # all stored by one transaction
+        notes = tx.execute("SELECT xmin::text AS tx, payload FROM outbox ORDER BY created_at")
+    batch_notes = [n for n in notes if n["tx"] == rows[0]["tx"]]
+    # Each workflow's newest new run (r10 was stored before).
+    assert sorted((n["payload"]["workflow_id"], n["payload"]["run_id"]) for n in batch_notes) == [
+        ("a", "r8"),
+        ("b", "r9"),
+    ]
+    stored = {r.run_id: r for r in results}
+    note = next(n["payload"] for n in batch_notes if n["payload"]["workflow_id"] == "a")
+    assert note["id"] == stored["r8"].id
+    assert datetime.fromisoformat(note["created_at"]) == stored["r8"].created_at
+
+
+def test_a_pipelined_batch_answers_a_run_a_concurrent_call_stored_meanwhile(
+    pg: tuple[PostgresDatabase, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other call's row is committed while the batch's statement waits on it, after
+    that statement's snapshot: the batch answers created=false with the stored id."""
+    db, dsn = pg
+    monkeypatch.setattr(storage, "CHUNK_RUNS", 3)
+    sent = _count_sends(monkeypatch)
+    store = RunStore(db, embeddings_enabled=False)
+    runs = [NewRun(wpk_id="w", run_id=f"r{i}", status="completed") for i in range(10)]
+    theirs = str(uuid.uuid4())
+    results: list[LogResult] = []
+    with psycopg.connect(dsn) as other, psycopg.connect(dsn, autocommit=True) as watch:
+        other.execute(
+            "INSERT INTO workflow_runs (id, wpk_id, run_id, status) VALUES (%s, 'w', 'r5', 'failed')",
+            [theirs],
+        )
+        worker = threading.Thread(target=lambda: results.extend(store.insert(runs)))
+        worker.start()
+        blocked = "SELECT COUNT(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+        wait_for(lambda: watch.execute(blocked, [other.info.backend_pid]).fetchone() == (1,))
+        other.commit()
+        worker.join(30)
+    assert sent[0] == 4
+    assert [r.created for r in results] == [i != 5 for i in range(10)]
+    assert results[5].id == theirs
+    got = store.get("w", "r5")
+    assert got is not None and got.status == "failed"

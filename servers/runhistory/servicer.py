@@ -162,8 +162,7 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
     def LogRun(self, request: pb.LogRunRequest, context: grpc.ServicerContext) -> pb.LogRunResponse:
         validate(request)
         with runs_checked(request):
-            run = new_run(request.run)
-        (result,) = self._history.log_runs([run])
+            (result,) = self._history.log_runs([new_run(request.run)])
         return _result(result)
 
     def BatchLogRuns(
@@ -171,8 +170,9 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
     ) -> pb.BatchLogRunsResponse:
         validate(request)
         with runs_checked(request):
-            runs = [new_run(r) for r in request.runs]
-        results = self._history.log_runs(runs)
+            # Converted as storage reads them: the later runs of a large batch are
+            # converted while Postgres stores the earlier ones.
+            results = self._history.log_runs(map(new_run, request.runs[:]))
         return pb.BatchLogRunsResponse(results=[_result(r) for r in results])
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:

@@ -149,7 +149,7 @@ def runs_checked(request: pb.LogRunRequest | pb.BatchLogRunsRequest) -> Iterator
     conversion signals (:class:`NotValid`) a value the generic checks refuse without
     naming it; this answers INVALID_ARGUMENT with the violations the generic walk
     names, as :func:`validate` answers any other request (storage has stored nothing:
-    nothing is stored before every run is converted)."""
+    its transaction ends with the signal)."""
     try:
         yield
     except NotValid as exc:
