@@ -34,14 +34,26 @@ MAX_TAGS = 64  # tags on one run
 MAX_SEARCH_LIMIT = 100  # hits one SearchRuns returns
 
 
+# Ids added to the contract later (thread_id, ...) are optional but bounded: every
+# other string field of a run named *_id, in field number order.
+_OPTIONAL_IDS = tuple(
+    f.name
+    for f in sorted(pb.Run.DESCRIPTOR.fields, key=lambda f: f.number)
+    if f.name.endswith("_id")
+    and f.name not in _RUN_IDS
+    and f.type == f.TYPE_STRING
+    and not f.is_repeated
+)
+
+
 def _ids(run: pb.Run, prefix: str) -> list[FieldViolation]:
     out: list[FieldViolation] = []
     for name in _RUN_IDS:
         out += v.id_violations(getattr(run, name), f"{prefix}.{name}")
-    # Ids added to the contract later (thread_id, ...) are optional but bounded.
-    for field, value in run.ListFields():
-        if field.name.endswith("_id") and field.name not in _RUN_IDS and isinstance(value, str):
-            out += v.id_violations(value, f"{prefix}.{field.name}", required=False)
+    for name in _OPTIONAL_IDS:
+        value = getattr(run, name)
+        if value:
+            out += v.id_violations(value, f"{prefix}.{name}", required=False)
     return out
 
 
