@@ -6,9 +6,11 @@ budget charges a call for what it holds."""
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -36,6 +38,7 @@ from neuralops.servers.runtime.db import Database, PostgresDatabase
 from neuralops.servers.runtime.errors import FieldViolation
 from neuralops.servers.runtime.interceptors import MAX_DESCRIPTION, MAX_FIELD
 from neuralops.servers.runtime.migrate import migrate
+from neuralops.servers.tooling.cli import YOUNG_COLLECTION, tune_collector
 from neuralops.servers.tooling.processes import free_port
 
 from tests.helpers import field_violations, wait_for
@@ -502,3 +505,24 @@ def test_a_pipelined_batch_answers_a_run_a_concurrent_call_stored_meanwhile(
     assert results[5].id == theirs
     got = store.get("w", "r5")
     assert got is not None and got.status == "failed"
+
+
+def test_a_serving_process_freezes_its_startup_objects_and_still_collects_cycles() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == (YOUNG_COLLECTION, *before[1:])
+        assert gc.get_freeze_count() > 0
+
+        class Node:
+            other: Any = None
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        gone = weakref.ref(a)
+        del a, b
+        gc.collect()
+        assert gone() is None  # a cycle made after start-up is still collected
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
