@@ -249,8 +249,10 @@ class _Batch:
             self.contexts += [r.context or EMPTY_CONTEXT for r in added]
             self.ids += new_ids(len(added))
             self.stamps += [base + timedelta(microseconds=i) for i in range(had, len(unique))]
-            on = self._embeddings
-            self.embed += [on and r.output_text is not None for r in added]
+            if self._embeddings:
+                self.embed += [r.output_text is not None for r in added]
+            else:
+                self.embed += [False] * len(added)
         return min(n, len(unique))
 
 
