@@ -526,3 +526,31 @@ def test_a_serving_process_freezes_its_startup_objects_and_still_collects_cycles
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_a_pipelined_batch_failing_while_read_rolls_back_and_its_connection_serves_on(
+    pg_schema_factory: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = PostgresDatabase(pg_schema_factory(), max_size=1)  # one connection: the same one after
+    try:
+        migrate(db)
+        monkeypatch.setattr(storage, "CHUNK_RUNS", 2)
+        sent = _count_sends(monkeypatch)
+        store = RunStore(db, embeddings_enabled=False)
+
+        def runs() -> Iterator[NewRun]:
+            for i in range(7):
+                if i == 5:  # read while the statement of runs 2-3 is in flight
+                    raise convert.NotValid("holds nan")
+                yield NewRun(wpk_id="w", run_id=f"r{i}", status="completed")
+
+        with pytest.raises(convert.NotValid):
+            store.insert(runs())
+        assert sent[0] == 2
+        again = [NewRun(wpk_id="w", run_id=f"r{i}", status="completed") for i in range(3)]
+        assert [r.created for r in store.insert(again)] == [True] * 3
+        with db.transaction(write=False) as tx:
+            assert tx.execute("SELECT COUNT(*) AS n FROM workflow_runs")[0]["n"] == 3
+            assert tx.execute("SELECT COUNT(*) AS n FROM outbox")[0]["n"] == 1
+    finally:
+        db.close()
