@@ -57,11 +57,14 @@ def build_runhistory(
     closers.append(relay.close)
 
     def on_stored(runs: list[NewRun], results: list[LogResult]) -> None:
-        for run, result in zip(runs, results, strict=True):
-            if result.created:
-                metrics.observe_run(run.wpk_id, run.status, run.duration_ms)
-            else:
-                metrics.RUNS_ALREADY_STORED.inc()
+        stored = [
+            (run.wpk_id, run.status, run.duration_ms)
+            for run, result in zip(runs, results, strict=True)
+            if result.created
+        ]
+        metrics.observe_runs(stored)
+        if len(stored) < len(runs):
+            metrics.RUNS_ALREADY_STORED.inc(len(runs) - len(stored))
         relay_worker.wake()
         if embed_worker is not None:
             embed_worker.wake()

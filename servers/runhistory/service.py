@@ -2,12 +2,14 @@
 
 Requests reach it checked: the servicer calls
 :func:`neuralops.servers.runhistory.validation.validate` once per RPC, so ids, statuses,
-sizes and filters are not checked again here."""
+sizes and filters are not checked again here. The runs given to :meth:`RunHistory.log_runs`
+may still be converted (and their generic checks made) as storage reads them; a run
+that fails its checks raises out of the reading, and nothing of the batch is stored."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from neuralops.servers.runhistory import embeddings
 from neuralops.servers.runhistory.embeddings import EmbeddingService
@@ -33,6 +35,13 @@ def _list_scope(wpk_id: str, flt: RunFilter) -> str:
     return "runs:" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def _kept(runs: Iterable[NewRun], into: list[NewRun]) -> Iterator[NewRun]:
+    """``runs``, each also kept in ``into`` as it is read."""
+    for run in runs:
+        into.append(run)
+        yield run
+
+
 class RunHistory:
     def __init__(
         self,
@@ -44,10 +53,11 @@ class RunHistory:
         self._embedding = embedding
         self._on_stored = on_stored
 
-    def log_runs(self, runs: list[NewRun]) -> list[LogResult]:
+    def log_runs(self, runs: Iterable[NewRun]) -> list[LogResult]:
         """Store all in one transaction (committed on return)."""
-        results = self._store.insert(runs)
-        self._on_stored(runs, results)
+        read: list[NewRun] = []
+        results = self._store.insert(_kept(runs, read))
+        self._on_stored(read, results)
         return results
 
     def get_run(self, wpk_id: str, run_id: str) -> StoredRun:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import grpc
@@ -9,6 +10,7 @@ from neuralops.clients.enums import EMBEDDING_STATUS, RUN_STATUS
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.runhistory.v1 import runhistory_pb2_grpc
 from neuralops.servers.runhistory.model import (
+    EMPTY_CONTEXT,
     LogResult,
     NewRun,
     RunContext,
@@ -17,25 +19,13 @@ from neuralops.servers.runhistory.model import (
     StoredRun,
 )
 from neuralops.servers.runhistory.service import RunHistory
-from neuralops.servers.runhistory.validation import validate
+from neuralops.servers.runhistory.validation import runs_checked, validate
 from neuralops.servers.runtime.convert import (
-    NotJson,
     dict_message,
-    from_struct,
     message_dict,
     to_struct,
     to_timestamp,
 )
-from neuralops.servers.runtime.errors import InvalidArgument
-
-
-def _node_dict(node: pb.NodeLog) -> dict[str, Any]:
-    d = message_dict(node)  # nested calls included, their enums as lowercase names
-    # Always present, also when zero (proto3 leaves defaults out of ListFields);
-    # RUN_STATUS_UNSPECIFIED is stored as "" (clients/enums.py).
-    d["status"] = RUN_STATUS.text(node.status)
-    d["duration_ms"] = node.duration_ms
-    return d
 
 
 def _node_message(d: dict[str, Any]) -> pb.NodeLog:
@@ -48,25 +38,42 @@ def _node_message(d: dict[str, Any]) -> pb.NodeLog:
     return node
 
 
-def _interrupt_dict(i: pb.Interrupt) -> dict[str, Any]:
-    d: dict[str, Any] = {"id": i.id, "next_nodes": list(i.next_nodes)}
-    if i.HasField("value"):
-        d["value"] = message_dict(i)["value"]
+def _node(d: dict[str, Any]) -> dict[str, Any]:
+    """A node log as stored: its status and duration always present, also when zero
+    (proto3 leaves defaults out); RUN_STATUS_UNSPECIFIED is stored as "" (clients/enums.py)."""
+    if type(d.get("status")) is not str:
+        d["status"] = ""
+    if "duration_ms" not in d:
+        d["duration_ms"] = 0
     return d
 
 
-def _context(run: pb.Run) -> RunContext:
+def _interrupt(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": d.get("id", ""), "next_nodes": d.get("next_nodes", [])}
+    if "value" in d:
+        out["value"] = d["value"]
+    return out
+
+
+# The Run fields a RunContext holds (its fields are named after them).
+_CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(RunContext))
+
+
+def _context(d: dict[str, Any]) -> RunContext:
+    if _CONTEXT_FIELDS.isdisjoint(d):
+        return EMPTY_CONTEXT
+    get = d.get
     return RunContext(
-        thread_id=run.thread_id,
-        checkpoint_id=run.checkpoint_id,
-        user_id=run.user_id,
-        session_id=run.session_id,
-        tags=list(run.tags),
-        metadata=from_struct(run.metadata),
-        usage=message_dict(run.usage),
-        interrupts=[_interrupt_dict(i) for i in run.interrupts],
-        omitted_node_logs=run.omitted_node_logs,
-        truncated=run.truncated,
+        thread_id=get("thread_id", ""),
+        checkpoint_id=get("checkpoint_id", ""),
+        user_id=get("user_id", ""),
+        session_id=get("session_id", ""),
+        tags=get("tags", []),
+        metadata=get("metadata", {}),
+        usage=get("usage", {}),
+        interrupts=[_interrupt(i) for i in get("interrupts", ())],
+        omitted_node_logs=get("omitted_node_logs", 0),
+        truncated=get("truncated", False),
     )
 
 
@@ -84,25 +91,24 @@ def _context_fields(ctx: RunContext | None) -> dict[str, Any]:
     }
 
 
-def new_run(run: pb.Run, field: str = "run") -> NewRun:
-    """The run as domain values: one walk over the decoded message, no JSON round trip."""
-    try:
-        inputs = from_struct(run.inputs)
-        outputs = from_struct(run.outputs)
-        node_logs = [_node_dict(n) for n in run.node_logs]
-        context = _context(run)
-    except NotJson as exc:
-        raise InvalidArgument.one(field, str(exc)) from None
+def new_run(run: pb.Run) -> NewRun:
+    """The run as domain values: one walk over the decoded message, no JSON round trip.
+    The walk makes the generic checks too (see :mod:`neuralops.servers.runtime.convert`):
+    it raises :class:`NotValid` on what they refuse, and
+    :func:`neuralops.servers.runhistory.validation.runs_checked` names the field."""
+    d = message_dict(run, strict=True)
+    get = d.get
+    status = get("status")
     return NewRun(
-        wpk_id=run.wpk_id,
-        run_id=run.run_id,
-        status=RUN_STATUS.text(run.status),  # "" for UNSPECIFIED: validation refuses it
-        inputs=inputs,
-        outputs=outputs,
-        duration_ms=run.duration_ms,
-        node_logs=node_logs,
-        error=run.error,
-        context=context,
+        wpk_id=get("wpk_id", ""),
+        run_id=get("run_id", ""),
+        status=status if type(status) is str else "",  # "" for UNSPECIFIED: validation refuses it
+        inputs=get("inputs", {}),
+        outputs=get("outputs", {}),
+        duration_ms=get("duration_ms", 0),
+        node_logs=[_node(n) for n in get("node_logs", ())],
+        error=get("error", ""),
+        context=_context(d),
     )
 
 
@@ -155,15 +161,18 @@ class RunHistoryServicer(runhistory_pb2_grpc.RunHistoryServiceServicer):
 
     def LogRun(self, request: pb.LogRunRequest, context: grpc.ServicerContext) -> pb.LogRunResponse:
         validate(request)
-        (result,) = self._history.log_runs([new_run(request.run)])
+        with runs_checked(request):
+            (result,) = self._history.log_runs([new_run(request.run)])
         return _result(result)
 
     def BatchLogRuns(
         self, request: pb.BatchLogRunsRequest, context: grpc.ServicerContext
     ) -> pb.BatchLogRunsResponse:
         validate(request)
-        runs = [new_run(r, f"runs[{i}]") for i, r in enumerate(request.runs)]
-        results = self._history.log_runs(runs)
+        with runs_checked(request):
+            # Converted as storage reads them: the later runs of a large batch are
+            # converted while Postgres stores the earlier ones.
+            results = self._history.log_runs(map(new_run, request.runs[:]))
         return pb.BatchLogRunsResponse(results=[_result(r) for r in results])
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:

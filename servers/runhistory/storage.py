@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -25,9 +25,13 @@ from neuralops.servers.runtime.db import Database, Row, as_datetime, json_value,
 
 NOTIFY_TOPIC = "registry.notify_run"
 # JSON text per insert statement, about (a larger batch takes several, in one
-# transaction); batches of ordinary runs fit in one. Small enough that the send buffer
-# of each pooled connection, which libpq never shrinks, stays small after a burst.
+# transaction). Small enough that the send buffer of each pooled connection, which
+# libpq never shrinks, stays small after a burst.
 CHUNK_BYTES = 1024 * 1024
+# Runs per insert statement at most. A batch of more takes several, pipelined in one
+# transaction: the runs of the next statement are converted (and checked) while
+# Postgres stores the ones before, on another core.
+CHUNK_RUNS = 50
 # Ids per lookup of the rows a SQLite batch stored (under SQLite's variable limit).
 _SQLITE_IDS = 500
 
@@ -92,6 +96,11 @@ _SERVER_COLUMNS = ("id", "created_at", "updated_at", "embedding_status", "embedd
 _COLUMNS = ", ".join(("id", *(c.name for c in RUN_COLUMNS), *_SERVER_COLUMNS[1:]))
 
 
+# The time of a run in its notice, as Postgres writes it in the single statement (to_char)
+# and Python after a pipelined batch (isoformat with microseconds, in UTC).
+_NOTE_TIME = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'
+
+
 def _from_doc(i: int, c: Column) -> str:
     if c.pg_type == "jsonb":
         return f"d->{i}"
@@ -100,16 +109,28 @@ def _from_doc(i: int, c: Column) -> str:
     return f"(d->>{i})::{c.pg_type}"
 
 
-def _pg_insert_sql() -> str:
+def _pg_insert_sql(*, notes: bool = True) -> str:
     """One statement for a whole batch. Its runs' columns come as one JSON document (an
     array per run: one ``orjson`` call for the batch, one parse in Postgres, instead of
     a text per value), beside binary arrays of the ids, times and embed flags the
     server chose. It inserts what is new, writes an outbox row per workflow with new
     runs, and answers, in the same round trip, the runs that were not inserted (with
     the stored row's id; usually none). A new run's id and time are the ones this
-    process chose, so they need no answer."""
+    process chose, so they need no answer. Without ``notes`` it writes no outbox rows:
+    a batch in several statements writes them once, after the last."""
     names = [c.name for c in RUN_COLUMNS]
     picks = ", ".join(f"{_from_doc(i, c)} AS {c.name}" for i, c in enumerate(RUN_COLUMNS))
+    outbox_rows = f"""
+), notes AS (
+    -- One notice per workflow: its newest new run (NotifyRun keeps only the newest).
+    INSERT INTO outbox (id, topic, payload, created_at, next_attempt_at)
+    SELECT DISTINCT ON (ins.wpk_id) gen_random_uuid(), %s, jsonb_build_object(
+               'id', ins.id, 'workflow_id', ins.wpk_id, 'run_id', ins.run_id,
+               'status', ins.status,
+               'created_at', to_char(ins.created_at AT TIME ZONE 'UTC', '{_NOTE_TIME}')),
+           %s, %s
+    FROM ins
+    ORDER BY ins.wpk_id, ins.created_at DESC"""
     return f"""
 WITH b AS (
     SELECT u.id, u.at, u.embed, {picks}
@@ -122,18 +143,7 @@ WITH b AS (
            CASE WHEN b.embed THEN b.at END
     FROM b
     ON CONFLICT (wpk_id, run_id) DO NOTHING
-    RETURNING id, wpk_id, run_id, status, created_at
-), notes AS (
-    -- One notice per workflow: its newest new run (NotifyRun keeps only the newest).
-    INSERT INTO outbox (id, topic, payload, created_at, next_attempt_at)
-    SELECT DISTINCT ON (ins.wpk_id) gen_random_uuid(), %s, jsonb_build_object(
-               'id', ins.id, 'workflow_id', ins.wpk_id, 'run_id', ins.run_id,
-               'status', ins.status,
-               'created_at', to_char(ins.created_at AT TIME ZONE 'UTC',
-                                     'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')),
-           %s, %s
-    FROM ins
-    ORDER BY ins.wpk_id, ins.created_at DESC
+    RETURNING {"id, wpk_id, run_id, status, created_at" + outbox_rows if notes else "id"}
 )
 SELECT b.id AS new_id, old.id AS id, old.created_at AS created_at
 FROM b
@@ -144,6 +154,7 @@ WHERE ins.id IS NULL
 
 
 _PG_INSERT = _pg_insert_sql()
+_PG_INSERT_RUNS = _pg_insert_sql(notes=False)
 _SQLITE_INSERT = (
     f"INSERT INTO workflow_runs ({_COLUMNS}) VALUES ({', '.join(['%s'] * (len(RUN_COLUMNS) + 5))})"
     " ON CONFLICT (wpk_id, run_id) DO NOTHING"
@@ -196,17 +207,56 @@ def new_ids(n: int) -> list[str]:
     ]
 
 
-@dataclass(frozen=True)
 class _Batch:
-    """A batch as columns, each (wpk_id, run_id) once; ``first[i]`` is the position in
-    ``unique`` of request run ``i``."""
+    """A batch as it is read, each (wpk_id, run_id) once in ``unique``; ``first[i]`` is
+    the position in ``unique`` of the ``i``-th run read (``read[i]``). Runs are read
+    only as statements need them (:meth:`fill`); each unique run gets its id, its time
+    (one clock reading per batch, a microsecond apart, so the batch's order survives
+    as created_at order) and its embed flag as it is read."""
 
-    unique: list[NewRun]
-    contexts: list[RunContext]
-    first: list[int]
-    ids: list[str]
-    stamps: list[datetime]
-    embed: list[bool]
+    def __init__(self, runs: Iterable[NewRun], *, embeddings_enabled: bool) -> None:
+        self._runs = iter(runs)
+        self._seen: dict[tuple[str, str], int] = {}
+        self._embeddings = embeddings_enabled
+        self._base = utcnow()
+        self.read: list[NewRun] = []
+        self.first: list[int] = []
+        self.unique: list[NewRun] = []
+        self.contexts: list[RunContext] = []
+        self.ids: list[str] = []
+        self.stamps: list[datetime] = []
+        self.embed: list[bool] = []
+
+    def fill(self, n: int) -> int:
+        """Read runs until ``n`` are unique or none are left; returns how many unique
+        runs there are, at most ``n``."""
+        unique, seen = self.unique, self._seen
+        had = len(unique)
+        while len(unique) < n:
+            run = next(self._runs, None)
+            if run is None:
+                break
+            key = (run.wpk_id, run.run_id)
+            at = seen.get(key)
+            if at is None:
+                at = seen[key] = len(unique)
+                unique.append(run)
+            self.read.append(run)
+            self.first.append(at)
+        added = unique[had:]
+        if added:
+            base = self._base
+            self.contexts += [r.context or EMPTY_CONTEXT for r in added]
+            self.ids += new_ids(len(added))
+            self.stamps += [base + timedelta(microseconds=i) for i in range(had, len(unique))]
+            if self._embeddings:
+                self.embed += [r.output_text is not None for r in added]
+            else:
+                self.embed += [False] * len(added)
+        return min(n, len(unique))
+
+
+_ALL = 2**62  # fill(_ALL) reads every run
 
 
 def _columns(batch: _Batch, start: int, stop: int) -> list[list[Any]]:
@@ -227,6 +277,52 @@ def _document(batch: _Batch, start: int, stop: int) -> str:
     return text
 
 
+def _chunk(batch: _Batch, start: int) -> tuple[int, str]:
+    """The runs of the statement from unique run ``start`` on: up to CHUNK_RUNS of them
+    and about CHUNK_BYTES of JSON, read and made into a document a slice at a time (the
+    slice sized from the runs so far), so a batch of large runs never holds all its
+    JSON at once. Returns (end, document)."""
+    parts: list[str] = []
+    size, end, step = 0, start, 1
+    limit = start + CHUNK_RUNS
+    while size < CHUNK_BYTES and end < limit:
+        stop = batch.fill(min(limit, end + step))
+        if stop == end:
+            break
+        part = _document(batch, end, stop)
+        size += len(part)
+        parts.append(part[1:-1])  # the runs, without the array's brackets
+        del part
+        end = stop
+        step = max(1, (CHUNK_BYTES - size) // max(1, size // (end - start)))
+    if not parts:
+        return end, "[]"
+    doc = parts[0] if len(parts) == 1 else ",".join(parts)
+    return end, f"[{doc}]"
+
+
+def _params(batch: _Batch, start: int, end: int, doc: str) -> list[Any]:
+    return [batch.ids[start:end], batch.stamps[start:end], batch.embed[start:end], doc]
+
+
+def _notices(batch: _Batch, found: Sequence[tuple[str, bool, datetime]]) -> list[dict[str, Any]]:
+    """One outbox payload per workflow with new runs: its newest (the batch's last)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for r, (row_id, created, at) in zip(batch.unique, found, strict=True):
+        if created:
+            newest[r.wpk_id] = {
+                "id": row_id,
+                "workflow_id": r.wpk_id,
+                "run_id": r.run_id,
+                "status": r.status,
+                "created_at": at.isoformat(timespec="microseconds"),
+            }
+    return list(newest.values())
+
+
+_Found = list[tuple[str, bool, datetime]]
+
+
 class RunStore:
     """Runs in ``workflow_runs``. Every batch that stores new runs also writes, in the
     same transaction, one outbox row per workflow naming its newest new run, so the
@@ -237,44 +333,21 @@ class RunStore:
         self._db = db
         self._embeddings_enabled = embeddings_enabled
 
-    def _batch(self, runs: Sequence[NewRun]) -> _Batch:
-        seen: dict[tuple[str, str], int] = {}
-        unique: list[NewRun] = []
-        first: list[int] = []
-        for run in runs:
-            key = (run.wpk_id, run.run_id)
-            at = seen.get(key)
-            if at is None:
-                at = seen[key] = len(unique)
-                unique.append(run)
-            first.append(at)
-        base = utcnow()
-        # One clock reading per run, strictly increasing inside a batch, so the batch's
-        # order survives as created_at order.
-        stamps = [base + timedelta(microseconds=i) for i in range(len(unique))]
-        on = self._embeddings_enabled
-        return _Batch(
-            unique,
-            [r.context or EMPTY_CONTEXT for r in unique],
-            first,
-            new_ids(len(unique)),
-            stamps,
-            [on and r.output_text is not None for r in unique] if on else [False] * len(unique),
-        )
-
-    def insert(self, runs: Sequence[NewRun]) -> list[LogResult]:
+    def insert(self, runs: Iterable[NewRun]) -> list[LogResult]:
         """Store new runs, leave known ones alone; one result per run, in order. A run
-        repeated inside the batch is stored once: its later copies answer created=false."""
-        if not runs:
-            return []
-        batch = self._batch(runs)
+        repeated inside the batch is stored once: its later copies answer created=false.
+        ``runs`` is read as the statements need it (on Postgres, a batch of more than
+        CHUNK_RUNS runs is read while the statements of its first runs execute); when
+        reading it raises, the transaction ends and nothing is stored."""
+        batch = _Batch(runs, embeddings_enabled=self._embeddings_enabled)
         if self._db.dialect == "postgres":
             found = self._insert_postgres(batch)
         else:
+            batch.fill(_ALL)
             found = self._insert_sqlite(batch)
         results: list[LogResult] = []
         answered: set[int] = set()
-        for run, at in zip(runs, batch.first, strict=True):
+        for run, at in zip(batch.read, batch.first, strict=True):
             row_id, created, created_at = found[at]
             results.append(
                 LogResult(row_id, run.run_id, created and at not in answered, created_at)
@@ -282,73 +355,70 @@ class RunStore:
             answered.add(at)
         return results
 
-    def _insert_postgres(self, batch: _Batch) -> list[tuple[str, bool, datetime]]:
-        unique = batch.unique
+    def _insert_postgres(self, batch: _Batch) -> _Found:
         now = utcnow()
-        chunks = self._pg_chunks(batch, now)
-        first = next(chunks)
-        if first[0] is None:  # the whole batch in one statement: one round trip
-            rows = self._db.statement(_PG_INSERT, first[1], prepare=True)
-        else:
-            with self._db.transaction() as tx:
-                rows = tx.execute(_PG_INSERT, first[1], prepare=True)
-                for _, params in chunks:
-                    rows += tx.execute(_PG_INSERT, params, prepare=True)
+        end, doc = _chunk(batch, 0)
+        if not end:
+            return []
+        if batch.fill(end + 1) == end:  # the whole batch in one statement: one round trip
+            params = [*_params(batch, 0, end, doc), NOTIFY_TOPIC, now, now]
+            del doc
+            return self._answers(batch, self._db.statement(_PG_INSERT, params, prepare=True))
+        # Several statements in one transaction, each sent before the next one's runs
+        # are read, so Postgres stores a chunk while this process converts the next;
+        # one statement in flight at a time, so a burst of large batches holds at most
+        # two chunks' JSON per call. The outbox rows and the commit go last, together.
+        rows: list[Row] = []
+        with self._db.transaction(pipeline=True) as tx:
+            pending = tx.send(_PG_INSERT_RUNS, _params(batch, 0, end, doc), prepare=True)
+            del doc
+            start = end
+            while batch.fill(start + 1) > start:
+                end, doc = _chunk(batch, start)
+                rows += pending.rows()
+                pending = tx.send(_PG_INSERT_RUNS, _params(batch, start, end, doc), prepare=True)
+                del doc
+                start = end
+            rows += pending.rows()
+            found, late = self._known(batch, rows)
+            outbox.enqueue(tx, NOTIFY_TOPIC, _notices(batch, found))
+        return self._reread(batch, found, late)
+
+    def _answers(self, batch: _Batch, rows: list[Row]) -> _Found:
+        found, late = self._known(batch, rows)
+        return self._reread(batch, found, late)
+
+    def _known(self, batch: _Batch, rows: list[Row]) -> tuple[_Found, list[int]]:
+        """Each unique run's (id, created, created_at) from the rows the insert answered
+        (the runs it did not insert), and the runs to read again."""
         # New runs have the id and time chosen here; only the others come back.
         out = [(i, True, at) for i, at in zip(batch.ids, batch.stamps, strict=True)]
-        if not rows:
-            return out
-        where = {new_id: i for i, new_id in enumerate(batch.ids)}
         late: list[int] = []
+        if not rows:
+            return out, late
+        where = {new_id: i for i, new_id in enumerate(batch.ids)}
         for r in rows:
             i = where[str(r["new_id"])]
             if r["id"] is None:
                 # Stored by a concurrent call that committed after this statement's
                 # snapshot was taken: read it again below.
                 late.append(i)
+                out[i] = ("", False, batch.stamps[i])
             else:
                 out[i] = (str(r["id"]), False, r["created_at"])
+        return out, late
+
+    def _reread(self, batch: _Batch, found: _Found, late: list[int]) -> _Found:
         if late:
             with self._db.transaction(write=False) as tx:
                 for i in late:
-                    (row,) = tx.execute(_FIND, (unique[i].wpk_id, unique[i].run_id))
-                    out[i] = (str(row["id"]), False, as_datetime(row["created_at"]) or now)
-        return out
+                    run = batch.unique[i]
+                    (row,) = tx.execute(_FIND, (run.wpk_id, run.run_id))
+                    at = as_datetime(row["created_at"]) or batch.stamps[i]
+                    found[i] = (str(row["id"]), False, at)
+        return found
 
-    def _pg_chunks(self, batch: _Batch, now: datetime) -> Iterator[tuple[int | None, list[Any]]]:
-        """Statement parameters for about CHUNK_BYTES of JSON at a time, so a large batch
-        never holds all its JSON (nor grows each pooled connection's send buffer) at
-        once. The document is made for a slice of runs at a time, the slice sized from
-        the runs seen so far. Yields (next start or None when this chunk ends the
-        batch, parameters)."""
-        n, start = len(batch.unique), 0
-        while start < n:
-            parts: list[str] = []
-            size, end, step = 0, start, 1
-            while end < n and size < CHUNK_BYTES:
-                stop = min(n, end + step)
-                part = _document(batch, end, stop)
-                size += len(part)
-                parts.append(part[1:-1])  # the runs, without the array's brackets
-                del part
-                end = stop
-                step = max(1, (CHUNK_BYTES - size) // max(1, size // (end - start)))
-            doc = parts[0] if len(parts) == 1 else ",".join(parts)
-            del parts
-            params: list[Any] = [
-                batch.ids[start:end],
-                batch.stamps[start:end],
-                batch.embed[start:end],
-                f"[{doc}]",
-                NOTIFY_TOPIC,
-                now,
-                now,
-            ]
-            del doc
-            yield (end if end < n else None), params
-            start = end
-
-    def _insert_sqlite(self, batch: _Batch) -> list[tuple[str, bool, datetime]]:
+    def _insert_sqlite(self, batch: _Batch) -> _Found:
         unique = batch.unique
         columns = _columns(batch, 0, len(unique))
         rows = [
@@ -365,7 +435,7 @@ class RunStore:
             )
         ]
         del columns
-        out: list[tuple[str, bool, datetime]] = []
+        out: _Found = []
         with self._db.transaction() as tx:
             tx.executemany(_SQLITE_INSERT, rows)
             del rows
@@ -384,17 +454,7 @@ class RunStore:
                     continue
                 (row,) = tx.execute(_FIND, (r.wpk_id, r.run_id))
                 out.append((str(row["id"]), False, as_datetime(row["created_at"]) or at))
-            newest: dict[str, dict[str, Any]] = {}
-            for r, (row_id, created, at) in zip(unique, out, strict=True):
-                if created:  # later runs of a batch are newer: the last one stays
-                    newest[r.wpk_id] = {
-                        "id": row_id,
-                        "workflow_id": r.wpk_id,
-                        "run_id": r.run_id,
-                        "status": r.status,
-                        "created_at": at.isoformat(),
-                    }
-            outbox.enqueue(tx, NOTIFY_TOPIC, list(newest.values()))
+            outbox.enqueue(tx, NOTIFY_TOPIC, _notices(batch, out))
         return out
 
     def get(self, wpk_id: str, run_id: str) -> StoredRun | None:

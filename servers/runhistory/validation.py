@@ -1,8 +1,12 @@
 """RunHistory request validation: the one place its servicer checks a request.
 
 Generic checks (enums, timestamps, NaN, Struct depth) come from
-:mod:`neuralops.servers.runtime.validation`; here are RunHistory's own, on every RPC
-that takes them: ids required, at most 200 characters, without NUL; a run's status
+:mod:`neuralops.servers.runtime.validation`. The runs of LogRun and BatchLogRuns are
+walked once, not twice: their conversion (:mod:`neuralops.servers.runtime.convert`)
+makes the generic checks as it goes and signals what they refuse, and
+:func:`runs_checked`, around that conversion, answers it with the field violations the
+generic walk names, the same as for any other request. Here are RunHistory's own, on
+every RPC that takes them: ids required, at most 200 characters, without NUL; a run's status
 given, its durations not negative, its node logs named and bounded in number, its tags
 bounded; a batch of 1 to 500 runs; ListRuns' workflow and filters; SearchRuns' text
 and limit. The domain code (:mod:`.service`) trusts what passes here. Free text and
@@ -11,11 +15,15 @@ Struct content may hold NUL: storage escapes it (:mod:`neuralops.servers.runtime
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from google.protobuf.message import Message
 from neuralops.clients.enums import RUN_STATUS
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.servers.runhistory import embeddings
 from neuralops.servers.runtime import validation as v
+from neuralops.servers.runtime.convert import NotValid
 from neuralops.servers.runtime.errors import FieldViolation, InvalidArgument
 from neuralops.servers.runtime.validation import MAX_ID_LENGTH
 
@@ -26,14 +34,26 @@ MAX_TAGS = 64  # tags on one run
 MAX_SEARCH_LIMIT = 100  # hits one SearchRuns returns
 
 
+# Ids added to the contract later (thread_id, ...) are optional but bounded: every
+# other string field of a run named *_id, in field number order.
+_OPTIONAL_IDS = tuple(
+    f.name
+    for f in sorted(pb.Run.DESCRIPTOR.fields, key=lambda f: f.number)
+    if f.name.endswith("_id")
+    and f.name not in _RUN_IDS
+    and f.type == f.TYPE_STRING
+    and not f.is_repeated
+)
+
+
 def _ids(run: pb.Run, prefix: str) -> list[FieldViolation]:
     out: list[FieldViolation] = []
     for name in _RUN_IDS:
         out += v.id_violations(getattr(run, name), f"{prefix}.{name}")
-    # Ids added to the contract later (thread_id, ...) are optional but bounded.
-    for field, value in run.ListFields():
-        if field.name.endswith("_id") and field.name not in _RUN_IDS and isinstance(value, str):
-            out += v.id_violations(value, f"{prefix}.{field.name}", required=False)
+    for name in _OPTIONAL_IDS:
+        value = getattr(run, name)
+        if value:
+            out += v.id_violations(value, f"{prefix}.{name}", required=False)
     return out
 
 
@@ -104,14 +124,20 @@ def _search(request: pb.SearchRunsRequest) -> list[FieldViolation]:
 
 
 def validate(request: Message) -> None:
-    """Raise InvalidArgument naming every field of ``request`` the service cannot take."""
+    """Raise InvalidArgument naming every field of ``request`` the service cannot take.
+    Of a LogRun or BatchLogRuns whose runs pass RunHistory's own checks, the generic
+    checks are left to the conversion of the runs, which must run inside
+    :func:`runs_checked`."""
     extra: list[FieldViolation] = []
+    converted_later = False
     if isinstance(request, pb.LogRunRequest):
         extra = _run(request.run, "run")
+        converted_later = True
     elif isinstance(request, pb.BatchLogRunsRequest):
         extra = _batch(request)
         if extra and extra[0].field == "runs":
             raise InvalidArgument(extra)  # no run is looked at in a batch of the wrong size
+        converted_later = True
     elif isinstance(request, pb.GetRunRequest):
         extra = _top_level_ids(request, _RUN_IDS)
     elif isinstance(request, pb.ListRunsRequest):
@@ -124,4 +150,23 @@ def validate(request: Message) -> None:
         extra = _search(request)
     else:  # an RPC added later: ids and page tokens by name, then the generic checks
         extra = _top_level_ids(request, ())
+    if converted_later and not extra:
+        return
     v.check_request(request, extra)
+
+
+@contextmanager
+def runs_checked(request: pb.LogRunRequest | pb.BatchLogRunsRequest) -> Iterator[None]:
+    """Around the conversion of the runs of a request :func:`validate` passed: the
+    conversion signals (:class:`NotValid`) a value the generic checks refuse without
+    naming it; this answers INVALID_ARGUMENT with the violations the generic walk
+    names, as :func:`validate` answers any other request (storage has stored nothing:
+    its transaction ends with the signal)."""
+    try:
+        yield
+    except NotValid as exc:
+        violations = v.message_violations(request)
+        if not violations:  # the conversion and the walk disagree; the signal still stands
+            field = "run" if isinstance(request, pb.LogRunRequest) else "runs"
+            violations = [FieldViolation(field, str(exc))]
+        raise InvalidArgument(violations[:20]) from None

@@ -6,6 +6,15 @@ builds and re-parses JSON per field. The dicts they make are what ``json_format`
 ``MessageToDict(..., preserving_proto_field_name=True)`` makes, except that enums are
 stored as lowercase names without their prefix (``completed``) and 64-bit integers
 stay integers; :func:`dict_message` reads both back.
+
+The walk also checks, as it goes, what the generic request checks of
+:mod:`neuralops.servers.runtime.validation` refuse: NaN or infinite numbers in a
+Struct, a Struct nested deeper than ``MAX_STRUCT_DEPTH``, a Timestamp or Duration
+outside protobuf's range, and (``strict=True``) an enum number the proto does not
+define or a float field that is not finite. It raises :class:`NotValid` then, without
+naming the field: a server that converts a request it has not walked yet (RunHistory's
+runs) lets that conversion be the one walk a valid request gets, and names the fields
+with ``validation.message_violations`` only on this signal.
 """
 
 from __future__ import annotations
@@ -20,12 +29,19 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from neuralops.clients.enums import BY_PROTO_ENUM
+from neuralops.servers.runtime.validation import (
+    MAX_DURATION_SECONDS,
+    MAX_STRUCT_DEPTH,
+    MAX_TIMESTAMP_SECONDS,
+    MIN_TIMESTAMP_SECONDS,
+)
 
 M = TypeVar("M", bound=Message)
 
 
-class NotJson(ValueError):
-    """A Struct holds a number JSON cannot carry (NaN, Infinity)."""
+class NotValid(ValueError):
+    """A value the generic request checks refuse, found while converting (its text says
+    what, not where: ``validation.message_violations`` names the field)."""
 
 
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -47,103 +63,162 @@ def to_struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
     return s
 
 
+# ------------------------------------------------------------------ Struct values
+
 _which = struct_pb2.Value.WhichOneof
+_isfinite = math.isfinite
 _MAX_EXACT = 2.0**53
+_NESTED = ("struct_value", "list_value")
 
 
-def _value(v: struct_pb2.Value) -> Any:
-    kind = _which(v, "kind")
-    if kind == "string_value":
-        return v.string_value
-    return _other(v, kind)
+def _number(x: float) -> Any:
+    if x.is_integer() and -_MAX_EXACT <= x <= _MAX_EXACT:
+        # Struct numbers are doubles: an integral one is stored (and read back by the
+        # clients) as an integer, so 15 stays 15, not 15.0. Beyond 2^53 a double is no
+        # longer exact and stays a float.
+        return int(x)
+    if _isfinite(x):
+        return x
+    raise NotValid(f"holds {x!r}, which JSON cannot carry")
 
 
-def _other(v: struct_pb2.Value, kind: str | None) -> Any:
+def _other(v: struct_pb2.Value, kind: str | None, depth: int) -> Any:
+    """A Value that holds no string, held by ``depth`` Structs and lists."""
     if kind == "number_value":
-        x = v.number_value
-        if x.is_integer() and -_MAX_EXACT <= x <= _MAX_EXACT:
-            # Struct numbers are doubles: an integral one is stored (and read back by
-            # the clients) as an integer, so 15 stays 15, not 15.0. Beyond 2^53 a
-            # double is no longer exact and stays a float.
-            return int(x)
-        if math.isfinite(x):
-            return x
-        raise NotJson(f"holds {x!r}, which JSON cannot carry")
+        return _number(v.number_value)
     if kind == "bool_value":
         return v.bool_value
+    if kind in _NESTED and depth >= MAX_STRUCT_DEPTH:
+        raise NotValid(f"is nested more than {MAX_STRUCT_DEPTH} levels deep")
     if kind == "struct_value":
-        return from_struct(v.struct_value)
+        return from_struct(v.struct_value, depth + 1)
     if kind == "list_value":
-        # A slice is a plain list; iterating the container itself goes through
-        # Python-level Sequence.__iter__.
-        return [_value(x) for x in v.list_value.values[:]]
+        return _list(v.list_value, depth + 1)
     return None
 
 
-def from_struct(s: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as a dict (integral numbers up to 2^53 as ints, others as floats). Raises
-    :class:`NotJson` on NaN or Infinity."""
+def _value(v: struct_pb2.Value, depth: int = 1) -> Any:
+    kind = _which(v, "kind")
+    return v.string_value if kind == "string_value" else _other(v, kind, depth)
+
+
+def _list(lv: struct_pb2.ListValue, depth: int = 1) -> list[Any]:
+    out = []
+    # A slice is a plain list; iterating the container itself goes through
+    # Python-level Sequence.__iter__.
+    for x in lv.values[:]:
+        kind = _which(x, "kind")
+        out.append(x.string_value if kind == "string_value" else _other(x, kind, depth))
+    return out
+
+
+def from_struct(s: struct_pb2.Struct, depth: int = 1) -> dict[str, Any]:
+    """A Struct as a dict (integral numbers up to 2^53 as ints, others as floats).
+    ``depth``: how deep the Struct itself is nested (a field's own Struct is 1). Raises
+    :class:`NotValid` on NaN or Infinity and on nesting past ``MAX_STRUCT_DEPTH``."""
     fields = s.fields
     out: dict[str, Any] = {}
     for k in fields:
         v = fields[k]
         kind = _which(v, "kind")
-        out[k] = v.string_value if kind == "string_value" else _other(v, kind)
+        out[k] = v.string_value if kind == "string_value" else _other(v, kind, depth)
     return out
 
 
+# ------------------------------------------------------------------ times
+
 _EPOCH = datetime(1970, 1, 1)
-# "YYYY-MM-DDT" per day number since the epoch: timestamps sent together share their
-# day, so the date is formatted once and only the time of day per timestamp.
-_DAYS: dict[int, str] = {}
+# "YYYY-MM-DDTHH:MM:SS" per second since the epoch: the times of a run's nodes and
+# calls mostly share their second, so it is formatted once and only the fraction per
+# timestamp. Only seconds inside protobuf's range are ever cached.
+_SECONDS: dict[int, str] = {}
+_MILLIS = [f".{i:03d}Z" for i in range(1000)]
 
 
-def _day_prefix(day: int) -> str:
-    prefix = _DAYS.get(day)
-    if prefix is None:
-        if len(_DAYS) > 4096:
-            _DAYS.clear()
-        prefix = _DAYS[day] = (_EPOCH + timedelta(days=day)).isoformat()[:11]
-    return prefix
+def _second_text(seconds: int) -> str:
+    if not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS:
+        raise NotValid("is outside years 0001 to 9999")
+    if len(_SECONDS) >= 4096:
+        _SECONDS.clear()
+    text = _SECONDS[seconds] = (_EPOCH + timedelta(seconds=seconds)).isoformat()
+    return text
 
 
 def timestamp_text(ts: timestamp_pb2.Timestamp) -> str:
     """RFC 3339 in UTC, as ``Timestamp.ToJsonString`` writes it (0, 3, 6 or 9
-    fraction digits), without its per-call overhead."""
-    day, rem = divmod(ts.seconds, 86400)
-    hours, rem = divmod(rem, 3600)
-    minutes, seconds = divmod(rem, 60)
-    text = f"{_day_prefix(day)}{hours:02d}:{minutes:02d}:{seconds:02d}"
+    fraction digits), without its per-call overhead. Raises :class:`NotValid` outside
+    protobuf's range (years 0001 to 9999, nanos 0 to 999,999,999)."""
+    seconds = ts.seconds
+    text = _SECONDS.get(seconds) or _second_text(seconds)
     nanos = ts.nanos
     if not nanos:
         return text + "Z"
+    if not 0 < nanos <= 999_999_999:
+        raise NotValid("has nanos outside 0 to 999,999,999")
     if nanos % 1_000_000 == 0:
-        return f"{text}.{nanos // 1_000_000:03d}Z"
+        return text + _MILLIS[nanos // 1_000_000]
     if nanos % 1000 == 0:
         return f"{text}.{nanos // 1000:06d}Z"
     return f"{text}.{nanos:09d}Z"
 
 
+def duration_text(d: Any) -> str:
+    """A Duration as ``Duration.ToJsonString`` writes it; :class:`NotValid` outside
+    protobuf's range (about +-10,000 years, nanos of the seconds' sign)."""
+    seconds, nanos = d.seconds, d.nanos
+    if (
+        not -MAX_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS
+        or not -999_999_999 <= nanos <= 999_999_999
+        or (seconds and nanos and (seconds > 0) != (nanos > 0))
+    ):
+        raise NotValid("is outside protobuf's Duration range")
+    text: str = d.ToJsonString()
+    return text
+
+
 # ------------------------------------------------------------- messages as dicts
 
 _Convert = Callable[[Any], Any]
-# Keyed by descriptors (typed Any: the upb runtime's classes are not the stubs').
-_field_converters: dict[Any, _Convert] = {}
+# Keyed by (descriptor, strict) (typed Any: the upb runtime's classes are not the stubs').
+_field_converters: dict[tuple[Any, bool], _Convert] = {}
 
 
-def _enum_converter(enum: Any) -> _Convert:
-    """An enum's stored text from its codec (clients/enums.py); a number no codec names
-    (or an enum without one) is stored as the number."""
+def _finite(x: float) -> float:
+    if _isfinite(x):
+        return x
+    raise NotValid("must be a finite number")
+
+
+def _enum_texts(enum: Any) -> dict[int, Any]:
+    """Each number the enum defines with its stored text from its codec
+    (clients/enums.py); a number the codec does not name (or an enum without one)
+    is stored as the number."""
     codec = BY_PROTO_ENUM.get(enum.full_name)
     if codec is None:
-        return lambda n: n
-    texts = {v.number: codec.text(v.number) for v in enum.values}
-    return lambda n: texts.get(n) or n
+        return {v.number: v.number for v in enum.values}
+    return {v.number: codec.text(v.number) or v.number for v in enum.values}
 
 
-def _single_converter(fd: Any) -> _Convert:
+def _enum_converter(enum: Any, strict: bool) -> _Convert:
+    texts = _enum_texts(enum)
+    if not strict:
+        return lambda n: texts.get(n, n)
+    name = enum.name
+
+    def checked(n: int) -> Any:
+        text = texts.get(n)
+        if text is None:
+            raise NotValid(f"is {n}, not a value of {name}")
+        return text
+
+    return checked
+
+
+def _single_converter(fd: Any, strict: bool) -> _Convert:
     if fd.type == FieldDescriptor.TYPE_ENUM:
-        return _enum_converter(fd.enum_type)
+        return _enum_converter(fd.enum_type, strict)
+    if fd.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return _finite if strict else (lambda x: x)
     if fd.type != FieldDescriptor.TYPE_MESSAGE:
         return lambda x: x
     full = fd.message_type.full_name
@@ -152,59 +227,71 @@ def _single_converter(fd: Any) -> _Convert:
     if full == "google.protobuf.Value":
         return _value
     if full == "google.protobuf.ListValue":
-        return lambda lv: [_value(x) for x in lv.values[:]]
+        return _list
     if full == "google.protobuf.Timestamp":
         return timestamp_text
     if full == "google.protobuf.Duration":
-        return lambda m: m.ToJsonString()
-    return message_dict
+        return duration_text
+    return lambda m: _converted(m, strict)
 
 
-def _field_converter(fd: Any) -> _Convert:
-    conv = _field_converters.get(fd)
+def _is_map(fd: Any) -> bool:
+    return fd.message_type is not None and bool(fd.message_type.GetOptions().map_entry)
+
+
+def _field_converter(fd: Any, strict: bool) -> _Convert:
+    conv = _field_converters.get((fd, strict))
     if conv is not None:
         return conv
-    if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-        value_conv = _single_converter(fd.message_type.fields_by_name["value"])
+    if _is_map(fd):
+        value_conv = _single_converter(fd.message_type.fields_by_name["value"], strict)
         conv = lambda m: {str(k): value_conv(m[k]) for k in m}  # noqa: E731
     elif fd.is_repeated:
-        one = _single_converter(fd)
+        one = _single_converter(fd, strict)
         conv = lambda xs: [one(x) for x in xs[:]]  # noqa: E731
     else:
-        conv = _single_converter(fd)
-    _field_converters[fd] = conv
+        conv = _single_converter(fd, strict)
+    _field_converters[(fd, strict)] = conv
     return conv
 
 
-_tables: dict[Any, dict[Any, tuple[str, _Convert]]] = {}
-# Per message type, a function made for it (see _compile), or None where the generic
-# walk must do (extensions, float fields).
+_tables: dict[tuple[Any, bool], dict[Any, tuple[str, _Convert]]] = {}
+# Per message type and mode, a function made for it (see _compile), or None where the
+# generic walk must do (extensions, float fields).
 _compiled: dict[Any, Callable[[Any], dict[str, Any]] | None] = {}
+_compiled_strict: dict[Any, Callable[[Any], dict[str, Any]] | None] = {}
 
 
-def _compile(desc: Any) -> Callable[[Any], dict[str, Any]] | None:
+def _compile(desc: Any, strict: bool) -> Callable[[Any], dict[str, Any]] | None:
     """A converter written out for one message type: one attribute read per field and
     a truth test (what ``ListFields`` reports as set, for proto3 fields without
     presence), ``HasField`` for fields with presence, no table look-ups. Float fields
-    (where ``-0.0`` is set but false) and extendable types are left to the generic walk."""
+    (where ``-0.0`` is set but false) and extendable types are left to the generic walk.
+    ``strict``: an enum number the proto does not define raises :class:`NotValid`."""
     if desc.extension_ranges:
         return None
-    env: dict[str, Any] = {}
+    env: dict[str, Any] = {"NotValid": NotValid}
     body = ["def convert(m):", "    out = {}"]
     for i, fd in enumerate(sorted(desc.fields, key=lambda f: f.number)):
         name = fd.name
         read = f"getattr(m, {name!r})" if keyword.iskeyword(name) else f"m.{name}"
-        conv = _field_converter(fd)
-        env[f"c{i}"] = conv
-        is_map = fd.message_type is not None and fd.message_type.GetOptions().map_entry
-        if fd.is_repeated or is_map:
+        env[f"c{i}"] = _field_converter(fd, strict)
+        if fd.is_repeated or _is_map(fd):
             body += [f"    v = {read}", "    if v:", f"        out[{name!r}] = c{i}(v)"]
         elif fd.has_presence:
             body += [f"    if m.HasField({name!r}):", f"        out[{name!r}] = c{i}({read})"]
         elif fd.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
             return None
         elif fd.type == FieldDescriptor.TYPE_ENUM:
-            body += [f"    v = {read}", "    if v:", f"        out[{name!r}] = c{i}(v)"]
+            # Stored text per number, looked up in place (0 is never stored).
+            env[f"e{i}"] = _enum_texts(fd.enum_type)
+            body += [f"    v = {read}", "    if v:", f"        t = e{i}.get(v)"]
+            if strict:
+                bad = f"f'is {{v}}, not a value of {fd.enum_type.name}'"
+                body += ["        if t is None:", f"            raise NotValid({bad})"]
+            else:
+                body += ["        if t is None:", "            t = v"]
+            body.append(f"        out[{name!r}] = t")
         else:  # strings, bytes, integers, bools: as they are
             body += [f"    v = {read}", "    if v:", f"        out[{name!r}] = v"]
     body.append("    return out")
@@ -213,25 +300,39 @@ def _compile(desc: Any) -> Callable[[Any], dict[str, Any]] | None:
     return fn
 
 
-def message_dict(message: Message) -> dict[str, Any]:
-    """The set fields of ``message`` as a JSON-ready dict keyed by proto field names."""
+def _walk(message: Message, strict: bool) -> dict[str, Any]:
+    """The generic walk: ``ListFields`` and a converter per field."""
     desc = message.DESCRIPTOR
-    try:
-        fn = _compiled[desc]
-    except KeyError:
-        fn = _compiled[desc] = _compile(desc)
-    if fn is not None:
-        return fn(message)
-    table = _tables.get(desc)
+    table = _tables.get((desc, strict))
     if table is None:
-        table = _tables[desc] = {fd: (fd.name, _field_converter(fd)) for fd in desc.fields}
+        table = _tables[(desc, strict)] = {
+            fd: (fd.name, _field_converter(fd, strict)) for fd in desc.fields
+        }
     out: dict[str, Any] = {}
     for fd, value in message.ListFields():
         entry = table.get(fd)
         if entry is None:  # an extension
-            entry = (fd.name, _field_converter(fd))
+            entry = (fd.name, _field_converter(fd, strict))
         out[entry[0]] = entry[1](value)
     return out
+
+
+def _converted(message: Message, strict: bool) -> dict[str, Any]:
+    desc = message.DESCRIPTOR
+    compiled = _compiled_strict if strict else _compiled
+    try:
+        fn = compiled[desc]
+    except KeyError:
+        fn = compiled[desc] = _compile(desc, strict)
+    return fn(message) if fn is not None else _walk(message, strict)
+
+
+def message_dict(message: Message, *, strict: bool = False) -> dict[str, Any]:
+    """The set fields of ``message`` as a JSON-ready dict keyed by proto field names.
+    Raises :class:`NotValid` on what the generic request checks refuse; an enum number
+    the proto does not define is stored as the number, or with ``strict`` refused too
+    (and a float field that is not finite)."""
+    return _converted(message, strict)
 
 
 def _enum_names_back(d: dict[str, Any], desc: Any) -> dict[str, Any]:

@@ -32,6 +32,14 @@ Dialect = Literal["postgres", "sqlite"]
 _SQLITE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
+class Pending(Protocol):
+    """A statement sent and maybe still running."""
+
+    def rows(self) -> list[Row]:
+        """Its rows, once it has run (waits for it)."""
+        ...
+
+
 class Tx(Protocol):
     """An open transaction."""
 
@@ -47,13 +55,27 @@ class Tx(Protocol):
         Postgres, so a batch of N costs about one round trip, not N)."""
         ...
 
+    def send(self, sql: str, params: Sequence[Any] = (), *, prepare: bool = False) -> Pending:
+        """Start one statement that returns rows, and return before it has run when the
+        transaction is pipelined (Postgres), so the caller works while the database
+        does; elsewhere it runs now. Read a statement's rows before sending the next:
+        reading waits for every statement sent before it, and each one's parameters
+        stay in memory until then."""
+        ...
+
 
 class Database(Protocol):
     """What storage modules need from a database."""
 
     dialect: Dialect
 
-    def transaction(self, *, write: bool = True) -> contextlib.AbstractContextManager[Tx]: ...
+    def transaction(
+        self, *, write: bool = True, pipeline: bool = False
+    ) -> contextlib.AbstractContextManager[Tx]:
+        """``pipeline``: statements are sent without waiting for the ones before
+        (:meth:`Tx.send`; Postgres pipeline mode, the commit in the same round trip as
+        the last statements); ignored by SQLite."""
+        ...
 
     def statement(
         self, sql: str, params: Sequence[Any] = (), *, prepare: bool = False
@@ -94,6 +116,15 @@ def json_value(value: Any) -> Any:
 # --------------------------------------------------------------------- Postgres
 
 
+class _PgPending:
+    def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
+        self._cursor = cursor
+
+    def rows(self) -> list[Row]:
+        with self._cursor as cur:
+            return cur.fetchall()
+
+
 class _PgTx:
     def __init__(self, conn: psycopg.Connection[Row]) -> None:
         self._conn = conn
@@ -117,6 +148,13 @@ class _PgTx:
                 if not cur.nextset():
                     break
         return out
+
+    def send(self, sql: str, params: Sequence[Any] = (), *, prepare: bool = False) -> Pending:
+        # In pipeline mode psycopg sends the statement and flushes it to the server
+        # before returning; fetchall() then waits for its result.
+        cur = self._conn.cursor()
+        cur.execute(sql, params, prepare=True if prepare else None)
+        return _PgPending(cur)
 
 
 class PostgresDatabase:
@@ -142,10 +180,15 @@ class PostgresDatabase:
         self._pool.open(wait=False)
 
     @contextlib.contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+    def transaction(self, *, write: bool = True, pipeline: bool = False) -> Iterator[Tx]:
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                yield _PgTx(conn)
+            with self._pool.connection() as conn:
+                if pipeline:
+                    with conn.pipeline(), conn.transaction():
+                        yield _PgTx(conn)
+                else:
+                    with conn.transaction():
+                        yield _PgTx(conn)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             log.warning("postgres unavailable: %s", exc)
             raise StorageUnavailable("database unavailable") from exc
@@ -190,6 +233,14 @@ def _sqlite_sql(sql: str) -> str:
     return sql.replace("%s", "?")
 
 
+class _Done:
+    def __init__(self, rows: list[Row]) -> None:
+        self._rows = rows
+
+    def rows(self) -> list[Row]:
+        return self._rows
+
+
 class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -208,6 +259,9 @@ class _SqliteTx:
 
     def execute_each(self, sql: str, params: Sequence[Sequence[Any]]) -> list[list[Row]]:
         return [self.execute(sql, row) for row in params]
+
+    def send(self, sql: str, params: Sequence[Any] = (), *, prepare: bool = False) -> Pending:
+        return _Done(self.execute(sql, params))
 
 
 class SqliteDatabase:
@@ -237,7 +291,7 @@ class SqliteDatabase:
         return conn
 
     @contextlib.contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+    def transaction(self, *, write: bool = True, pipeline: bool = False) -> Iterator[Tx]:
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -72,11 +72,25 @@ workflow_label = BoundedLabel()
 metric_label = BoundedLabel()
 
 
-def observe_run(wpk_id: str, status: str, duration_ms: int) -> None:
-    label = workflow_label(wpk_id)
-    WORKFLOW_RUNS.labels(label, status).inc()
-    WORKFLOW_RUN_DURATION.labels(label).observe(duration_ms / 1000.0)
-    WORKFLOW_LAST_RUN_DURATION.labels(label).set(duration_ms / 1000.0)
+def observe_runs(runs: Iterable[tuple[str, str, int]]) -> None:
+    """Stored runs' (wpk_id, status, duration_ms), in the order stored: each label is
+    looked up once per call, not once per run (a batch is mostly one workflow)."""
+    labels: dict[str, str] = {}
+    seconds: dict[str, list[float]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for wpk_id, status, duration_ms in runs:
+        label = labels.get(wpk_id)
+        if label is None:
+            label = labels[wpk_id] = workflow_label(wpk_id)
+        seconds.setdefault(label, []).append(duration_ms / 1000.0)
+        counts[label, status] = counts.get((label, status), 0) + 1
+    for (label, status), n in counts.items():
+        WORKFLOW_RUNS.labels(label, status).inc(n)
+    for label, durations in seconds.items():
+        histogram = WORKFLOW_RUN_DURATION.labels(label)
+        for s in durations:
+            histogram.observe(s)
+        WORKFLOW_LAST_RUN_DURATION.labels(label).set(durations[-1])
 
 
 def track_backlog(read: Callable[[], int]) -> None:

@@ -71,8 +71,10 @@ def restore(value: Any) -> Any:
 def needs_escape(json_text: str) -> bool:
     """Whether JSON made by orjson from some values holds text :func:`escape` would
     change (orjson writes NUL as the six characters \\u0000; a literal backslash-u0000
-    also matches, which costs a walk that changes nothing)."""
-    return "\\u0000" in json_text or _NEEDS_RESTORE.search(json_text) is not None
+    also matches, which costs a walk that changes nothing). Substring tests, not a
+    regular expression: on the ASCII text of a batch a character outside it is ruled
+    out at once, where the expression scanned 230 KB in 1.4 ms."""
+    return "\\u0000" in json_text or NUL_MARK in json_text or ESC in json_text
 
 
 def dumps(value: Any) -> str:

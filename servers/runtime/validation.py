@@ -6,7 +6,11 @@ a Timestamp or Duration outside protobuf's range, a NaN or infinite number (in a
 double field or inside a Struct), a Struct nested deeper than :data:`MAX_STRUCT_DEPTH`.
 Because it reads the descriptors, fields added to the contracts later are covered
 without code here. Each service's ``validation`` module adds its own rules (ids,
-ranges) on top and is the one place its servicer calls.
+ranges) on top and is the one place its servicer calls. The conversions of
+:mod:`neuralops.servers.runtime.convert` make the same checks as they go (raising
+``NotValid``, which names no field), so a request converted anyway is walked once and
+:func:`message_violations` names the fields only when the conversion refuses it
+(RunHistory's runs).
 """
 
 from __future__ import annotations

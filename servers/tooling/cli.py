@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,25 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Probe is noise
+
+
+# Allocations between young garbage collections in a serving process (CPython: 700).
+YOUNG_COLLECTION = 20_000
+
+
+def tune_collector() -> None:
+    """Once the servers have started: freeze the process's own objects (modules,
+    descriptors, servers, pools) out of every later collection, and collect young
+    objects every YOUNG_COLLECTION allocations. Requests allocate many short-lived
+    containers (a 200-run BatchLogRuns about 6,000 dicts and lists), nearly all freed
+    by reference counting when the call ends; with the default thresholds the
+    collector still ran young collections every few hundred runs and, as converted
+    runs outlived them, older ones walking the whole heap (about 3 ms per batch on
+    average, single pauses of 70 ms). Reference cycles are still collected, later."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION, middle, old)
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
@@ -66,6 +86,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
             print(
                 f"HTTP/JSON and console on http://{config.bind_host}:{app.http.port}/", flush=True
             )
+        tune_collector()
         print("ready", flush=True)
         wait_for_stop_signal()
         app.stop(grace=args.grace)
