@@ -345,27 +345,24 @@ class RunHistoryCallback(_Base):
             ns: str | None = None
             step = 0
             if node is not None and name == node and not (tags and _HIDDEN in tags):
+                # A node (unless it is its own node's inner runnable).
                 ns = meta.get("langgraph_checkpoint_ns", "")
                 step = meta.get("langgraph_step", 0)
                 rec.nodes += 1
-                # A node (unless it is its own node's inner runnable).
-                if not self._capture:
-                    inputs = None
-                elif rec.nodes <= self._io_nodes:
-                    self._io.add(key)
-                else:
-                    inputs = cap.DROPPED
+                capture, seen, bound = self._capture, rec.nodes, self._io_nodes
             elif pkey in self._calls:  # a chain or graph run inside a tool or model call
                 name = name or (serialized or {}).get("name") or "chain"
                 rec.calls += 1
-                if not self._capture_calls:
-                    inputs = None
-                elif rec.calls <= self._io_calls:
-                    self._io.add(key)
-                else:
-                    inputs = cap.DROPPED
-            else:
+                capture, seen, bound = self._capture_calls, rec.calls, self._io_calls
+            else:  # a runnable inside a node: transparent, nothing of it kept
+                capture, seen, bound = False, 0, 0
+            # Captured up to the bound, then marked dropped (the record says truncated).
+            if not capture:
                 inputs = None
+            elif seen <= bound:
+                self._io.add(key)
+            else:
+                inputs = cap.DROPPED
             rec.log.extend((_START, key, pkey, name, ns, step, inputs, now))
         except Exception:
             log.exception("neuralops hook: on_chain_start failed")
