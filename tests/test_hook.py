@@ -480,3 +480,40 @@ def test_run_dict_bad_status_lists_both_spellings() -> None:
     with pytest.raises(InvalidArgumentError) as err:
         run_message({"wpk_id": "w", "status": "done"})
     assert "completed (RUN_STATUS_COMPLETED)" in str(err.value)
+
+
+def test_a_huge_fan_out_holds_node_inputs_only_up_to_the_bound() -> None:
+    # Until a run is built, the hook holds what its nodes were given: past the bound
+    # (2 * max_node_logs + 16 nodes) a node's input is not held, only marked dropped, so
+    # memory stays bounded however many tasks a run fans out to.
+    from langgraph.types import Send
+    from neuralops.clients import capture as cap
+    from neuralops.clients import langgraph as lg
+
+    class Team(TypedDict, total=False):
+        log: Annotated[list[str], operator.add]
+
+    held: list[Any] = []
+
+    class Keep:
+        def submit(self, item: Any) -> None:
+            held.append(item)
+
+    g: Any = StateGraph(Team)
+    g.add_node("work", lambda s: {"log": ["w"]})
+    g.add_conditional_edges(START, lambda s: [Send("work", {"n": i}) for i in range(60)], ["work"])
+    hook = RunHistoryCallback(sender=Keep(), max_node_logs=3)  # type: ignore[arg-type]
+    g.compile(name="fan").invoke({"log": []}, {"callbacks": [hook]})
+    (rec,) = held
+    log_, inputs = rec.log, []
+    i = 0
+    while i < len(log_):
+        if log_[i] == lg._START and log_[i + 4] is not None:  # a node's start event
+            inputs.append(log_[i + 6])
+        i += lg._SIZE[log_[i]]
+    assert len(inputs) == 60
+    kept = [x for x in inputs if x is not cap.DROPPED]
+    assert len(kept) == 2 * 3 + 16
+    assert all(x is cap.DROPPED for x in inputs[len(kept) :])
+    run = rec()  # the record still has its 3 nodes, and says the rest was omitted
+    assert len(run.node_logs) == 3 and run.omitted_node_logs == 57
