@@ -1,8 +1,9 @@
 """What the LangGraph hook captures, bounded, and the Run message built from it.
 
 Runs on the sender's thread (never the graph's): the callbacks only keep references
-and timestamps, and this module turns them into a :class:`pb.Run` within the capture
-budget. Two budgets bound the captured inputs/outputs: ``node_bytes`` per node or call
+and timestamps, and this module turns what they kept into JSON text for the record
+(the ``*_json`` twins of its Struct fields, :mod:`neuralops.clients.jsontext`), within
+the capture budget. Two budgets bound the captured inputs/outputs: ``node_bytes`` per node or call
 (and for the run's own inputs and outputs) and ``run_bytes`` for the whole run; sizes
 are counted as the JSON text would be (roughly: characters of strings and keys, 8 per
 number). What does not fit is cut (strings get a trailing ``…``, containers an entry
@@ -13,16 +14,17 @@ its decimal text, so it is never silently rounded. Floats JSON cannot carry (NaN
 infinities) are captured as null, as ``JSON.stringify`` and orjson write them.
 
 Speed: most values are small, plain JSON-like data and LangChain messages. They take a
-fast path: one ``orjson.dumps`` (C) decides whether the value fits its budget as it is
-(no string over ``max_chars``, no integer past 2^53, nesting within bounds), and
-``orjson.loads`` hands back plain dicts and lists that fill the Struct with exact-type
-dispatch. Anything else (too big, odd types, deep) takes the careful walk
-(:func:`bounded`), which cuts where needed.
+fast path: one ``orjson.dumps`` (C) writes the text and decides whether the value fits
+its budget as it is (no string over ``max_chars``, no integer past 2^53, nesting within
+bounds); that text is what the record carries, so no Struct is built. Anything else
+(too big, odd types, deep) takes the careful walk (:func:`bounded`), which cuts where
+needed, and its result is written the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import uuid
@@ -40,6 +42,7 @@ try:  # a dependency of langsmith (so of langchain-core) on CPython; the walk wo
 except ImportError:  # pragma: no cover
     orjson = None  # type: ignore[assignment]
 from neuralops.clients.enums import CALL_KIND, RUN_STATUS
+from neuralops.clients.jsontext import deeper_than
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 
 MAX_EXACT_INT = 2**53
@@ -219,31 +222,33 @@ def capture(value: Any, run: Budget, per_item: int) -> tuple[dict[str, Any] | No
     return (v if isinstance(v, dict) else {"value": v}), b.cut
 
 
-def fill(target: struct_pb2.Struct, value: Any, run: Budget, per_item: int) -> bool:
-    """Capture ``value`` into ``target`` within ``per_item`` bytes and the run's budget
-    (which it spends); True when something was cut (or the run's budget was spent)."""
+def json_capture(value: Any, run: Budget, per_item: int) -> tuple[bytes, bool]:
+    """``value`` as the JSON text of an object (what a Struct's ``*_json`` twin takes,
+    :mod:`neuralops.clients.jsontext`) within ``per_item`` bytes and the run's budget,
+    which it spends; and whether something was cut (or the run's budget was spent).
+    ``b""`` (the field left unset) for nothing. A value that is not a mapping is
+    captured as ``{"value": ...}``."""
     if value is None:
-        return False
+        return b"", False
     if run.left <= 0 or value is DROPPED:
-        return True
+        return b"", True
     if orjson is not None:
         text = _fast_json(value, min(per_item, run.left), run.max_chars)
         if text is not None:
-            plain = orjson.loads(text)
-            try:
-                if type(plain) is dict:
-                    _fill_struct(target, plain, 0)
-                else:
-                    _fill_value(target.fields["value"], plain, 1)
-            except _TooDeep:
-                target.Clear()
-            else:
+            if text[:1] != b"{":
+                text = b'{"value":' + text + b"}"
+            if not deeper_than(text, MAX_DEPTH):
                 run.left -= len(text)
-                return False
+                return text, False
     d, cut = capture(value, run, per_item)
-    if d is not None:
-        target.update(d)
-    return cut
+    return (b"" if d is None else _dumps(d)), cut
+
+
+def _dumps(d: dict[str, Any]) -> bytes:
+    """What the careful walk made (JSON types only) as JSON text."""
+    if orjson is not None:
+        return orjson.dumps(d)
+    return json.dumps(d, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 # Dataclasses go through _json_default, so LangGraph's (Command, Interrupt) get their shape.
@@ -324,43 +329,6 @@ def _json_default(value: Any) -> Any:
     if callable(dump):
         return dump()
     raise TypeError(type(value).__name__)  # the careful walk takes it (repr, ...)
-
-
-class _TooDeep(Exception):
-    pass
-
-
-def _fill_struct(s: struct_pb2.Struct, d: dict[str, Any], depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise _TooDeep
-    fields = s.fields
-    for k, v in d.items():
-        _fill_value(fields[k], v, depth + 1)
-
-
-def _fill_value(x: struct_pb2.Value, v: Any, depth: int) -> None:
-    """One JSON value from ``orjson.loads`` (exact types only) into a Struct Value."""
-    t = type(v)
-    if t is str:
-        x.string_value = v
-    elif t is int or t is float:
-        x.number_value = v
-    elif t is bool:
-        x.bool_value = v
-    elif v is None:
-        x.null_value = struct_pb2.NULL_VALUE
-    elif t is dict:
-        _fill_struct(x.struct_value, v, depth)
-        if not v:
-            x.struct_value.SetInParent()
-    else:
-        if depth > MAX_DEPTH:
-            raise _TooDeep
-        values = x.list_value.values
-        for item in v:
-            _fill_value(values.add(), item, depth + 1)
-        if not v:
-            x.list_value.SetInParent()
 
 
 def struct(d: dict[str, Any]) -> struct_pb2.Struct:

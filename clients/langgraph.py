@@ -878,9 +878,10 @@ class RunHistoryCallback(_Base):
             error=error,
             omitted_node_logs=run.omitted,
         )
-        truncated = False
-        for target, value in ((msg.inputs, run.inputs), (msg.outputs, outputs)):
-            truncated |= cap.fill(target, value, budget, self._node_budget)
+        per = self._node_budget
+        msg.inputs_json, cut_in = cap.json_capture(run.inputs, budget, per)
+        msg.outputs_json, cut_out = cap.json_capture(outputs, budget, per)
+        truncated = cut_in or cut_out
         self._context(msg, run)
         usage = _Totals()
         since = time.perf_counter()
@@ -910,9 +911,8 @@ class RunHistoryCallback(_Base):
             if not k.startswith(_INTERNAL_META) and k not in ("thread_id", "checkpoint_id")
         }
         if given:
-            cap.fill(
-                msg.metadata, given, cap.Budget(self._node_budget, self._max), self._node_budget
-            )
+            budget = cap.Budget(self._node_budget, self._max)
+            msg.metadata_json, _ = cap.json_capture(given, budget, self._node_budget)
 
     def _interrupts(self, msg: pb.Run, run: _Run, budget: cap.Budget) -> None:
         seen: set[str] = set()
@@ -952,8 +952,10 @@ class RunHistoryCallback(_Base):
         truncated = False
         if self._capture:
             # The update first: it is what the node did; the input is often the whole state.
-            for target, value in ((node.output, n.output), (node.input, n.input)):
-                truncated |= cap.fill(target, value, budget, self._node_budget)
+            per = self._node_budget
+            node.output_json, cut_out = cap.json_capture(n.output, budget, per)
+            node.input_json, cut_in = cap.json_capture(n.input, budget, per)
+            truncated = cut_out or cut_in
         for c in n.calls:
             call, cut = self._call_message(c, budget, usage)
             truncated |= cut
@@ -985,13 +987,15 @@ class RunHistoryCallback(_Base):
             if c.first_token is not None:
                 call.time_to_first_token_ms = round((c.first_token - c.start) * 1000)
             if params and self._capture_calls:
-                cap.fill(call.parameters, params, budget, self._node_budget)
+                call.parameters_json, _ = cap.json_capture(params, budget, self._node_budget)
             output = cap.generation_output(output) if output is not None else None
         usage.add(c.kind, call)
         truncated = False
         if self._capture_calls:
-            for target, value in ((call.output, output), (call.input, c.input)):
-                truncated |= cap.fill(target, value, budget, self._node_budget)
+            per = self._node_budget
+            call.output_json, cut_out = cap.json_capture(output, budget, per)
+            call.input_json, cut_in = cap.json_capture(c.input, budget, per)
+            truncated = cut_out or cut_in
         for inner in c.calls:
             sub, cut = self._call_message(inner, budget, usage)
             truncated |= cut

@@ -1,5 +1,6 @@
-"""The hook's capture: the fast path (orjson) and the careful walk give the same record,
-and every bound (budget, string length, integer precision, depth) holds on both."""
+"""The hook's capture: the fast path (orjson) and the careful walk give the same record
+(the JSON text of a Struct's ``*_json`` twin), and every bound (budget, string length,
+integer precision, depth) holds on both."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from datetime import date
 from enum import Enum
 from typing import Any
 
-from google.protobuf import struct_pb2
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.types import Command
 from neuralops.clients import capture as cap
-from neuralops.clients.runs import to_python
+from neuralops.clients.jsontext import deeper_than
 
 json_scalars = (
     st.none()
@@ -36,15 +37,16 @@ json_values = st.recursive(
 
 
 def careful(value: Any, budget: int = 1_000_000, max_chars: int = 2000) -> tuple[Any, bool]:
-    """The walk alone (what the fast path must agree with)."""
+    """The walk alone (what the fast path must agree with), as JSON text read back."""
     d, cut = cap.capture(value, cap.Budget(budget, max_chars), budget)
-    return (None if d is None else to_python(cap.struct(d))), cut
+    return (None if d is None else orjson.loads(orjson.dumps(d))), cut
 
 
 def filled(value: Any, budget: int = 1_000_000, max_chars: int = 2000) -> tuple[Any, bool]:
-    s = struct_pb2.Struct()
-    cut = cap.fill(s, value, cap.Budget(budget, max_chars), budget)
-    return to_python(s), cut
+    """What the record carries: the JSON text ``json_capture`` writes, read back."""
+    text, cut = cap.json_capture(value, cap.Budget(budget, max_chars), budget)
+    assert text[:1] == b"{" and not deeper_than(text, 32)  # what the server takes
+    return orjson.loads(text), cut
 
 
 @settings(max_examples=300, deadline=None)
@@ -72,7 +74,7 @@ def test_integers_past_2_53_are_text_and_non_finite_floats_null() -> None:
     got, cut = filled(value)
     assert got == {"big": str(2**60), "small": 15, "nan": None, "inf": None}
     assert not cut
-    assert type(got["small"]) is int  # 15 stays 15 through to_python
+    assert type(got["small"]) is int  # 15 stays 15
 
 
 def test_long_strings_and_budgets_are_cut_and_flagged() -> None:
@@ -136,3 +138,35 @@ def test_a_value_far_over_its_budget_is_not_written_whole() -> None:
     got, cut = filled(big, budget=64_000)
     assert cut and len(got["docs"]) < 1000
     assert time.perf_counter() - started < 0.5  # the walk stops at the budget
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+json_trees = st.recursive(
+    json_scalars | st.text(alphabet='[]{}"\\ab', max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_trees, st.integers(min_value=1, max_value=40))
+def test_nesting_is_read_off_the_text_as_a_parser_would(value: Any, limit: int) -> None:
+    # Brackets, quotes and backslashes inside strings must not count as nesting.
+    assert deeper_than(orjson.dumps(value), limit) == (_depth(value) > limit)
+
+
+def test_a_value_that_is_not_a_mapping_is_captured_under_value() -> None:
+    assert filled(["a", 1]) == ({"value": ["a", 1]}, False)
+    assert filled("text") == ({"value": "text"}, False)
+    # An object that captures as a mapping (a message) is that mapping, on both paths.
+    assert filled(HumanMessage("hi")) == careful(HumanMessage("hi"))
+    assert filled(HumanMessage("hi"))[0] == {"type": "human", "content": "hi"}

@@ -9,6 +9,7 @@ import math
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import grpc
 import pytest
@@ -196,3 +197,77 @@ def test_probe_overflow_and_non_numeric_prometheus(config: Config, garbage_prome
         assert all(not s.signal_id for s in reply.series)
     finally:
         app.stop(grace=1)
+
+
+def test_json_twins_store_and_read_back_as_their_structs(stack: App) -> None:
+    # The same content sent as Structs and as *_json text reads back identically, in
+    # the Struct fields (the twins are write-only), integers as integers.
+    stub = _rh(stack)
+    content: dict[str, Any] = {
+        "q": "refund \x00 \u2400",
+        "n": 15,
+        "x": 1.5,
+        "deep": {"l": [1, None, True]},
+    }
+    as_struct = struct_pb2.Struct()
+    as_struct.update(content)
+    text = json.dumps(content).encode()
+
+    def run(run_id: str, twin: bool) -> pb.Run:
+        r = pb.Run(wpk_id="w", run_id=run_id, status=pb.RUN_STATUS_COMPLETED)
+        node = r.node_logs.add(name="a")
+        call = node.calls.add(name="m", kind=pb.CALL_KIND_MODEL)
+        if twin:
+            r.inputs_json = node.output_json = call.input_json = text
+        else:
+            for target in (r.inputs, node.output, call.input):
+                target.CopyFrom(as_struct)
+        return r
+
+    stub.BatchLogRuns(pb.BatchLogRunsRequest(runs=[run("struct", False), run("json", True)]))
+    got = {r: stub.GetRun(pb.GetRunRequest(wpk_id="w", run_id=r)).run for r in ("struct", "json")}
+    for r in got.values():
+        assert r.inputs == as_struct
+        assert r.node_logs[0].output == as_struct
+        assert r.node_logs[0].calls[0].input == as_struct
+        assert not r.inputs_json and not r.node_logs[0].output_json  # write-only
+    from neuralops.clients.runs import to_python
+
+    assert to_python(got["json"].inputs) == content
+    assert type(to_python(got["json"].inputs)["n"]) is int
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (b"{not json", "is not JSON text"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"x": NaN}', "is not JSON text"),
+        (b'{"x": 1e999}', "is not JSON text"),
+        (b'{"x": "\xff"}', "is not JSON text"),
+        (b'{"k": ' * 33 + b"1" + b"}" * 33, "nested more than 32 levels"),
+    ],
+)
+def test_a_malformed_json_twin_names_its_field(stack: App, text: bytes, says: str) -> None:
+    stub = _rh(stack)
+    good = pb.Run(wpk_id="w", run_id="ok", status=pb.RUN_STATUS_COMPLETED)
+    bad = pb.Run(
+        wpk_id="w",
+        run_id="bad",
+        status=pb.RUN_STATUS_COMPLETED,
+        node_logs=[pb.NodeLog(name="a"), pb.NodeLog(name="b", input_json=text)],
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub.BatchLogRuns(pb.BatchLogRunsRequest(runs=[good, bad]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(err.value) == ["runs[1].node_logs[1].input_json"]
+    assert says in (err.value.details() or "")
+    # Nothing of the refused batch was stored; the good run alone goes in.
+    assert stub.LogRun(pb.LogRunRequest(run=good)).created
+
+
+def test_a_struct_and_its_json_twin_both_set_is_refused(stack: App) -> None:
+    stub = _rh(stack)
+    both = pb.Run(wpk_id="w", run_id="both", status=pb.RUN_STATUS_COMPLETED, inputs_json=b"{}")
+    both.inputs.update({"a": 1})
+    assert _invalid(stub.LogRun, pb.LogRunRequest(run=both)) == ["run.inputs_json"]

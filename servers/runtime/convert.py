@@ -7,6 +7,10 @@ builds and re-parses JSON per field. The dicts they make are what ``json_format`
 stored as lowercase names without their prefix (``completed``) and 64-bit integers
 stay integers; :func:`dict_message` reads both back.
 
+A Struct's ``*_json`` twin (``NodeLog.input_json``, :mod:`neuralops.clients.jsontext`)
+is parsed (orjson, C) and stored under the Struct's name, so a run stores and reads
+back the same whichever of the two its writer set.
+
 The walk also checks, as it goes, what the generic request checks of
 :mod:`neuralops.servers.runtime.validation` refuse: NaN or infinite numbers in a
 Struct, a Struct nested deeper than ``MAX_STRUCT_DEPTH``, a Timestamp or Duration
@@ -29,11 +33,13 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from neuralops.clients.enums import BY_PROTO_ENUM
+from neuralops.clients.jsontext import twins
 from neuralops.servers.runtime.validation import (
     MAX_DURATION_SECONDS,
     MAX_STRUCT_DEPTH,
     MAX_TIMESTAMP_SECONDS,
     MIN_TIMESTAMP_SECONDS,
+    json_object,
 )
 
 M = TypeVar("M", bound=Message)
@@ -178,6 +184,18 @@ def duration_text(d: Any) -> str:
 
 # ------------------------------------------------------------- messages as dicts
 
+
+def _json_twin(raw: bytes) -> dict[str, Any]:
+    try:
+        return json_object(raw)
+    except ValueError as exc:
+        raise NotValid(str(exc)) from None
+
+
+def _both_set(stem: str) -> NotValid:
+    return NotValid(f"sets both {stem} and {stem}_json")
+
+
 _Convert = Callable[[Any], Any]
 # Keyed by (descriptor, strict) (typed Any: the upb runtime's classes are not the stubs').
 _field_converters: dict[tuple[Any, bool], _Convert] = {}
@@ -270,11 +288,22 @@ def _compile(desc: Any, strict: bool) -> Callable[[Any], dict[str, Any]] | None:
     ``strict``: an enum number the proto does not define raises :class:`NotValid`."""
     if desc.extension_ranges:
         return None
-    env: dict[str, Any] = {"NotValid": NotValid}
+    env: dict[str, Any] = {"NotValid": NotValid, "twin": _json_twin, "both": _both_set}
     body = ["def convert(m):", "    out = {}"]
+    stems = {json_field: stem for stem, json_field in twins(desc)}
     for i, fd in enumerate(sorted(desc.fields, key=lambda f: f.number)):
         name = fd.name
         read = f"getattr(m, {name!r})" if keyword.iskeyword(name) else f"m.{name}"
+        stem = stems.get(name)
+        if stem is not None:  # JSON text, stored as its Struct (numbered before it)
+            body += [
+                f"    v = {read}",
+                "    if v:",
+                f"        if {stem!r} in out:",
+                f"            raise both({stem!r})",
+                f"        out[{stem!r}] = twin(v)",
+            ]
+            continue
         env[f"c{i}"] = _field_converter(fd, strict)
         if fd.is_repeated or _is_map(fd):
             body += [f"    v = {read}", "    if v:", f"        out[{name!r}] = c{i}(v)"]
@@ -314,6 +343,12 @@ def _walk(message: Message, strict: bool) -> dict[str, Any]:
         if entry is None:  # an extension
             entry = (fd.name, _field_converter(fd, strict))
         out[entry[0]] = entry[1](value)
+    for stem, json_field in twins(desc):
+        raw = out.pop(json_field, None)
+        if raw:
+            if stem in out:
+                raise _both_set(stem)
+            out[stem] = _json_twin(raw)
     return out
 
 

@@ -3,7 +3,9 @@
 :func:`message_violations` walks any request message and names each field the
 servers could not store or compute with: an enum number the proto does not define,
 a Timestamp or Duration outside protobuf's range, a NaN or infinite number (in a
-double field or inside a Struct), a Struct nested deeper than :data:`MAX_STRUCT_DEPTH`.
+double field or inside a Struct), a Struct nested deeper than :data:`MAX_STRUCT_DEPTH`,
+and a Struct's ``*_json`` twin (:mod:`neuralops.clients.jsontext`) that is not a JSON
+object within the same bounds, or is set beside its Struct.
 Because it reads the descriptors, fields added to the contracts later are covered
 without code here. Each service's ``validation`` module adds its own rules (ids,
 ranges) on top and is the one place its servicer calls. The conversions of
@@ -19,9 +21,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from neuralops.clients.jsontext import deeper_than, twins
 from neuralops.servers.runtime import pagination
 from neuralops.servers.runtime.errors import FieldViolation, InvalidArgument
 
@@ -102,6 +106,53 @@ def _list(msg: Any, path: str, depth: int, out: list[FieldViolation]) -> None:
             return
 
 
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The content of a Struct's ``*_json`` twin: the UTF-8 text of a JSON object (NaN
+    and infinities are not JSON), nested at most :data:`MAX_STRUCT_DEPTH` levels.
+    Raises ValueError saying what is wrong."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"is not JSON text ({clip(str(exc))})") from None
+    if type(value) is not dict:
+        raise ValueError("must be a JSON object")
+    if deeper_than(raw, MAX_STRUCT_DEPTH):
+        raise ValueError(f"is nested more than {MAX_STRUCT_DEPTH} levels deep")
+    return value
+
+
+def _both(stem: str, json_field: str) -> str:
+    return f"is set beside {stem}: set {stem} or {json_field}, not both"
+
+
+def _twins(msg: Any, path: str, out: list[FieldViolation]) -> None:
+    for stem, json_field in twins(msg.DESCRIPTOR):
+        raw = getattr(msg, json_field)
+        if not raw:
+            continue
+        if msg.HasField(stem):
+            out.append(FieldViolation(_name(path, json_field), _both(stem, json_field)))
+            continue
+        try:
+            json_object(raw)
+        except ValueError as exc:
+            out.append(FieldViolation(_name(path, json_field), str(exc)))
+
+
+def _twins_ok(msg: Any, pairs: tuple[tuple[str, str], ...]) -> bool:
+    for stem, json_field in pairs:
+        raw = getattr(msg, json_field)
+        if not raw:
+            continue
+        if msg.HasField(stem):
+            return False
+        try:
+            json_object(raw)
+        except ValueError:
+            return False
+    return True
+
+
 # ------------------------------------------------------------------ any message
 
 
@@ -134,6 +185,7 @@ def _message(msg: Message, path: str, out: list[FieldViolation]) -> None:
     if full == _LIST:
         _list(msg, path, 1, out)
         return
+    _twins(msg, path, out)
     for field, value in msg.ListFields():
         here = _name(path, field.name)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
@@ -251,7 +303,7 @@ def _single_check(field: Any) -> _Check | None:
 
 def _needs_look(desc: Any, seen: set[Any]) -> bool:
     """Whether a message of this type can hold anything the checks look at."""
-    if desc.full_name in _WELL_KNOWN or desc in seen:
+    if desc.full_name in _WELL_KNOWN or desc in seen or twins(desc):
         return True
     seen.add(desc)
     for field in desc.fields:
@@ -301,6 +353,9 @@ def _message_ok(msg: Any) -> bool:
         if known is not None:
             return known(msg)
         plan = _plan(desc)
+    pairs = twins(desc)
+    if pairs and not _twins_ok(msg, pairs):
+        return False
     if not plan:
         return True
     for field, value in msg.ListFields():

@@ -228,6 +228,9 @@ class Call(_message.Message):
     CALLS_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
+    OUTPUT_JSON_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The callback run id LangChain gave the call (a UUID)."""
     kind: Global___CallKind.ValueType
@@ -250,6 +253,27 @@ class Call(_message.Message):
     """
     truncated: _builtins.bool
     """True when `input` or `output` was cut to fit the capture budget."""
+    input_json: _builtins.bytes
+    """`input` as the UTF-8 text of a JSON object, for writers that already
+    hold JSON (the LangGraph hook sends this: no Struct to build, and the
+    server parses it in C instead of walking a Struct). Set `input` or
+    `input_json`, not both. The same rules apply: no NaN or infinity,
+    nesting at most 32 levels. Write-only: reads return it in `input`.
+    """
+    output_json: _builtins.bytes
+    """`output` as the UTF-8 text of a JSON object, for writers that already
+    hold JSON (the LangGraph hook sends this: no Struct to build, and the
+    server parses it in C instead of walking a Struct). Set `output` or
+    `output_json`, not both. The same rules apply: no NaN or infinity,
+    nesting at most 32 levels. Write-only: reads return it in `output`.
+    """
+    parameters_json: _builtins.bytes
+    """`parameters` as the UTF-8 text of a JSON object, for writers that already
+    hold JSON (the LangGraph hook sends this: no Struct to build, and the
+    server parses it in C instead of walking a Struct). Set `parameters` or
+    `parameters_json`, not both. The same rules apply: no NaN or infinity,
+    nesting at most 32 levels. Write-only: reads return it in `parameters`.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the call started."""
@@ -304,10 +328,13 @@ class Call(_message.Message):
         calls: _abc.Iterable[Global___Call] | None = ...,
         parameters: _struct_pb2.Struct | None = ...,
         truncated: _builtins.bool = ...,
+        input_json: _builtins.bytes = ...,
+        output_json: _builtins.bytes = ...,
+        parameters_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_time_to_first_token_ms", b"_time_to_first_token_ms", "end_time", b"end_time", "input", b"input", "output", b"output", "parameters", b"parameters", "start_time", b"start_time", "time_to_first_token_ms", b"time_to_first_token_ms", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_time_to_first_token_ms", b"_time_to_first_token_ms", "calls", b"calls", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "id", b"id", "input", b"input", "kind", b"kind", "model", b"model", "name", b"name", "output", b"output", "parameters", b"parameters", "provider", b"provider", "start_time", b"start_time", "status", b"status", "time_to_first_token_ms", b"time_to_first_token_ms", "truncated", b"truncated", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_time_to_first_token_ms", b"_time_to_first_token_ms", "calls", b"calls", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "id", b"id", "input", b"input", "input_json", b"input_json", "kind", b"kind", "model", b"model", "name", b"name", "output", b"output", "output_json", b"output_json", "parameters", b"parameters", "parameters_json", b"parameters_json", "provider", b"provider", "start_time", b"start_time", "status", b"status", "time_to_first_token_ms", b"time_to_first_token_ms", "truncated", b"truncated", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__time_to_first_token_ms: _TypeAlias = _typing.Literal["time_to_first_token_ms"]  # noqa: Y015
     _WhichOneofArgType__time_to_first_token_ms: _TypeAlias = _typing.Literal["_time_to_first_token_ms", b"_time_to_first_token_ms"]  # noqa: Y015
@@ -375,6 +402,8 @@ class NodeLog(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     CALLS_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
+    OUTPUT_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Node name as registered in the graph, e.g. "retrieve". Required."""
     path: _builtins.str
@@ -396,6 +425,20 @@ class NodeLog(_message.Message):
     truncated: _builtins.bool
     """True when `input` or `output` was cut (or left out) to fit the hook's
     per-node or per-run capture budget.
+    """
+    input_json: _builtins.bytes
+    """`input` as the UTF-8 text of a JSON object, for writers that already
+    hold JSON (the LangGraph hook sends this: no Struct to build, and the
+    server parses it in C instead of walking a Struct). Set `input` or
+    `input_json`, not both. The same rules apply: no NaN or infinity,
+    nesting at most 32 levels. Write-only: reads return it in `input`.
+    """
+    output_json: _builtins.bytes
+    """`output` as the UTF-8 text of a JSON object, for writers that already
+    hold JSON (the LangGraph hook sends this: no Struct to build, and the
+    server parses it in C instead of walking a Struct). Set `output` or
+    `output_json`, not both. The same rules apply: no NaN or infinity,
+    nesting at most 32 levels. Write-only: reads return it in `output`.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -435,10 +478,12 @@ class NodeLog(_message.Message):
         attempt: _builtins.int = ...,
         calls: _abc.Iterable[Global___Call] | None = ...,
         truncated: _builtins.bool = ...,
+        input_json: _builtins.bytes = ...,
+        output_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "input", b"input", "output", b"output", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "calls", b"calls", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "input", b"input", "name", b"name", "output", b"output", "path", b"path", "start_time", b"start_time", "status", b"status", "step", b"step", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "calls", b"calls", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "input", b"input", "input_json", b"input_json", "name", b"name", "output", b"output", "output_json", b"output_json", "path", b"path", "start_time", b"start_time", "status", b"status", "step", b"step", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -454,6 +499,11 @@ class Run(_message.Message):
     the HTTP/JSON form give it back as one, so 15 stays 15. Integers beyond
     2^53 cannot be carried exactly by a double: the hook sends them as their
     decimal text (a string) instead.
+
+    Each of these Struct fields has a `*_json` twin (`inputs_json`,
+    `input_json`, ...) taking the same content as JSON text; reads always
+    answer in the Struct field. JSON integers are stored exactly, but reads
+    still carry them as doubles (exact up to 2^53).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -480,6 +530,9 @@ class Run(_message.Message):
     INTERRUPTS_FIELD_NUMBER: _builtins.int
     OMITTED_NODE_LOGS_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    INPUTS_JSON_FIELD_NUMBER: _builtins.int
+    OUTPUTS_JSON_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned row id (UUID). Output only."""
     wpk_id: _builtins.str
@@ -524,6 +577,27 @@ class Run(_message.Message):
     truncated: _builtins.bool
     """True when some captured input or output in this run was cut to fit the
     hook's capture budget (see NodeLog.truncated and Call.truncated).
+    """
+    inputs_json: _builtins.bytes
+    """`inputs` as the UTF-8 text of a JSON object, for writers that already
+    hold JSON (the LangGraph hook sends this: no Struct to build, and the
+    server parses it in C instead of walking a Struct). Set `inputs` or
+    `inputs_json`, not both. The same rules apply: no NaN or infinity,
+    nesting at most 32 levels. Write-only: reads return it in `inputs`.
+    """
+    outputs_json: _builtins.bytes
+    """`outputs` as the UTF-8 text of a JSON object, for writers that already
+    hold JSON (the LangGraph hook sends this: no Struct to build, and the
+    server parses it in C instead of walking a Struct). Set `outputs` or
+    `outputs_json`, not both. The same rules apply: no NaN or infinity,
+    nesting at most 32 levels. Write-only: reads return it in `outputs`.
+    """
+    metadata_json: _builtins.bytes
+    """`metadata` as the UTF-8 text of a JSON object, for writers that already
+    hold JSON (the LangGraph hook sends this: no Struct to build, and the
+    server parses it in C instead of walking a Struct). Set `metadata` or
+    `metadata_json`, not both. The same rules apply: no NaN or infinity,
+    nesting at most 32 levels. Write-only: reads return it in `metadata`.
     """
     @_builtins.property
     def inputs(self) -> _struct_pb2.Struct:
@@ -588,10 +662,13 @@ class Run(_message.Message):
         interrupts: _abc.Iterable[Global___Interrupt] | None = ...,
         omitted_node_logs: _builtins.int = ...,
         truncated: _builtins.bool = ...,
+        inputs_json: _builtins.bytes = ...,
+        outputs_json: _builtins.bytes = ...,
+        metadata_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "inputs", b"inputs", "metadata", b"metadata", "outputs", b"outputs", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "created_at", b"created_at", "duration_ms", b"duration_ms", "embedding_status", b"embedding_status", "error", b"error", "id", b"id", "inputs", b"inputs", "interrupts", b"interrupts", "metadata", b"metadata", "node_logs", b"node_logs", "omitted_node_logs", b"omitted_node_logs", "outputs", b"outputs", "run_id", b"run_id", "session_id", b"session_id", "status", b"status", "tags", b"tags", "thread_id", b"thread_id", "truncated", b"truncated", "updated_at", b"updated_at", "usage", b"usage", "user_id", b"user_id", "wpk_id", b"wpk_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "created_at", b"created_at", "duration_ms", b"duration_ms", "embedding_status", b"embedding_status", "error", b"error", "id", b"id", "inputs", b"inputs", "inputs_json", b"inputs_json", "interrupts", b"interrupts", "metadata", b"metadata", "metadata_json", b"metadata_json", "node_logs", b"node_logs", "omitted_node_logs", b"omitted_node_logs", "outputs", b"outputs", "outputs_json", b"outputs_json", "run_id", b"run_id", "session_id", b"session_id", "status", b"status", "tags", b"tags", "thread_id", b"thread_id", "truncated", b"truncated", "updated_at", b"updated_at", "usage", b"usage", "user_id", b"user_id", "wpk_id", b"wpk_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,56 @@
+"""JSON text in the RunHistory contract: the ``*_json`` twins of Struct fields.
+
+A Struct field such as ``NodeLog.input`` has a twin ``input_json`` (bytes) holding the
+same content as the UTF-8 text of a JSON object. A writer that already holds JSON (the
+LangGraph hook, which captures through orjson) sends the twin: it builds no Struct, and
+the server parses the text in C instead of walking a Struct. Both ends need the same
+two facts, kept here: which fields are twins (read from the descriptors, so twins added
+later are covered), and how deep a JSON text nests (the contract's nesting bound),
+found without parsing it.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+__all__ = ["JSON_SUFFIX", "deeper_than", "twins"]
+
+JSON_SUFFIX = "_json"
+
+# A JSON string (escapes included), anything but a bracket, and a bracket pair with
+# nothing between: what is left of the innermost containers once the rest is gone.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+_EMPTY_PAIR = re.compile(rb"[\[{][\]}]")
+
+
+def deeper_than(text: bytes, limit: int) -> bool:
+    """Whether the JSON ``text`` nests arrays and objects more than ``limit`` levels
+    (the outermost object is level 1). Regular expressions do the work (no Python per
+    value): strings are dropped, then only brackets are kept, then each pass removes
+    the innermost pairs, one level at a time. ``text`` must be valid JSON."""
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return False  # fewer brackets than levels allowed (brackets in strings count too)
+    brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", text))
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = _EMPTY_PAIR.sub(b"", brackets)
+    return bool(brackets)
+
+
+@cache
+def twins(descriptor: Any) -> tuple[tuple[str, str], ...]:
+    """``(struct_field, json_field)`` for each Struct field of the message type that has
+    a ``<name>_json`` bytes twin, in field-number order."""
+    out = []
+    for field in sorted(descriptor.fields, key=lambda f: f.number):
+        if field.type != field.TYPE_BYTES or not field.name.endswith(JSON_SUFFIX):
+            continue
+        stem = descriptor.fields_by_name.get(field.name[: -len(JSON_SUFFIX)])
+        kind = stem.message_type if stem is not None else None
+        if kind is not None and kind.full_name == "google.protobuf.Struct":
+            out.append((stem.name, field.name))
+    return tuple(out)
