@@ -167,8 +167,9 @@ def _signal_ids(insight: insight_pb2_grpc.InsightServiceStub) -> set[str]:
 def _probe_until_signal(
     insight: insight_pb2_grpc.InsightServiceStub, *, quiet: bool, timeout_s: float = 15.0
 ) -> list[tuple[str, str, str]]:
-    """Probe run durations once a second until the slow run shows (Prometheus scrapes
-    every second), then list the stored signals."""
+    """Probe run durations once a second until the slow run's workflow is anomalous
+    (Prometheus scrapes every second; another workflow's series may score first), then
+    list the stored signals."""
     req = ipb.ProbeRequest(
         query=DURATION_QUERY,
         points=30,
@@ -184,11 +185,11 @@ def _probe_until_signal(
                     f"neuralops demo: Probe failed: {exc.code().name}: {exc.details()}"
                 ) from None
             bar.update(1)
-            if reply.anomalies:
+            if any(x.anomalous and x.labels.get("wpk_id") == SLOW_WORKFLOW for x in reply.series):
                 break
             time.sleep(1.0)
     listed = insight.ListSignals(
-        ipb.ListSignalsRequest(metric=DURATION_QUERY, page_size=10), timeout=10
+        ipb.ListSignalsRequest(metric=DURATION_QUERY, page_size=50), timeout=10
     )
     return [(s.id, s.labels.get("wpk_id", s.metric), s.hint) for s in listed.signals]
 
