@@ -28,7 +28,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from datetime import time as clock_time
 from enum import Enum
@@ -65,14 +65,32 @@ _ELLIPSIS = "…"
 
 
 class Budget:
-    """Bytes left for captured values: one per run, and one per node or call."""
+    """Bytes left for captured values: one per run, and one per node or call.
 
-    __slots__ = ("cut", "left", "max_chars")
+    A run's budget also remembers the JSON shape of each LangChain message it wrote (a
+    react agent's messages recur in every node's state, model input and the run's
+    outputs): the shape is made once per message and run. The memo holds the message
+    too, so its id is not reused while the run is built."""
+
+    __slots__ = ("_shapes", "cut", "left", "max_chars")
 
     def __init__(self, left: int, max_chars: int) -> None:
         self.left = left
         self.cut = False
         self.max_chars = max_chars
+        self._shapes: dict[int, tuple[Any, Any]] | None = None
+
+    def json_default(self, value: Any) -> Any:
+        """orjson's ``default``: :func:`_json_default`, once per message."""
+        if not isinstance(value, BaseMessage):
+            return _json_default(value)
+        shapes = self._shapes
+        if shapes is None:
+            shapes = self._shapes = {}
+        known = shapes.get(id(value))
+        if known is None:
+            known = shapes[id(value)] = (value, _message(value))
+        return known[1]
 
 
 def _text(value: str, b: Budget) -> str:
@@ -233,7 +251,7 @@ def json_capture(value: Any, run: Budget, per_item: int) -> tuple[bytes, bool]:
     if run.left <= 0 or value is DROPPED:
         return b"", True
     if orjson is not None:
-        text = _fast_json(value, min(per_item, run.left), run.max_chars)
+        text = _fast_json(value, min(per_item, run.left), run.max_chars, run.json_default)
         if text is not None:
             if text[:1] != b"{":
                 text = b'{"value":' + text + b"}"
@@ -260,13 +278,15 @@ _FAST_OPTIONS = (
 _long_strings: dict[int, re.Pattern[bytes]] = {}
 
 
-def _fast_json(value: Any, limit: int, max_chars: int) -> bytes | None:
+def _fast_json(
+    value: Any, limit: int, max_chars: int, default: Callable[[Any], Any] | None = None
+) -> bytes | None:
     """``value`` as JSON when it fits as it is: within ``limit`` bytes, no string over
     ``max_chars`` (bytes of UTF-8, so a little strict), every integer exact."""
     if _looks_bigger(value, limit):
         return None  # the walk stops at the budget; orjson would write it all first
     try:
-        text: bytes = orjson.dumps(value, default=_json_default, option=_FAST_OPTIONS)
+        text: bytes = orjson.dumps(value, default=default or _json_default, option=_FAST_OPTIONS)
     except (TypeError, ValueError, RecursionError):  # JSONEncodeError is a TypeError
         return None
     if len(text) > limit:

@@ -170,3 +170,15 @@ def test_a_value_that_is_not_a_mapping_is_captured_under_value() -> None:
     # An object that captures as a mapping (a message) is that mapping, on both paths.
     assert filled(HumanMessage("hi")) == careful(HumanMessage("hi"))
     assert filled(HumanMessage("hi"))[0] == {"type": "human", "content": "hi"}
+
+
+def test_a_message_recurring_in_one_run_is_written_the_same_each_time() -> None:
+    # A run's budget remembers each message's shape (a react agent's messages recur in
+    # every node's state): the second capture must equal the first and the walk's.
+    ai = AIMessage(content="5", tool_calls=[{"name": "add", "args": {"a": 2}, "id": "c1"}])
+    run = cap.Budget(1_000_000, 2000)
+    first, _ = cap.json_capture({"messages": [HumanMessage("hi"), ai]}, run, 64_000)
+    again, _ = cap.json_capture({"last": ai, "all": [ai]}, run, 64_000)
+    shape = orjson.loads(first)["messages"][1]
+    assert orjson.loads(again) == {"last": shape, "all": [shape]}
+    assert careful({"m": ai})[0] == {"m": shape}
