@@ -33,11 +33,14 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
 from neuralops.clients import RunHistoryClient
+from neuralops.clients.batching import Encoded
 from neuralops.clients.delivery import RunSender
+from neuralops.clients.jsontext import twins
 from neuralops.clients.langgraph import RunHistoryCallback
 from neuralops.registry.v1 import registry_pb2 as rpb
 from neuralops.registry.v1 import registry_pb2_grpc
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
+from neuralops.servers.runtime.convert import message_dict
 from neuralops.servers.tooling.processes import ServerProcess
 
 from benchmarks.common import Section, start_server, stats_ms
@@ -163,6 +166,7 @@ def run(
         try:
             for graph_name, count in GRAPHS.items():
                 _latency(section, server, Path(tmp), graph_name, n or count)
+            _record_cost(section)
             _sustained(section, server, Path(tmp), sustained)
         finally:
             server.stop()
@@ -234,6 +238,68 @@ def _latency(section: Section, server: ServerProcess, tmp: Path, graph_name: str
     section.add(
         f"{graph_name}: sender still busy after the timed invokes (flush)",
         f"{drain_s:.2f} s after {timed:.2f} s of invokes ({drain_s / timed:.0%})",
+    )
+
+
+class _Keep:
+    """A sender that keeps what the hook hands over (the record is built on demand)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def submit(self, item: Any) -> None:
+        self.items.append(item)
+
+
+def _as_structs(message: Any) -> None:
+    """The same record with its captured values in the Struct fields, as a client that
+    does not send the *_json twins would build it."""
+    for stem, json_field in twins(message.DESCRIPTOR):
+        raw = getattr(message, json_field)
+        if raw:
+            getattr(message, stem).update(json.loads(raw))
+            message.ClearField(json_field)
+    for field, value in message.ListFields():
+        if field.message_type is not None and field.message_type.full_name.startswith("neuralops"):
+            for item in value if field.is_repeated else [value]:
+                _as_structs(item)
+
+
+def _record_cost(section: Section, n: int = 300) -> None:
+    """What one react-agent run costs to record, off the graph's thread: building and
+    serializing it on the sender's thread, and the server's conversion of it for storage
+    (as the hook sends it, JSON twins, and with its values in Structs instead)."""
+    keep = _Keep()
+    hook = RunHistoryCallback(sender=keep)  # type: ignore[arg-type]
+    graph = react_agent()
+    for _ in range(n):
+        graph.invoke({"messages": [HumanMessage("2+3, 4*5?")]}, config={"callbacks": [hook]})
+    # CPU time: the builder gives the GIL back between nodes (time.sleep(0)), which is
+    # not work.
+    t0 = time.thread_time()
+    runs = [Encoded.of(item()).run for item in keep.items]
+    built = (time.thread_time() - t0) / n
+    structs = []
+    for run in runs:
+        copy = pb.Run()
+        copy.CopyFrom(run)
+        _as_structs(copy)
+        structs.append(copy)
+    assert message_dict(structs[0], strict=True) == message_dict(runs[0], strict=True)
+    cost = {}
+    for name, batch in (("twins", runs), ("structs", structs)):
+        t0 = time.thread_time()
+        for run in batch:
+            message_dict(run, strict=True)
+        cost[name] = (time.thread_time() - t0) / n
+    section.add(
+        "react agent: record built and serialized on the sender's thread (CPU)",
+        f"{built * 1e6:.0f} µs per run ({runs[0].ByteSize():,} bytes)",
+    )
+    section.add(
+        "react agent: server conversion per run (CPU), JSON twins (as the hook sends) / Structs",
+        f"{cost['twins'] * 1e6:.0f} µs / {cost['structs'] * 1e6:.0f} µs "
+        f"({structs[0].ByteSize():,} bytes as Structs)",
     )
 
 
