@@ -523,3 +523,25 @@ def test_streamed_model_retriever_and_nested_chain_calls_in_an_async_run(
     assert chain.kind == pb.CALL_KIND_CHAIN
     assert [c.kind for c in chain.calls] == [pb.CALL_KIND_MODEL]
     assert (run.usage.model_calls, run.usage.tool_calls, run.usage.retriever_calls) == (2, 1, 1)
+
+
+def test_a_model_call_past_the_io_bound_still_counts_its_tokens() -> None:
+    # Past the bound on calls whose I/O a run holds, a model call's generation is not
+    # kept, but its token usage (read when the call ends) still is, and the call says
+    # truncated.
+    held: list[Any] = []
+
+    class Keep:
+        def submit(self, item: Any) -> None:
+            held.append(item)
+
+    hook = RunHistoryCallback(sender=Keep())  # type: ignore[arg-type]
+    hook._io_calls = 0  # the bound (8 * max_node_logs + 64), reached at once
+    _react_agent().invoke({"messages": [HumanMessage("2+3, 4*5?")]}, {"callbacks": [hook]})
+    run = held[0]()
+    models = [c for c in _all_calls(run) if c.kind == pb.CALL_KIND_MODEL]
+    assert [(c.usage.total_tokens, c.output_json, c.truncated) for c in models] == [
+        (19, b"", True),
+        (34, b"", True),
+    ]
+    assert run.usage.model_calls == 2 and run.usage.tokens.total_tokens == 53
