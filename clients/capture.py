@@ -244,8 +244,8 @@ def json_capture(value: Any, run: Budget, per_item: int) -> tuple[bytes, bool]:
     """``value`` as the JSON text of an object (what a Struct's ``*_json`` twin takes,
     :mod:`neuralops.clients.jsontext`) within ``per_item`` bytes and the run's budget,
     which it spends; and whether something was cut (or the run's budget was spent).
-    ``b""`` (the field left unset) for nothing. A value that is not a mapping is
-    captured as ``{"value": ...}``."""
+    ``b""`` (the field left unset) for nothing, an empty mapping included (as an
+    empty Struct was). A value that is not a mapping is captured as ``{"value": ...}``."""
     if value is None:
         return b"", False
     if run.left <= 0 or value is DROPPED:
@@ -257,9 +257,9 @@ def json_capture(value: Any, run: Budget, per_item: int) -> tuple[bytes, bool]:
                 text = b'{"value":' + text + b"}"
             if not deeper_than(text, MAX_DEPTH):
                 run.left -= len(text)
-                return text, False
+                return (b"" if text == b"{}" else text), False
     d, cut = capture(value, run, per_item)
-    return (b"" if d is None else _dumps(d)), cut
+    return (_dumps(d) if d else b""), cut
 
 
 def _dumps(d: dict[str, Any]) -> bytes:

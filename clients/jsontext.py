@@ -15,7 +15,7 @@ import re
 from functools import cache
 from typing import Any
 
-__all__ = ["JSON_SUFFIX", "deeper_than", "twins"]
+__all__ = ["JSON_SUFFIX", "deeper_than", "has_negative_zero", "twins"]
 
 JSON_SUFFIX = "_json"
 
@@ -24,6 +24,8 @@ JSON_SUFFIX = "_json"
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
 _EMPTY_PAIR = re.compile(rb"[\[{][\]}]")
+# A number token that is a negative zero: -0, -0.0, -0e5 (not -0.5 nor -0.05).
+_NEGATIVE_ZERO = re.compile(rb"-0(?:\.0*)?(?:[eE][+-]?[0-9]+)?(?![0-9.eE])")
 
 
 def deeper_than(text: bytes, limit: int) -> bool:
@@ -39,6 +41,13 @@ def deeper_than(text: bytes, limit: int) -> bool:
             return False
         brackets = _EMPTY_PAIR.sub(b"", brackets)
     return bool(brackets)
+
+
+def has_negative_zero(text: bytes) -> bool:
+    """Whether the JSON ``text`` holds a negative zero number (outside its strings).
+    A Struct cannot tell -0.0 from 0.0 once stored, so the server stores it as 0.0
+    whichever form it came in."""
+    return b"-0" in text and _NEGATIVE_ZERO.search(_STRING.sub(b"", text)) is not None
 
 
 @cache

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.types import Command
 from neuralops.clients import capture as cap
-from neuralops.clients.jsontext import deeper_than
+from neuralops.clients.jsontext import deeper_than, has_negative_zero
 
 json_scalars = (
     st.none()
@@ -45,6 +45,8 @@ def careful(value: Any, budget: int = 1_000_000, max_chars: int = 2000) -> tuple
 def filled(value: Any, budget: int = 1_000_000, max_chars: int = 2000) -> tuple[Any, bool]:
     """What the record carries: the JSON text ``json_capture`` writes, read back."""
     text, cut = cap.json_capture(value, cap.Budget(budget, max_chars), budget)
+    if not text:  # left unset: an empty mapping (or nothing)
+        return {}, cut
     assert text[:1] == b"{" and not deeper_than(text, 32)  # what the server takes
     return orjson.loads(text), cut
 
@@ -182,3 +184,26 @@ def test_a_message_recurring_in_one_run_is_written_the_same_each_time() -> None:
     shape = orjson.loads(first)["messages"][1]
     assert orjson.loads(again) == {"last": shape, "all": [shape]}
     assert careful({"m": ai})[0] == {"m": shape}
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_trees)
+def test_a_negative_zero_is_found_only_as_a_number(value: Any) -> None:
+    def has(v: Any) -> bool:
+        if isinstance(v, dict):
+            return any(map(has, v.values()))
+        if isinstance(v, list):
+            return any(map(has, v))
+        return type(v) is float and v == 0.0 and math.copysign(1, v) < 0
+
+    assert has_negative_zero(orjson.dumps(value)) == has(value)
+
+
+def test_an_empty_mapping_leaves_the_field_unset_on_both_paths() -> None:
+    # As an empty Struct did: a node that returned {} has no output, not an empty one.
+    from types import MappingProxyType
+
+    empties: list[Any] = [{}, MappingProxyType({})]  # the fast path, and the walk
+    for empty in empties:
+        assert cap.json_capture(empty, cap.Budget(1000, 100), 1000) == (b"", False)
+    assert cap.json_capture([], cap.Budget(1000, 100), 1000) == (b'{"value":[]}', False)

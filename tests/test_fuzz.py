@@ -29,6 +29,7 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from neuralops.clients.jsontext import twins
 from neuralops.insight.v1 import insight_pb2
 from neuralops.registry.v1 import registry_pb2
 from neuralops.runhistory.v1 import runhistory_pb2 as rh
@@ -111,6 +112,11 @@ def _struct(value: Any) -> struct_pb2.Struct:
 
 
 STRUCT = st.builds(_struct, st.dictionaries(TEXT, JSON, max_size=4) | st.sampled_from([20, 33]))
+# What a Struct's *_json twin takes: an object's JSON text (NaN and Infinity, which JSON
+# cannot carry, are refused like a non-object, a too-deep one or a bad UTF-8 one).
+JSON_TEXT = st.builds(
+    lambda d: json.dumps(d).encode(), st.dictionaries(TEXT, JSON, max_size=4)
+) | st.sampled_from([b"[1]", b"{" * 40 + b"}" * 40, b'{"a": "\ud800"}'])
 
 
 def _enum(field: FieldDescriptor) -> st.SearchStrategy[int]:
@@ -143,6 +149,8 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     if t in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32):
         return st.integers(0, 2**32 - 1)
     if t == FieldDescriptor.TYPE_BYTES:
+        if name.endswith("_json"):  # a Struct's twin: JSON text, often a valid object
+            return JSON_TEXT | st.binary(max_size=20)
         return st.binary(max_size=20)
     return INT32
 
@@ -277,6 +285,19 @@ def _drop_empty(msg: Message) -> None:
                 msg.ClearField(f.name)
 
 
+def _twins_into_structs(msg: Message) -> None:
+    for stem, json_field in twins(msg.DESCRIPTOR):
+        raw = getattr(msg, json_field)
+        if raw:
+            # As the server stores it: -0.0 as 0.0 (a Struct's -0.0 is stored as 0 too).
+            getattr(msg, stem).update(json.loads(raw, parse_float=lambda t: float(t) or 0.0))
+            msg.ClearField(json_field)
+    for f, value in msg.ListFields():
+        if f.message_type is not None and not f.message_type.full_name.startswith("google."):
+            for item in value if f.is_repeated else [value]:
+                _twins_into_structs(item)
+
+
 def _reads_back(app: App, sent: rh.Run) -> None:
     got, err = _call(
         app,
@@ -288,6 +309,7 @@ def _reads_back(app: App, sent: rh.Run) -> None:
     run = got.run
     expected = rh.Run()
     expected.CopyFrom(sent)
+    _twins_into_structs(expected)  # reads answer a twin's content in its Struct
     for name in ("id", "created_at", "updated_at", "embedding_status"):
         run.ClearField(name)
         expected.ClearField(name)

@@ -271,3 +271,27 @@ def test_a_struct_and_its_json_twin_both_set_is_refused(stack: App) -> None:
     both = pb.Run(wpk_id="w", run_id="both", status=pb.RUN_STATUS_COMPLETED, inputs_json=b"{}")
     both.inputs.update({"a": 1})
     assert _invalid(stub.LogRun, pb.LogRunRequest(run=both)) == ["run.inputs_json"]
+
+
+def test_negative_zero_reads_back_as_zero_from_either_form(stack: App) -> None:
+    # A Struct's -0.0 is stored as 0; a twin's the same, on both backends (JSON text
+    # keeps the sign, and SQLite would have kept it too).
+    stub = _rh(stack)
+    as_struct = struct_pb2.Struct()
+    as_struct.update({"z": -0.0, "l": [-0.0, -0.5]})
+    runs = [
+        pb.Run(wpk_id="w", run_id="s", status=pb.RUN_STATUS_COMPLETED, inputs=as_struct),
+        pb.Run(
+            wpk_id="w",
+            run_id="j",
+            status=pb.RUN_STATUS_COMPLETED,
+            inputs_json=b'{"z": -0.0, "l": [-0e3, -0.5], "t": "-0"}',
+        ),
+    ]
+    stub.BatchLogRuns(pb.BatchLogRunsRequest(runs=runs))
+    for run_id in ("s", "j"):
+        got = stub.GetRun(pb.GetRunRequest(wpk_id="w", run_id=run_id)).run.inputs
+        assert math.copysign(1, got.fields["z"].number_value) == 1.0
+        assert [v.number_value for v in got.fields["l"].list_value.values] == [0.0, -0.5]
+        assert math.copysign(1, got.fields["l"].list_value.values[0].number_value) == 1.0
+    assert stub.GetRun(pb.GetRunRequest(wpk_id="w", run_id="j")).run.inputs["t"] == "-0"

@@ -20,6 +20,7 @@ from typing import Any
 
 from google.protobuf import descriptor, json_format, message, message_factory
 from google.protobuf.descriptor import FieldDescriptor
+from neuralops.clients.jsontext import twins
 from neuralops.servers.gateway.routes import Route
 
 _STRUCT_TYPES = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
@@ -94,10 +95,41 @@ def _nest(path: list[str], value: Any) -> dict[str, Any]:
 
 
 def _parse_into(msg: message.Message, data: dict[str, Any], field: str) -> None:
+    _check_bytes(data, msg.DESCRIPTOR, "")
     try:
         json_format.ParseDict(data, msg)
     except json_format.ParseError as exc:
         raise BadField(field, _short(str(exc))) from None
+
+
+# Base64 as protobuf's JSON mapping writes bytes (standard or URL-safe alphabet, padding
+# optional). json_format's decoder skips any other character, so "!!!" would be taken as
+# no bytes at all: a value is checked against this first.
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
+
+
+def _fields(desc: Any, data: dict[str, Any]) -> Any:
+    """Each key of a JSON object that names a field of ``desc``, with the field."""
+    for key, value in data.items():
+        fd = desc.fields_by_name.get(key) or desc.fields_by_camelcase_name.get(key)
+        if fd is not None:
+            yield fd, value
+
+
+def _check_bytes(data: Any, desc: Any, path: str) -> None:
+    """BadField for a bytes value (a Struct's ``*_json`` twin, say) that is not base64."""
+    if not isinstance(data, dict) or desc.full_name.startswith("google.protobuf."):
+        return
+    for fd, value in _fields(desc, data):
+        here = f"{path}.{fd.name}" if path else fd.name
+        items = value if fd.is_repeated and isinstance(value, list) else [value]
+        if fd.type == FieldDescriptor.TYPE_BYTES:
+            for item in items:
+                if isinstance(item, str) and not _BASE64.fullmatch(item):
+                    raise BadField(here, "is not base64 (bytes travel as base64 in JSON)")
+        elif fd.message_type is not None and not fd.message_type.GetOptions().map_entry:
+            for i, item in enumerate(items):
+                _check_bytes(item, fd.message_type, f"{here}[{i}]" if fd.is_repeated else here)
 
 
 def _short(text: str) -> str:
@@ -182,13 +214,28 @@ def response_json(route: Route, response: message.Message) -> Any:
                 else m
                 for m in target
             ]
-    return _integral(
-        json_format.MessageToDict(
-            target,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-        )
+    out = json_format.MessageToDict(
+        target,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
     )
+    _drop_twins(out, target.DESCRIPTOR)
+    return _integral(out)
+
+
+def _drop_twins(data: Any, desc: Any) -> None:
+    """Leave out the ``*_json`` twins of Struct fields: write-only, a read answers in the
+    Struct field, so printed they would only be empty strings on every run, node and
+    call."""
+    if not isinstance(data, dict) or desc.full_name.startswith("google.protobuf."):
+        return
+    for _, json_field in twins(desc):
+        if not data.get(json_field):
+            data.pop(json_field, None)
+    for fd, value in list(_fields(desc, data)):
+        if fd.message_type is not None and not fd.message_type.GetOptions().map_entry:
+            for item in value if isinstance(value, list) else [value]:
+                _drop_twins(item, fd.message_type)
 
 
 def _integral(value: Any) -> Any:

@@ -8,8 +8,10 @@ stored as lowercase names without their prefix (``completed``) and 64-bit intege
 stay integers; :func:`dict_message` reads both back.
 
 A Struct's ``*_json`` twin (``NodeLog.input_json``, :mod:`neuralops.clients.jsontext`)
-is parsed (orjson, C) and stored under the Struct's name, so a run stores and reads
-back the same whichever of the two its writer set.
+is parsed (orjson, C) and stored under the Struct's name, so a run reads back the same
+whichever of the two its writer set. What is stored keeps a twin's numbers as written
+(15.0 stays 15.0, an integer past 2^53 stays exact), where a Struct's doubles store
+integral values as integers; -0.0 is 0.0 either way.
 
 The walk also checks, as it goes, what the generic request checks of
 :mod:`neuralops.servers.runtime.validation` refuse: NaN or infinite numbers in a
@@ -295,11 +297,11 @@ def _compile(desc: Any, strict: bool) -> Callable[[Any], dict[str, Any]] | None:
         name = fd.name
         read = f"getattr(m, {name!r})" if keyword.iskeyword(name) else f"m.{name}"
         stem = stems.get(name)
-        if stem is not None:  # JSON text, stored as its Struct (numbered before it)
+        if stem is not None:  # JSON text, stored as its Struct
             body += [
                 f"    v = {read}",
                 "    if v:",
-                f"        if {stem!r} in out:",
+                f"        if m.HasField({stem!r}):",
                 f"            raise both({stem!r})",
                 f"        out[{stem!r}] = twin(v)",
             ]

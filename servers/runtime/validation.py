@@ -25,7 +25,7 @@ import orjson
 from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from neuralops.clients.jsontext import deeper_than, twins
+from neuralops.clients.jsontext import deeper_than, has_negative_zero, twins
 from neuralops.servers.runtime import pagination
 from neuralops.servers.runtime.errors import FieldViolation, InvalidArgument
 
@@ -118,6 +118,19 @@ def json_object(raw: bytes) -> dict[str, Any]:
         raise ValueError("must be a JSON object")
     if deeper_than(raw, MAX_STRUCT_DEPTH):
         raise ValueError(f"is nested more than {MAX_STRUCT_DEPTH} levels deep")
+    if has_negative_zero(raw):  # rare: the walk only then
+        return {k: _no_negative_zero(v) for k, v in value.items()}
+    return value
+
+
+def _no_negative_zero(value: Any) -> Any:
+    """-0.0 as 0.0, as a Struct's -0.0 is stored (as 0): the same on every backend."""
+    if type(value) is float and value == 0.0:
+        return 0.0
+    if type(value) is dict:
+        return {k: _no_negative_zero(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_no_negative_zero(v) for v in value]
     return value
 
 

@@ -259,6 +259,7 @@ class Call(_message.Message):
     server parses it in C instead of walking a Struct). Set `input` or
     `input_json`, not both. The same rules apply: no NaN or infinity,
     nesting at most 32 levels. Write-only: reads return it in `input`.
+    In JSON (HTTP, grpcurl) it is base64, as any bytes field.
     """
     output_json: _builtins.bytes
     """`output` as the UTF-8 text of a JSON object, for writers that already
@@ -266,6 +267,7 @@ class Call(_message.Message):
     server parses it in C instead of walking a Struct). Set `output` or
     `output_json`, not both. The same rules apply: no NaN or infinity,
     nesting at most 32 levels. Write-only: reads return it in `output`.
+    In JSON (HTTP, grpcurl) it is base64, as any bytes field.
     """
     parameters_json: _builtins.bytes
     """`parameters` as the UTF-8 text of a JSON object, for writers that already
@@ -273,6 +275,7 @@ class Call(_message.Message):
     server parses it in C instead of walking a Struct). Set `parameters` or
     `parameters_json`, not both. The same rules apply: no NaN or infinity,
     nesting at most 32 levels. Write-only: reads return it in `parameters`.
+    In JSON (HTTP, grpcurl) it is base64, as any bytes field.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -432,6 +435,7 @@ class NodeLog(_message.Message):
     server parses it in C instead of walking a Struct). Set `input` or
     `input_json`, not both. The same rules apply: no NaN or infinity,
     nesting at most 32 levels. Write-only: reads return it in `input`.
+    In JSON (HTTP, grpcurl) it is base64, as any bytes field.
     """
     output_json: _builtins.bytes
     """`output` as the UTF-8 text of a JSON object, for writers that already
@@ -439,6 +443,7 @@ class NodeLog(_message.Message):
     server parses it in C instead of walking a Struct). Set `output` or
     `output_json`, not both. The same rules apply: no NaN or infinity,
     nesting at most 32 levels. Write-only: reads return it in `output`.
+    In JSON (HTTP, grpcurl) it is base64, as any bytes field.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -502,7 +507,8 @@ class Run(_message.Message):
 
     Each of these Struct fields has a `*_json` twin (`inputs_json`,
     `input_json`, ...) taking the same content as JSON text; reads always
-    answer in the Struct field. JSON integers are stored exactly, but reads
+    answer in the Struct field. A twin's numbers are stored as written (15.0
+    stays 15.0, integers past 2^53 stay exact; -0 is stored as 0), but reads
     still carry them as doubles (exact up to 2^53).
     """
 
@@ -584,6 +590,7 @@ class Run(_message.Message):
     server parses it in C instead of walking a Struct). Set `inputs` or
     `inputs_json`, not both. The same rules apply: no NaN or infinity,
     nesting at most 32 levels. Write-only: reads return it in `inputs`.
+    In JSON (HTTP, grpcurl) it is base64, as any bytes field.
     """
     outputs_json: _builtins.bytes
     """`outputs` as the UTF-8 text of a JSON object, for writers that already
@@ -591,6 +598,7 @@ class Run(_message.Message):
     server parses it in C instead of walking a Struct). Set `outputs` or
     `outputs_json`, not both. The same rules apply: no NaN or infinity,
     nesting at most 32 levels. Write-only: reads return it in `outputs`.
+    In JSON (HTTP, grpcurl) it is base64, as any bytes field.
     """
     metadata_json: _builtins.bytes
     """`metadata` as the UTF-8 text of a JSON object, for writers that already
@@ -598,6 +606,7 @@ class Run(_message.Message):
     server parses it in C instead of walking a Struct). Set `metadata` or
     `metadata_json`, not both. The same rules apply: no NaN or infinity,
     nesting at most 32 levels. Write-only: reads return it in `metadata`.
+    In JSON (HTTP, grpcurl) it is base64, as any bytes field.
     """
     @_builtins.property
     def inputs(self) -> _struct_pb2.Struct:
