@@ -56,10 +56,17 @@ def has_negative_zero(text: bytes) -> bool:
     return _a_value_is_negative_zero(_STRING.sub(b'""', text))
 
 
+_BEFORE_A_VALUE = frozenset(b":,[")
+_SPACE = frozenset(b" \t\r\n")
+
+
 def _a_value_is_negative_zero(text: bytes) -> bool:
     for match in _NEGATIVE_ZERO.finditer(text):
-        before = text[: match.start()].rstrip()
-        if before[-1:] in (b":", b",", b"["):
+        # What precedes it, past whitespace (the runs looked at are disjoint: linear).
+        i = match.start() - 1
+        while i >= 0 and text[i] in _SPACE:
+            i -= 1
+        if i >= 0 and text[i] in _BEFORE_A_VALUE:
             return True
     return False
 
