@@ -60,10 +60,23 @@ class RunningService:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    host: str = "localhost"
 
     @property
     def address(self) -> str:
-        return f"localhost:{self.port}"
+        """Where a client on this machine reaches it: the host it is bound to (no name
+        to resolve: "localhost" may resolve to ::1 first, where nothing listens), or
+        localhost for a wildcard bind."""
+        return f"{self.host}:{self.port}"
+
+
+def client_host(bind_host: str) -> str:
+    """The host a local client dials for a server bound to ``bind_host``."""
+    if bind_host in ("", "0.0.0.0", "::", "[::]"):
+        return "localhost"
+    if ":" in bind_host and not bind_host.startswith("["):
+        return f"[{bind_host}]"  # an IPv6 literal
+    return bind_host
 
 
 def create_server(
@@ -165,7 +178,9 @@ class App:
             server.start()
             for worker in parts.workers:
                 worker.start()
-            self.running[name] = RunningService(parts, server, bound, health_servicer)
+            self.running[name] = RunningService(
+                parts, server, bound, health_servicer, client_host(cfg.bind_host)
+            )
             log.info("%s listening on %s:%d", parts.full_name, cfg.bind_host, bound)
         metrics.track_backlog(self._backlog)
         self._start_http()
