@@ -18,7 +18,7 @@ ranges) on top and is the one place its servicer calls. The conversions of
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -134,36 +134,28 @@ def _no_negative_zero(value: Any) -> Any:
     return value
 
 
-def _both(stem: str, json_field: str) -> str:
-    return f"is set beside {stem}: set {stem} or {json_field}, not both"
-
-
-def _twins(msg: Any, path: str, out: list[FieldViolation]) -> None:
+def _twin_problems(msg: Any) -> Iterator[tuple[str, str]]:
+    """(field, what is wrong) for each ``*_json`` twin of ``msg`` the server cannot take."""
     for stem, json_field in twins(msg.DESCRIPTOR):
         raw = getattr(msg, json_field)
         if not raw:
             continue
         if msg.HasField(stem):
-            out.append(FieldViolation(_name(path, json_field), _both(stem, json_field)))
+            yield json_field, f"is set beside {stem}: set {stem} or {json_field}, not both"
             continue
         try:
             json_object(raw)
         except ValueError as exc:
-            out.append(FieldViolation(_name(path, json_field), str(exc)))
+            yield json_field, str(exc)
 
 
-def _twins_ok(msg: Any, pairs: tuple[tuple[str, str], ...]) -> bool:
-    for stem, json_field in pairs:
-        raw = getattr(msg, json_field)
-        if not raw:
-            continue
-        if msg.HasField(stem):
-            return False
-        try:
-            json_object(raw)
-        except ValueError:
-            return False
-    return True
+def _twins(msg: Any, path: str, out: list[FieldViolation]) -> None:
+    for field, problem in _twin_problems(msg):
+        out.append(FieldViolation(_name(path, field), problem))
+
+
+def _twins_ok(msg: Any) -> bool:
+    return next(_twin_problems(msg), None) is None
 
 
 # ------------------------------------------------------------------ any message
@@ -366,8 +358,7 @@ def _message_ok(msg: Any) -> bool:
         if known is not None:
             return known(msg)
         plan = _plan(desc)
-    pairs = twins(desc)
-    if pairs and not _twins_ok(msg, pairs):
+    if twins(desc) and not _twins_ok(msg):
         return False
     if not plan:
         return True
