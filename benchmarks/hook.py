@@ -35,7 +35,7 @@ from langgraph.graph import END, START, StateGraph
 from neuralops.clients import RunHistoryClient
 from neuralops.clients.batching import Encoded
 from neuralops.clients.delivery import RunSender
-from neuralops.clients.jsontext import twins
+from neuralops.clients.jsontext import into_structs
 from neuralops.clients.langgraph import RunHistoryCallback
 from neuralops.registry.v1 import registry_pb2 as rpb
 from neuralops.registry.v1 import registry_pb2_grpc
@@ -256,20 +256,6 @@ class _Keep:
         self.items.append(item)
 
 
-def _as_structs(message: Any) -> None:
-    """The same record with its captured values in the Struct fields, as a client that
-    does not send the *_json twins would build it."""
-    for stem, json_field in twins(message.DESCRIPTOR):
-        raw = getattr(message, json_field)
-        if raw:
-            getattr(message, stem).update(json.loads(raw))
-            message.ClearField(json_field)
-    for field, value in message.ListFields():
-        if field.message_type is not None and field.message_type.full_name.startswith("neuralops"):
-            for item in value if field.is_repeated else [value]:
-                _as_structs(item)
-
-
 def _record_cost(section: Section, n: int = 300) -> None:
     """What one react-agent run costs to record, off the graph's thread: building and
     serializing it on the sender's thread, and the server's conversion of it for storage
@@ -288,7 +274,7 @@ def _record_cost(section: Section, n: int = 300) -> None:
     for run in runs:
         copy = pb.Run()
         copy.CopyFrom(run)
-        _as_structs(copy)
+        into_structs(copy)
         structs.append(copy)
     assert message_dict(structs[0], strict=True) == message_dict(runs[0], strict=True)
     cost = {}

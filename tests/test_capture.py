@@ -207,3 +207,23 @@ def test_an_empty_mapping_leaves_the_field_unset_on_both_paths() -> None:
     for empty in empties:
         assert cap.json_capture(empty, cap.Budget(1000, 100), 1000) == (b"", False)
     assert cap.json_capture([], cap.Budget(1000, 100), 1000) == (b'{"value":[]}', False)
+
+
+def test_into_structs_moves_every_twin_into_its_struct_as_the_server_stores_it() -> None:
+    from neuralops.clients.jsontext import into_structs
+    from neuralops.runhistory.v1 import runhistory_pb2 as pb
+
+    run = pb.Run(inputs_json=b'{"n": 15, "z": -0.0}')
+    node = run.node_logs.add(name="a", output_json=b'{"k": [1, "x"]}')
+    node.calls.add(name="m", parameters_json=b'{"t": 0.5}')
+    into_structs(run)
+    assert not run.inputs_json and not node.output_json and not node.calls[0].parameters_json
+    assert dict(run.inputs) == {"n": 15, "z": 0.0}
+    assert math.copysign(1, run.inputs.fields["z"].number_value) == 1.0  # -0 as 0, as stored
+    assert [
+        v.number_value or v.string_value for v in node.output.fields["k"].list_value.values
+    ] == [
+        1,
+        "x",
+    ]
+    assert node.calls[0].parameters.fields["t"].number_value == 0.5

@@ -29,7 +29,7 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from neuralops.clients.jsontext import twins
+from neuralops.clients.jsontext import into_structs
 from neuralops.insight.v1 import insight_pb2
 from neuralops.registry.v1 import registry_pb2
 from neuralops.runhistory.v1 import runhistory_pb2 as rh
@@ -285,19 +285,6 @@ def _drop_empty(msg: Message) -> None:
                 msg.ClearField(f.name)
 
 
-def _twins_into_structs(msg: Message) -> None:
-    for stem, json_field in twins(msg.DESCRIPTOR):
-        raw = getattr(msg, json_field)
-        if raw:
-            # As the server stores it: -0.0 as 0.0 (a Struct's -0.0 is stored as 0 too).
-            getattr(msg, stem).update(json.loads(raw, parse_float=lambda t: float(t) or 0.0))
-            msg.ClearField(json_field)
-    for f, value in msg.ListFields():
-        if f.message_type is not None and not f.message_type.full_name.startswith("google."):
-            for item in value if f.is_repeated else [value]:
-                _twins_into_structs(item)
-
-
 def _reads_back(app: App, sent: rh.Run) -> None:
     got, err = _call(
         app,
@@ -309,7 +296,7 @@ def _reads_back(app: App, sent: rh.Run) -> None:
     run = got.run
     expected = rh.Run()
     expected.CopyFrom(sent)
-    _twins_into_structs(expected)  # reads answer a twin's content in its Struct
+    into_structs(expected)  # reads answer a twin's content in its Struct
     for name in ("id", "created_at", "updated_at", "embedding_status"):
         run.ClearField(name)
         expected.ClearField(name)
