@@ -14,6 +14,7 @@ stand in. Every failure is classified once, here:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,6 +36,12 @@ TRANSIENT_CODES = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
+
+
+# grpc imports its channel module on the first channel; here (at import) rather than
+# on the sender's worker at its first export, where it held the GIL for ~5 ms while
+# the application ran.
+importlib.import_module("grpc._channel")
 
 
 def too_large(message: str) -> bool:

@@ -41,6 +41,10 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(OUTCOMES, 0)
+        # Import prometheus_client (about 60 ms) now, on the thread making the sender,
+        # not on its worker at the first count: there it held the GIL in the middle of
+        # the application's run.
+        _prometheus_counter()
 
     def add(self, outcome: str, n: int = 1) -> None:
         if n <= 0:

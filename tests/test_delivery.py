@@ -310,6 +310,47 @@ def test_kill_9_while_the_server_hangs_loses_about_a_second(config: Config, tmp_
 # ------------------------------------------------------------ process handling
 
 
+_IMPORTS_PROBE = """
+import sys, threading
+from pathlib import Path
+
+imported = []
+sys.addaudithook(
+    lambda event, args: event == "import"
+    and imported.append((threading.current_thread().name, args[0]))
+)
+from neuralops.clients.delivery import RunSender
+from benchmarks.delivery import run_msg
+
+sender = RunSender(sys.argv[1], spool_dir=Path(sys.argv[2]))
+for i in range(5):
+    sender.submit(run_msg("imports", f"r{i}"))
+assert sender.flush(30)
+from prometheus_client import REGISTRY
+
+counted = REGISTRY.get_sample_value("neuralops_client_runs_total", {"outcome": "delivered"})
+print(sender.delivered, counted, sorted({m for t, m in imported if t == "neuralops-sender"}))
+"""
+
+
+@one_backend
+def test_the_worker_imports_nothing_while_the_application_runs(
+    runhistory: App, tmp_path: Path
+) -> None:
+    # An import holds the GIL for its whole length: prometheus_client took ~60 ms on the
+    # worker's first count, in the middle of the application's run. Everything the worker
+    # needs is imported when the sender is made; its counts still reach Prometheus.
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_PROBE, runhistory.address("runhistory"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=True,
+    )
+    assert out.stdout.split(None, 2) == ["5", "5.0", "[]\n"]
+
+
 def test_fork_child_delivers_its_runs_or_keeps_them_in_the_spool(
     config: Config, tmp_path: Path
 ) -> None:
