@@ -20,7 +20,7 @@ The parts, split like OpenTelemetry's ``BatchSpanProcessor``:
 When the spool cannot be written (full, read-only, no permission) runs are held in
 memory, bounded by ``max_memory_bytes``, and both the service and the disk are
 retried; past the bound the **oldest** held runs are dropped, each one counted
-(``stats()["dropped"]``) and logged. A sender is safe across ``fork()``: the child
+(``stats()["dropped"]``) and logged. A sender is safe across ``os.fork()``: the child
 starts its own worker and connection on first use.
 """
 
@@ -69,6 +69,20 @@ MIB = 1024 * 1024
 MAX_DEFER_S = 1.0
 DEFER_POLL_S = 0.2
 MAX_DELAY_S = 5.0
+
+
+# How many times this process was forked off (counted in the child): a sender made
+# before a fork starts its own worker in the child on first use. A module count read
+# on every submit, instead of os.getpid(), a system call on the graph's thread.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
 
 
 def _size(run: pb.Run) -> int:
@@ -121,6 +135,7 @@ class RunSender:
 
     def _start(self) -> None:
         self._pid = os.getpid()
+        self._forks = _forks
         self._queue = BatchQueue(self._max_queue)
         self._lock = threading.Lock()
         self._held: deque[pb.Run] = deque()
@@ -140,7 +155,7 @@ class RunSender:
     def _ensure_process(self) -> None:
         """In a forked child the parent's worker does not exist: start a fresh one
         (its own lock, queue, channel and spool file) on first use."""
-        if self._pid != os.getpid():
+        if self._forks != _forks:
             self.spool.after_fork()
             self.exporter.reset()
             self.counters.after_fork()
