@@ -34,8 +34,9 @@ What one run holds:
 - **Reused run ids**: the server keeps the first run stored under a run id. When a
   caller passes a ``config["run_id"]`` this hook already recorded (typically reused for
   a resume), the new run is stored as ``"<run_id>~2"`` (``~3``, ...), a warning is
-  logged and :attr:`RunHistoryCallback.reused_run_ids` counts it. (Across processes
-  the hook cannot know: the server keeps the first run and answers ``created=false``.)
+  logged and :attr:`RunHistoryCallback.reused_run_ids` counts it, as the run is
+  recorded on the sender's thread. (Across processes the hook cannot know: the server
+  keeps the first run and answers ``created=false``.)
 - **Budgets**: captured inputs/outputs are cut to ``node_budget_bytes`` per node or
   call and ``run_budget_bytes`` per run (marked ``truncated``); a run with more than
   ``max_node_logs`` node executions keeps the first ones and counts the rest in
@@ -200,46 +201,43 @@ def _path(ns: str) -> str:
     return "/".join(parts[:-1])
 
 
-class _Open:
+class _Open(list[Any]):
     """A graph run being recorded, as the callbacks saw it: an append-only event log.
 
-    The callbacks only extend one flat list with an event's fields (``list.extend`` of a
-    tuple is atomic, so parallel branches on other threads need no lock; and no tuple
-    per event stays alive for the garbage collector to scan while the run waits to be
-    built) and map each open run id to this log; the tree of nodes and calls is rebuilt
-    from the log on the sender's thread (:meth:`RunHistoryCallback._assemble`). The
-    object itself is what the sender's queue holds: calling it builds the record.
+    The object *is* the log: the callbacks only extend it with an event's fields
+    (``list.extend`` of a tuple is atomic, so parallel branches on other threads need
+    no lock; and no tuple per event stays alive for the garbage collector to scan
+    while the run waits to be built) and map each open run id to it; the tree of nodes
+    and calls is rebuilt from the log on the sender's thread
+    (:meth:`RunHistoryCallback._assemble`). It is also what the sender's queue holds:
+    calling it builds the record. Made by :func:`_open_run` (no Python ``__init__``:
+    the graph's thread makes one per invoke).
     """
 
-    __slots__ = (
-        "calls",
-        "cancelled_at",
-        "ended",
-        "first_tokens",
-        "hook",
-        "key",
-        "log",
-        "nodes",
-        "root",
-        "use",
-    )
+    __slots__ = ("calls", "cancelled_at", "ended", "first_tokens", "hook", "key", "nodes", "root")
 
-    def __init__(self, hook: RunHistoryCallback, key: Any, use: int, root: tuple[Any, ...]) -> None:
-        self.hook = hook
-        self.key = key
-        # How many runs this process started under this run id (1 unless reused): the
-        # stored id (and the warning for a reuse) is made on the sender's thread.
-        self.use = use
-        self.root = root  # (serialized, inputs, tags, metadata, name, start, run_id)
-        self.log: list[Any] = []
-        self.first_tokens: dict[Any, float] | None = None  # made by the first token
-        self.ended = False
-        self.cancelled_at: float | None = None
-        self.nodes = 0  # node starts seen, and calls: past a bound their I/O is not kept
-        self.calls = 0
+    hook: RunHistoryCallback
+    key: Any
+    root: tuple[Any, ...]  # (serialized, inputs, tags, metadata, name, start, run_id)
+    first_tokens: dict[Any, float] | None  # made by the first streamed token
+    ended: bool
+    cancelled_at: float | None
+    nodes: int  # node starts seen, and calls: past a bound their I/O is not kept
+    calls: int
 
     def __call__(self) -> pb.Run:
         return self.hook._build(self)
+
+
+def _open_run(hook: RunHistoryCallback, key: Any, root: tuple[Any, ...]) -> _Open:
+    rec = _Open()
+    rec.hook = hook
+    rec.key = key
+    rec.root = root
+    rec.first_tokens = rec.cancelled_at = None
+    rec.ended = False
+    rec.nodes = rec.calls = 0
+    return rec
 
 
 # Event kinds in an _Open log, and how many fields each event has (its kind included).
@@ -260,6 +258,10 @@ class RunHistoryCallback(_Base):
 
     run_inline = True  # cheap and thread-safe: no hop to an executor in async graphs
     raise_error = False
+    # LangChain reads one of these for every event it dispatches: plain class values,
+    # not the base class's properties (a Python call each).
+    ignore_llm = ignore_retry = ignore_chain = ignore_agent = False
+    ignore_retriever = ignore_chat_model = ignore_custom_event = False
 
     def __init__(
         self,
@@ -290,17 +292,16 @@ class RunHistoryCallback(_Base):
         self._io_calls = 8 * max_node_logs + 64
         self._lock = threading.Lock()
         # Every open run id (the id as an int: a UUID's own __hash__ is Python code)
-        # -> the log of the recorded graph run it belongs to.
+        # -> the log of the recorded graph run it belongs to: in _open when the output
+        # of that run (a node, a call) is captured, else in _quiet.
         self._open: dict[Any, _Open] = {}
-        # Open tool, model and retriever calls: their kind, and whether their I/O is kept.
-        self._calls: dict[Any, tuple[str, bool]] = {}
-        self._io: set[Any] = set()  # open runs whose output is captured
-        # Root run ids recorded lately (the last _SEEN_RUN_IDS, oldest first), and how
-        # often each reused one was used: set and deque operations are atomic, so the
-        # common case (a fresh id) takes no lock.
-        self._seen: set[Any] = set()
-        self._seen_order: collections.deque[Any] = collections.deque()
+        self._quiet: dict[Any, _Open] = {}
+        # Open tool, model and retriever calls: their kind.
+        self._calls: dict[Any, str] = {}
+        # Root run ids recorded lately (the last _SEEN_RUN_IDS, oldest first) and how
+        # often each was used; kept on the sender's thread, under _lock.
         self._uses: dict[Any, int] = {}
+        self._uses_order: collections.deque[Any] = collections.deque()
         self.reused_run_ids = 0
         _close_open_runs_at_exit(self)
 
@@ -331,12 +332,13 @@ class RunHistoryCallback(_Base):
             if parent_run_id is not None:
                 pkey = parent_run_id.int if type(parent_run_id) is _UUID else _key(parent_run_id)
                 rec = self._open.get(pkey)
+                if rec is None:
+                    rec = self._quiet.get(pkey)
             if rec is None:
                 # A new run; its inputs are copied (the caller may change them later).
                 root = (serialized, _snapshot(inputs), tags, metadata, name, now, run_id)
-                self._start_run(key, root)
+                self._open[key] = _open_run(self, key, root)
                 return
-            self._open[key] = rec
             # Only atomic values and the captured input are kept (not the task's
             # metadata, tags or ids): what a run holds until it is built stays small
             # and mostly invisible to the garbage collector.
@@ -357,51 +359,43 @@ class RunHistoryCallback(_Base):
             else:  # a runnable inside a node: transparent, nothing of it kept
                 capture, seen, bound = False, 0, 0
             # Captured up to the bound, then marked dropped (the record says truncated).
-            if not capture:
-                inputs = None
-            elif seen <= bound:
-                self._io.add(key)
+            if capture and seen <= bound:
+                self._open[key] = rec
             else:
-                inputs = cap.DROPPED
-            rec.log.extend((_START, key, pkey, name, ns, step, inputs, now))
+                inputs = cap.DROPPED if capture else None
+                self._quiet[key] = rec
+            rec.extend((_START, key, pkey, name, ns, step, inputs, now))
         except Exception:
             log.exception("neuralops hook: on_chain_start failed")
 
-    def _start_run(self, key: Any, root: tuple[Any, ...]) -> None:
-        """A chain with no recorded parent: a new run. ``root`` is (serialized, inputs,
-        tags, metadata, name, start, run_id) as the callback got them. A run id this
-        process already recorded (a resume reusing ``config["run_id"]``) is counted
-        here and stored as ``~2``, ``~3``, ... (:meth:`_stored_run_id`, on the sender's
-        thread)."""
-        seen = self._seen
-        if key not in seen:
-            use = 1
-            seen.add(key)
-            order = self._seen_order
-            order.append(key)
-            if len(order) > _SEEN_RUN_IDS:
-                old = order.popleft()
-                seen.discard(old)
-                self._uses.pop(old, None)
-        else:
-            with self._lock:
-                use = self._uses[key] = self._uses.get(key, 1) + 1
-                self.reused_run_ids += 1
-        self._open[key] = _Open(self, key, use, root)
+    def _find(self, key: Any) -> _Open | None:
+        """The run an open run id belongs to (an _Open is a list: never test it for truth)."""
+        rec = self._open.get(key)
+        return self._quiet.get(key) if rec is None else rec
 
-    @staticmethod
-    def _stored_run_id(rec: _Open) -> str:
+    def _stored_run_id(self, rec: _Open) -> str:
+        """The id a run is stored under (on the sender's thread, in the order runs ended).
+        A run id this process already recorded (a resume reusing ``config["run_id"]``)
+        is counted, logged and stored as ``~2``, ``~3``, ..."""
         rid = str(rec.root[6])
-        if rec.use == 1:
-            return rid
+        key = rec.key
+        with self._lock:
+            use = self._uses[key] = self._uses.get(key, 0) + 1
+            if use == 1:
+                order = self._uses_order
+                order.append(key)
+                if len(order) > _SEEN_RUN_IDS:
+                    self._uses.pop(order.popleft(), None)
+                return rid
+            self.reused_run_ids += 1
         log.warning(
             "neuralops hook: run id %s was already recorded by this process (reused for a "
             "resume?); this run is stored as %s~%d",
             rid,
             rid,
-            rec.use,
+            use,
         )
-        return f"{rid}~{rec.use}"
+        return f"{rid}~{use}"
 
     def on_chain_end(
         self,
@@ -416,13 +410,12 @@ class RunHistoryCallback(_Base):
             key = run_id.int if type(run_id) is _UUID else _key(run_id)
             rec = self._open.pop(key, None)
             if rec is None:
-                return
+                rec = self._quiet.pop(key, None)
+                if rec is None:
+                    return
+                outputs = None
             if rec.key != key:
-                if key in self._io:
-                    self._io.discard(key)
-                else:
-                    outputs = None
-                rec.log.extend((_END, key, outputs, "completed", "", now))
+                rec.extend((_END, key, outputs, "completed", "", now))
             else:
                 self._end_run(rec, key, outputs, status="completed", error_text="", now=now)
         except Exception:
@@ -439,20 +432,21 @@ class RunHistoryCallback(_Base):
         try:
             now = _now()
             key = _key(run_id)
+            io = True
             rec = self._open.pop(key, None)
             if rec is None:
-                return
+                io = False
+                rec = self._quiet.pop(key, None)
+                if rec is None:
+                    return
             status, error_text = _outcome(error)
             if rec.key != key:
                 outputs = None
-                if key in self._io:
-                    self._io.discard(key)
-                    if status != "failed" and error.args:
-                        # A handoff (ParentCommand) ends its node: the Command is what
-                        # it returned (read now: LangGraph rewrites the exception's args
-                        # later).
-                        outputs = error.args[0]
-                rec.log.extend((_END, key, outputs, status, error_text, now))
+                if io and status != "failed" and error.args:
+                    # A handoff (ParentCommand) ends its node: the Command is what it
+                    # returned (read now: LangGraph rewrites the exception's args later).
+                    outputs = error.args[0]
+                rec.extend((_END, key, outputs, status, error_text, now))
             else:
                 self._end_run(rec, key, None, status=status, error_text=error_text, now=now)
         except Exception:
@@ -464,7 +458,7 @@ class RunHistoryCallback(_Base):
         """The graph run itself ended: copy what the caller may change next; the rest is
         built on the sender's thread."""
         rec.ended = True
-        rec.log.extend((_END, key, _snapshot(outputs), status, error_text, now))
+        rec.extend((_END, key, _snapshot(outputs), status, error_text, now))
         self._sender.submit(rec)
 
     # ------------------------------------------------------------- calls
@@ -482,14 +476,14 @@ class RunHistoryCallback(_Base):
     ) -> None:
         now = time.perf_counter()
         pkey = _key(parent_run_id) if parent_run_id is not None else None
-        rec = self._open.get(pkey) if pkey is not None else None
+        rec = self._find(pkey) if pkey is not None else None
         if rec is None:
             return  # a model or tool used outside any recorded graph run
         key = _key(run_id)
-        self._open[key] = rec
         rec.calls += 1
         keep = self._capture_calls and rec.calls <= self._io_calls
-        self._calls[key] = (kind, keep)
+        (self._open if keep else self._quiet)[key] = rec
+        self._calls[key] = kind
         model = provider = ""
         if kind == "model":
             m = meta or _NO_META
@@ -500,13 +494,17 @@ class RunHistoryCallback(_Base):
             provider = str(m.get("ls_provider") or "")
         if not keep:
             inputs = params = cap.DROPPED if self._capture_calls else None
-        rec.log.extend((_CALL, key, pkey, kind, name, inputs, model, provider, params, now))
+        rec.extend((_CALL, key, pkey, kind, name, inputs, model, provider, params, now))
 
     def _call_end(self, run_id: uuid.UUID, output: Any, error: BaseException | None) -> None:
         now = time.perf_counter()
         key = _key(run_id)
+        keep = True
         rec = self._open.pop(key, None)
-        kind, keep = self._calls.pop(key, ("", False))
+        if rec is None:
+            keep = False
+            rec = self._quiet.pop(key, None)
+        kind = self._calls.pop(key, "")
         if rec is not None:
             if not keep:
                 dropped = cap.DROPPED if self._capture_calls else None
@@ -515,7 +513,7 @@ class RunHistoryCallback(_Base):
                 elif output is not None:  # (tokens, model, generation): keep the usage
                     output = (output[0], output[1], dropped)
             status, error_text = _outcome(error)
-            rec.log.extend((_CALL_END, key, output, status, error_text, now))
+            rec.extend((_CALL_END, key, output, status, error_text, now))
 
     def on_chat_model_start(
         self,
@@ -571,7 +569,7 @@ class RunHistoryCallback(_Base):
         self, token: str | list[str | dict[str, Any]], *, run_id: uuid.UUID, **kwargs: Any
     ) -> None:
         key = _key(run_id)
-        rec = self._open.get(key)
+        rec = self._find(key)
         if rec is not None:
             seen = rec.first_tokens
             if seen is None:
@@ -585,7 +583,7 @@ class RunHistoryCallback(_Base):
             # itself is a dozen objects (generations, their dicts and field sets) that
             # would otherwise wait for the record, and every object a queued run keeps
             # is one more for the garbage collector to scan until then.
-            if self._open.get(_key(run_id)) is None:
+            if self._find(_key(run_id)) is None:
                 return
             tokens, model = cap.usage_of(response)
             self._call_end(run_id, (tokens, model, cap.generation_output(response)), None)
@@ -672,7 +670,7 @@ class RunHistoryCallback(_Base):
         try:
             rec = self._open.get(_key(event.run_id)) if event.run_id is not None else None
             if rec is not None:
-                rec.log.extend((_INTERRUPT, event))
+                rec.extend((_INTERRUPT, event))
         except Exception:
             log.exception("neuralops hook: on_interrupt failed")
 
@@ -680,7 +678,7 @@ class RunHistoryCallback(_Base):
         try:
             rec = self._open.get(_key(event.run_id)) if event.run_id is not None else None
             if rec is not None:
-                rec.log.extend((_RESUME, event))
+                rec.extend((_RESUME, event))
         except Exception:
             log.exception("neuralops hook: on_resume failed")
 
@@ -697,10 +695,10 @@ class RunHistoryCallback(_Base):
         """Record every run still open as cancelled (used at interpreter exit)."""
         now = time.perf_counter()
         with self._lock:
-            recs = {id(r): r for r in list(self._open.values())}
+            recs = {id(r): r for r in [*self._open.values(), *self._quiet.values()]}
             self._open.clear()
+            self._quiet.clear()
             self._calls.clear()
-            self._io.clear()
         roots = [r for r in recs.values() if not r.ended]
         for rec in roots:
             self._submit(rec, now)
@@ -710,7 +708,7 @@ class RunHistoryCallback(_Base):
 
     def _assemble(self, rec: _Open, cancelled_at: float | None) -> tuple[_Run, Any, str, int, str]:
         """The run's tree from its log (on the sender's thread)."""
-        log_ = list(rec.log)  # a snapshot: a late callback on another thread may append
+        log_ = list(rec)  # a snapshot: a late callback on another thread may append
         key = rec.key
         serialized, inputs, tags, meta, name, start, _ = rec.root
         meta = meta or {}
@@ -753,10 +751,10 @@ class RunHistoryCallback(_Base):
                 calls[k].first_token = t
         # Runs that never reported their end (a stream left early) are not kept open.
         for k in track:
-            if self._open.get(k) is rec:
-                self._open.pop(k, None)
-                self._calls.pop(k, None)
-                self._io.discard(k)
+            for open_ in (self._open, self._quiet):
+                if open_.get(k) is rec:
+                    open_.pop(k, None)
+                    self._calls.pop(k, None)
         if end is None:  # pragma: no cover - a root always ends with _END or at exit
             end = time.perf_counter()
         duration_ms = round((end - run.start) * 1000)

@@ -314,9 +314,9 @@ def test_interrupt_and_resume_share_a_thread_and_keep_what_was_asked(
     asked = out["__interrupt__"][0]
     paused_at = graph.get_state(cfg).config["configurable"]["checkpoint_id"]
     graph.invoke(Command(resume="yes"), {**cfg, "run_id": first})  # run id reused
-    assert hook.reused_run_ids == 1
     client = _client(runhistory)
     run = _stored(runhistory, sender, "approval", first)
+    assert hook.reused_run_ids == 1  # counted as the runs are recorded (sender's thread)
     assert run.status == pb.RUN_STATUS_INTERRUPTED
     assert [i.id for i in run.interrupts] == [asked.id]
     assert to_python(run.interrupts[0].value) == {"question": "refund 15?", "amount": 15}
