@@ -369,29 +369,43 @@ def kind(text: str) -> pb.CallKind.ValueType:
     return CALL_KIND.to_proto(text)
 
 
-def usage_of(response: Any) -> tuple[dict[str, int], str]:
-    """Token usage and model name from a LangChain ``LLMResult``."""
+def model_replies(response: Any) -> tuple[list[Any], Any]:
+    """What a model call's record needs of its ``LLMResult``, taken on the graph's
+    thread without reading into it: each generation's message (the graph's state holds
+    it anyway; a text generation becomes ``{"text": ...}``) and ``llm_output``. The
+    result's own objects are not kept; :func:`usage_of` and :func:`generation_output`
+    read the replies on the sender's thread."""
+    replies: list[Any] = []
+    for batch in getattr(response, "generations", None) or ():
+        for g in batch:
+            msg = getattr(g, "message", None)
+            replies.append({"text": getattr(g, "text", "")} if msg is None else msg)
+    return replies, getattr(response, "llm_output", None)
+
+
+def usage_of(replies: list[Any], llm_output: Any) -> tuple[dict[str, int], str]:
+    """Token usage and model name from a model call's replies (:func:`model_replies`):
+    the messages' ``usage_metadata`` (cached and reasoning tokens when the provider
+    reports them), else the provider's ``llm_output["token_usage"]``."""
     totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
     model = ""
     found = False
-    for gens in getattr(response, "generations", None) or []:
-        for g in gens:
-            msg = getattr(g, "message", None)
-            meta = getattr(msg, "response_metadata", None) or {}
-            model = model or str(meta.get("model_name") or meta.get("model") or "")
-            um = getattr(msg, "usage_metadata", None)
-            if not um:
-                continue
-            found = True
-            for key in ("input_tokens", "output_tokens", "total_tokens"):
-                totals[key] += int(um.get(key) or 0)
-            cached = (um.get("input_token_details") or {}).get("cache_read")
-            if cached:
-                totals["cached_input_tokens"] = totals.get("cached_input_tokens", 0) + int(cached)
-            reasoning = (um.get("output_token_details") or {}).get("reasoning")
-            if reasoning:
-                totals["reasoning_tokens"] = totals.get("reasoning_tokens", 0) + int(reasoning)
-    llm_output = getattr(response, "llm_output", None) or {}
+    for msg in replies:
+        meta = getattr(msg, "response_metadata", None) or {}
+        model = model or str(meta.get("model_name") or meta.get("model") or "")
+        um = getattr(msg, "usage_metadata", None)
+        if not um:
+            continue
+        found = True
+        for key in ("input_tokens", "output_tokens", "total_tokens"):
+            totals[key] += int(um.get(key) or 0)
+        cached = (um.get("input_token_details") or {}).get("cache_read")
+        if cached:
+            totals["cached_input_tokens"] = totals.get("cached_input_tokens", 0) + int(cached)
+        reasoning = (um.get("output_token_details") or {}).get("reasoning")
+        if reasoning:
+            totals["reasoning_tokens"] = totals.get("reasoning_tokens", 0) + int(reasoning)
+    llm_output = llm_output if isinstance(llm_output, Mapping) else {}
     model = model or str(llm_output.get("model_name") or llm_output.get("model") or "")
     if not found:
         tu = llm_output.get("token_usage") or llm_output.get("usage") or {}
@@ -408,14 +422,12 @@ def usage_of(response: Any) -> tuple[dict[str, int], str]:
     return totals, model
 
 
-def generation_output(response: Any) -> Any:
+def generation_output(replies: list[Any]) -> Any:
     """What a model call returned: its first generation's message (or text)."""
-    gens = getattr(response, "generations", None) or []
-    if gens and gens[0]:
-        g = gens[0][0]
-        msg = getattr(g, "message", None)
-        return {"message": msg} if msg is not None else {"text": getattr(g, "text", "")}
-    return None
+    if not replies:
+        return None
+    first = replies[0]
+    return first if isinstance(first, dict) else {"message": first}
 
 
 def utc(epoch_s: float) -> datetime:

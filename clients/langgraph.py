@@ -240,6 +240,9 @@ def _open_run(hook: RunHistoryCallback, key: Any, root: tuple[Any, ...]) -> _Ope
     return rec
 
 
+# A model call's output is its first reply (cap.generation_output, on the sender's thread).
+_FIRST_REPLY = object()
+
 # Event kinds in an _Open log, and how many fields each event has (its kind included).
 _START, _END, _CALL, _CALL_END, _INTERRUPT, _RESUME = range(6)
 _SIZE = {_START: 8, _END: 6, _CALL: 10, _CALL_END: 6, _INTERRUPT: 2, _RESUME: 2}
@@ -510,7 +513,7 @@ class RunHistoryCallback(_Base):
                 dropped = cap.DROPPED if self._capture_calls else None
                 if kind != "model":
                     output = dropped
-                elif output is not None:  # (tokens, model, generation): keep the usage
+                elif output is not None:  # (replies, llm_output, generation): keep the usage
                     output = (output[0], output[1], dropped)
             status, error_text = _outcome(error)
             rec.extend((_CALL_END, key, output, status, error_text, now))
@@ -579,14 +582,13 @@ class RunHistoryCallback(_Base):
 
     def on_llm_end(self, response: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
         try:
-            # What the record needs of the LLMResult, read now (about 1 µs): the result
-            # itself is a dozen objects (generations, their dicts and field sets) that
-            # would otherwise wait for the record, and every object a queued run keeps
-            # is one more for the garbage collector to scan until then.
-            if self._find(_key(run_id)) is None:
-                return
-            tokens, model = cap.usage_of(response)
-            self._call_end(run_id, (tokens, model, cap.generation_output(response)), None)
+            # Only the replies (messages the graph's state holds anyway) and llm_output
+            # are kept: the LLMResult itself is a dozen objects (generations, their
+            # dicts and field sets) that would otherwise wait for the record, each one
+            # more for the garbage collector to scan until then. Usage is read from the
+            # replies on the sender's thread.
+            replies, llm_output = cap.model_replies(response)
+            self._call_end(run_id, (replies, llm_output, _FIRST_REPLY), None)
         except Exception:
             log.exception("neuralops hook: on_llm_end failed")
 
@@ -987,8 +989,13 @@ class RunHistoryCallback(_Base):
         output = c.output
         if c.kind == "model":
             params = c.params or {}
-            # (token usage, model name, generation) as on_llm_end read them.
-            tokens, model, output = output if output is not None else ({}, "", None)
+            tokens: dict[str, int] = {}
+            model = ""
+            if output is not None:  # (replies, llm_output, generation) from on_llm_end
+                replies, llm_output, output = output
+                tokens, model = cap.usage_of(replies, llm_output)
+                if output is _FIRST_REPLY:
+                    output = cap.generation_output(replies)
             call.model = c.model or model
             call.provider = c.provider
             if tokens:

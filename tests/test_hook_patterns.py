@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
@@ -386,6 +389,21 @@ def test_send_fan_out_records_each_task_and_no_hidden_start(
     assert cut.status == pb.RUN_STATUS_COMPLETED
 
 
+def _one_node_run(
+    runhistory: App, sender: RunSender, graph: str, node: str, fn: Any, **node_kw: Any
+) -> pb.Run:
+    """A graph of one node invoked once with the hook: the run as stored."""
+    g: Any = StateGraph(Team)
+    g.add_node(node, fn, **node_kw)
+    g.add_edge(START, node)
+    g.add_edge(node, END)
+    run_id = str(uuid.uuid4())
+    g.compile(name=graph).invoke(
+        {"log": []}, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+    )
+    return _stored(runhistory, sender, graph, run_id)
+
+
 def test_retries_carry_attempt_numbers(runhistory: App, sender: RunSender) -> None:
     calls = {"n": 0}
 
@@ -395,19 +413,8 @@ def test_retries_carry_attempt_numbers(runhistory: App, sender: RunSender) -> No
             raise ConnectionError("upstream")
         return {"log": ["ok"]}
 
-    g: Any = StateGraph(Team)
-    g.add_node(
-        "flaky",
-        flaky,
-        retry_policy=RetryPolicy(initial_interval=0.001, jitter=False, retry_on=ConnectionError),
-    )
-    g.add_edge(START, "flaky")
-    g.add_edge("flaky", END)
-    run_id = str(uuid.uuid4())
-    g.compile(name="retries").invoke(
-        {"log": []}, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
-    )
-    run = _stored(runhistory, sender, "retries", run_id)
+    retry = RetryPolicy(initial_interval=0.001, jitter=False, retry_on=ConnectionError)
+    run = _one_node_run(runhistory, sender, "retries", "flaky", flaky, retry_policy=retry)
     assert [(n.attempt, n.status) for n in run.node_logs] == [
         (1, pb.RUN_STATUS_FAILED),
         (2, pb.RUN_STATUS_FAILED),
@@ -523,6 +530,64 @@ def test_streamed_model_retriever_and_nested_chain_calls_in_an_async_run(
     assert chain.kind == pb.CALL_KIND_CHAIN
     assert [c.kind for c in chain.calls] == [pb.CALL_KIND_MODEL]
     assert (run.usage.model_calls, run.usage.tool_calls, run.usage.retriever_calls) == (2, 1, 1)
+
+
+class _ProviderChat(BaseChatModel):
+    """A chat model reporting usage as providers do: on the message (``usage_metadata``,
+    with cached and reasoning token details), or, as older integrations do, only in
+    ``llm_output["token_usage"]``."""
+
+    legacy: bool = False
+
+    @property
+    def _llm_type(self) -> str:
+        return "provider-chat"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        if self.legacy:
+            return ChatResult(
+                generations=[ChatGeneration(message=AIMessage("legacy"))],
+                llm_output={
+                    "token_usage": {"prompt_tokens": 11, "completion_tokens": 5},
+                    "model_name": "prov-small",
+                },
+            )
+        details = {
+            "input_token_details": {"cache_read": 16},
+            "output_token_details": {"reasoning": 6},
+        }
+        reply = AIMessage(
+            "cached",
+            usage_metadata={**_usage(20, 9), **details},
+            response_metadata={"model_name": "prov-large"},
+        )
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+def test_model_usage_is_read_however_the_provider_reports_it(
+    runhistory: App, sender: RunSender
+) -> None:
+    def ask(s: Team) -> dict[str, Any]:
+        said = [
+            _ProviderChat().invoke("hi").content,
+            _ProviderChat(legacy=True).invoke("hi").content,
+            FakeListLLM(responses=["plain"]).invoke("hi"),
+        ]
+        return {"log": [str(x) for x in said]}
+
+    run = _one_node_run(runhistory, sender, "usage", "ask", ask)
+    cached, legacy, text = run.node_logs[0].calls
+    assert (cached.model, legacy.model) == ("prov-large", "prov-small")
+    u = cached.usage
+    assert (u.input_tokens, u.output_tokens, u.total_tokens) == (20, 9, 29)
+    assert (u.cached_input_tokens, u.reasoning_tokens) == (16, 6)
+    u = legacy.usage
+    assert (u.input_tokens, u.output_tokens, u.total_tokens) == (11, 5, 16)
+    assert to_python(legacy.output)["message"]["content"] == "legacy"
+    assert to_python(text.output) == {"text": "plain"}
+    assert text.usage.total_tokens == 0 and text.kind == pb.CALL_KIND_MODEL
+    assert run.usage.model_calls == 3 and run.usage.tokens.total_tokens == 45
+    assert run.usage.tokens.cached_input_tokens == 16
 
 
 def test_a_model_call_past_the_io_bound_still_counts_its_tokens() -> None:
