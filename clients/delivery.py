@@ -134,7 +134,6 @@ class RunSender:
         atexit.register(self.close)
 
     def _start(self) -> None:
-        self._pid = os.getpid()
         self._forks = _forks
         self._queue = BatchQueue(self._max_queue)
         self._lock = threading.Lock()
@@ -549,7 +548,7 @@ class RunSender:
     def close(self, timeout_s: float = 5.0) -> None:
         """Deliver what is queued (or spool it) and stop the worker. Runs submitted
         later are delivered synchronously (or spooled)."""
-        if self._pid != os.getpid() or self._closed:
+        if self._forks != _forks or self._closed:
             return
         self._closed = True
         atexit.unregister(self.close)

@@ -376,6 +376,14 @@ class RunHistoryCallback(_Base):
         rec = self._open.get(key)
         return self._quiet.get(key) if rec is None else rec
 
+    def _pop(self, key: Any) -> tuple[_Open | None, bool]:
+        """An open run id ended: the run it belongs to, and whether its output is kept.
+        (on_chain_end, called for every node, does the same inline.)"""
+        rec = self._open.pop(key, None)
+        if rec is not None:
+            return rec, True
+        return self._quiet.pop(key, None), False
+
     def _stored_run_id(self, rec: _Open) -> str:
         """The id a run is stored under (on the sender's thread, in the order runs ended).
         A run id this process already recorded (a resume reusing ``config["run_id"]``)
@@ -435,13 +443,9 @@ class RunHistoryCallback(_Base):
         try:
             now = _now()
             key = _key(run_id)
-            io = True
-            rec = self._open.pop(key, None)
+            rec, io = self._pop(key)
             if rec is None:
-                io = False
-                rec = self._quiet.pop(key, None)
-                if rec is None:
-                    return
+                return
             status, error_text = _outcome(error)
             if rec.key != key:
                 outputs = None
@@ -502,11 +506,7 @@ class RunHistoryCallback(_Base):
     def _call_end(self, run_id: uuid.UUID, output: Any, error: BaseException | None) -> None:
         now = time.perf_counter()
         key = _key(run_id)
-        keep = True
-        rec = self._open.pop(key, None)
-        if rec is None:
-            keep = False
-            rec = self._quiet.pop(key, None)
+        rec, keep = self._pop(key)
         kind = self._calls.pop(key, "")
         if rec is not None:
             if not keep:
@@ -670,7 +670,7 @@ class RunHistoryCallback(_Base):
     def on_interrupt(self, event: Any) -> None:
         """LangGraph paused: interrupt() values, or a static breakpoint (no values)."""
         try:
-            rec = self._open.get(_key(event.run_id)) if event.run_id is not None else None
+            rec = self._find(_key(event.run_id)) if event.run_id is not None else None
             if rec is not None:
                 rec.extend((_INTERRUPT, event))
         except Exception:
@@ -678,7 +678,7 @@ class RunHistoryCallback(_Base):
 
     def on_resume(self, event: Any) -> None:
         try:
-            rec = self._open.get(_key(event.run_id)) if event.run_id is not None else None
+            rec = self._find(_key(event.run_id)) if event.run_id is not None else None
             if rec is not None:
                 rec.extend((_RESUME, event))
         except Exception:
