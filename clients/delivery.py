@@ -223,10 +223,16 @@ class RunSender:
         runs = []
         for item in items:
             try:
-                runs.append(item() if callable(item) else item)
+                run = item() if callable(item) else item
             except Exception:
                 self.counters.add("dropped")
                 log.exception("neuralops: could not build a run record; it is dropped")
+                continue
+            if isinstance(run, pb.Run):
+                runs.append(run)
+            else:  # a builder's bug must not take the runs batched with it down too
+                self.counters.add("dropped")
+                log.error("neuralops: a run builder returned %s, not a Run; dropped", type(run))
         return runs
 
     def _encode(self, items: Iterable[Item]) -> list[Encoded]:

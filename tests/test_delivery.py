@@ -6,6 +6,7 @@ runs the same functions with more repetitions.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -139,6 +140,37 @@ def test_refused_runs_are_isolated_and_dead_lettered(runhistory: App, tmp_path: 
     finally:
         sender.close()
     assert len(drills.stored(addr, "iso", ids)) == 298
+
+
+def test_a_builder_that_fails_or_returns_no_run_drops_only_itself(
+    runhistory: App, tmp_path: Path
+) -> None:
+    """Items may be functions building the run on the worker (the hook's are). One that
+    raises or returns something other than a Run is dropped and counted; the runs
+    batched with it are stored."""
+    addr = runhistory.address("runhistory")
+    sender = RunSender(addr, spool_dir=tmp_path / "spool")
+    ids = _ids(50, "bld")
+
+    def boom() -> Any:
+        raise RuntimeError("builder bug")
+
+    def nothing() -> Any:
+        return None
+
+    try:
+        for i, rid in enumerate(ids):
+            sender.submit(functools.partial(run_msg, "bld", rid))
+            if i == 10:
+                sender.submit(nothing)
+            if i == 30:
+                sender.submit(boom)
+        assert sender.flush(30)
+        assert sender.stats()["dropped"] == 2
+        assert sender.spool.pending() == 0 and not list(sender.dead_letters.entries())
+    finally:
+        sender.close()
+    assert len(drills.stored(addr, "bld", ids)) == 50
 
 
 @only_postgres
