@@ -328,7 +328,11 @@ def snapshot(value: Any) -> Any:
     and one level down (a chat loop appending to ``state["messages"]``); the objects
     inside are shared. Cheap enough for the graph's thread (no call per value)."""
     if isinstance(value, dict):
-        return {k: v.copy() if type(v) in _MUTABLE else v for k, v in value.items()}
+        copy = dict(value)  # C copy, then only the mutable values replaced (no resize)
+        for k, v in copy.items():
+            if type(v) in _MUTABLE:
+                copy[k] = v.copy()
+        return copy
     if isinstance(value, list | tuple):
         return [v.copy() if type(v) in _MUTABLE else v for v in value]
     return value

@@ -184,7 +184,8 @@ class RunSender:
         """Hand over a run (or a function building it, run on the sender thread).
         Never blocks on the network, never raises."""
         try:
-            self._ensure_process()
+            if self._forks != _forks:  # inline: submit runs on the graph's thread
+                self._ensure_process()
             if self._closed:
                 log.warning("neuralops: run submitted after close(); delivering it now")
                 self._handle([item])

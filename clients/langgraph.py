@@ -178,7 +178,6 @@ def _key(run_id: Any) -> Any:
 
 
 _NO_META: Mapping[str, Any] = MappingProxyType({})
-_UUID = uuid.UUID
 _now = time.perf_counter
 _snapshot = cap.snapshot
 
@@ -204,41 +203,35 @@ def _path(ns: str) -> str:
 class _Open(list[Any]):
     """A graph run being recorded, as the callbacks saw it: an append-only event log.
 
-    The object *is* the log: the callbacks only extend it with an event's fields
-    (``list.extend`` of a tuple is atomic, so parallel branches on other threads need
-    no lock; and no tuple per event stays alive for the garbage collector to scan
-    while the run waits to be built) and map each open run id to it; the tree of nodes
-    and calls is rebuilt from the log on the sender's thread
+    The object *is* the log: its first ``_ROOT`` entries are the run's own start
+    (serialized, inputs, tags, metadata, name, start, run id), then the callbacks only
+    extend it with an event's fields (``list.extend`` of a tuple is atomic, so parallel
+    branches on other threads need no lock; and no tuple per event stays alive for the
+    garbage collector to scan while the run waits to be built) and map each open run id
+    to it; the tree of nodes and calls is rebuilt from the log on the sender's thread
     (:meth:`RunHistoryCallback._assemble`). It is also what the sender's queue holds:
-    calling it builds the record. Made by :func:`_open_run` (no Python ``__init__``:
-    the graph's thread makes one per invoke).
+    calling it builds the record. The graph's thread makes one per invoke, so it has
+    no Python ``__init__`` and sets only what every run needs; the rest is set when it
+    happens and read with a default.
     """
 
-    __slots__ = ("calls", "cancelled_at", "ended", "first_tokens", "hook", "key", "nodes", "root")
+    __slots__ = ("calls", "cancelled_at", "ended", "first_tokens", "hook", "key", "nodes")
 
     hook: RunHistoryCallback
     key: Any
-    root: tuple[Any, ...]  # (serialized, inputs, tags, metadata, name, start, run_id)
-    first_tokens: dict[Any, float] | None  # made by the first streamed token
-    ended: bool
-    cancelled_at: float | None
     nodes: int  # node starts seen, and calls: past a bound their I/O is not kept
     calls: int
+    # Set when they happen (read with getattr and a default):
+    first_tokens: dict[Any, float]  # by the first streamed token
+    ended: bool  # by the run's end
+    cancelled_at: float  # by the exit handler, for a run still open
 
     def __call__(self) -> pb.Run:
         return self.hook._build(self)
 
 
-def _open_run(hook: RunHistoryCallback, key: Any, root: tuple[Any, ...]) -> _Open:
-    rec = _Open()
-    rec.hook = hook
-    rec.key = key
-    rec.root = root
-    rec.first_tokens = rec.cancelled_at = None
-    rec.ended = False
-    rec.nodes = rec.calls = 0
-    return rec
-
+# Entries at the head of an _Open log: the run's own start.
+_ROOT = 7
 
 # A model call's output is its first reply (cap.generation_output, on the sender's thread).
 _FIRST_REPLY = object()
@@ -291,8 +284,8 @@ class RunHistoryCallback(_Base):
         # Past these counts a run keeps no more node or call inputs/outputs (marked
         # truncated; nodes past max_node_logs are omitted anyway): memory stays bounded on
         # a run with a huge fan-out.
-        self._io_nodes = 2 * max_node_logs + 16
-        self._io_calls = 8 * max_node_logs + 64
+        self._node_io = 2 * max_node_logs + 16 if capture_node_io else 0
+        self._call_io = 8 * max_node_logs + 64 if capture_calls else 0
         self._lock = threading.Lock()
         # Every open run id (the id as an int: a UUID's own __hash__ is Python code)
         # -> the log of the recorded graph run it belongs to: in _open when the output
@@ -329,18 +322,27 @@ class RunHistoryCallback(_Base):
         # keys are read inline, the run's stored id is made on the sender's thread).
         try:
             now = _now()
-            key = run_id.int if type(run_id) is _UUID else _key(run_id)
+            try:  # a UUID's 128-bit int (uuid_utils' UUIDs have it too)
+                key = run_id.int
+            except AttributeError:  # config["run_id"] given as text
+                key = _key(run_id)
             name = kwargs.get("name")
             pkey = rec = None
             if parent_run_id is not None:
-                pkey = parent_run_id.int if type(parent_run_id) is _UUID else _key(parent_run_id)
+                try:
+                    pkey = parent_run_id.int
+                except AttributeError:
+                    pkey = _key(parent_run_id)
                 rec = self._open.get(pkey)
                 if rec is None:
                     rec = self._quiet.get(pkey)
             if rec is None:
                 # A new run; its inputs are copied (the caller may change them later).
-                root = (serialized, _snapshot(inputs), tags, metadata, name, now, run_id)
-                self._open[key] = _open_run(self, key, root)
+                rec = _Open((serialized, _snapshot(inputs), tags, metadata, name, now, run_id))
+                rec.hook = self
+                rec.key = key
+                rec.nodes = rec.calls = 0
+                self._open[key] = rec
                 return
             # Only atomic values and the captured input are kept (not the task's
             # metadata, tags or ids): what a run holds until it is built stays small
@@ -349,23 +351,28 @@ class RunHistoryCallback(_Base):
             node = meta.get("langgraph_node")
             ns: str | None = None
             step = 0
+            # Captured up to the bound (0 when capture is off), then marked dropped (the
+            # record says truncated).
             if node is not None and name == node and not (tags and _HIDDEN in tags):
                 # A node (unless it is its own node's inner runnable).
                 ns = meta.get("langgraph_checkpoint_ns", "")
                 step = meta.get("langgraph_step", 0)
-                rec.nodes += 1
-                capture, seen, bound = self._capture, rec.nodes, self._io_nodes
+                rec.nodes = seen = rec.nodes + 1
+                if seen <= self._node_io:
+                    self._open[key] = rec
+                else:
+                    inputs = cap.DROPPED if self._capture else None
+                    self._quiet[key] = rec
             elif pkey in self._calls:  # a chain or graph run inside a tool or model call
                 name = name or (serialized or {}).get("name") or "chain"
-                rec.calls += 1
-                capture, seen, bound = self._capture_calls, rec.calls, self._io_calls
+                rec.calls = seen = rec.calls + 1
+                if seen <= self._call_io:
+                    self._open[key] = rec
+                else:
+                    inputs = cap.DROPPED if self._capture_calls else None
+                    self._quiet[key] = rec
             else:  # a runnable inside a node: transparent, nothing of it kept
-                capture, seen, bound = False, 0, 0
-            # Captured up to the bound, then marked dropped (the record says truncated).
-            if capture and seen <= bound:
-                self._open[key] = rec
-            else:
-                inputs = cap.DROPPED if capture else None
+                inputs = None
                 self._quiet[key] = rec
             rec.extend((_START, key, pkey, name, ns, step, inputs, now))
         except Exception:
@@ -388,7 +395,7 @@ class RunHistoryCallback(_Base):
         """The id a run is stored under (on the sender's thread, in the order runs ended).
         A run id this process already recorded (a resume reusing ``config["run_id"]``)
         is counted, logged and stored as ``~2``, ``~3``, ..."""
-        rid = str(rec.root[6])
+        rid = str(rec[6])
         key = rec.key
         with self._lock:
             use = self._uses[key] = self._uses.get(key, 0) + 1
@@ -418,7 +425,10 @@ class RunHistoryCallback(_Base):
     ) -> None:
         try:
             now = _now()
-            key = run_id.int if type(run_id) is _UUID else _key(run_id)
+            try:
+                key = run_id.int
+            except AttributeError:
+                key = _key(run_id)
             rec = self._open.pop(key, None)
             if rec is None:
                 rec = self._quiet.pop(key, None)
@@ -427,8 +437,10 @@ class RunHistoryCallback(_Base):
                 outputs = None
             if rec.key != key:
                 rec.extend((_END, key, outputs, "completed", "", now))
-            else:
-                self._end_run(rec, key, outputs, status="completed", error_text="", now=now)
+            else:  # the run itself ended (as _end_run, inline: once per invoke)
+                rec.ended = True
+                rec.extend((_END, key, _snapshot(outputs), "completed", "", now))
+                self._sender.submit(rec)
         except Exception:
             log.exception("neuralops hook: on_chain_end failed")
 
@@ -487,8 +499,8 @@ class RunHistoryCallback(_Base):
         if rec is None:
             return  # a model or tool used outside any recorded graph run
         key = _key(run_id)
-        rec.calls += 1
-        keep = self._capture_calls and rec.calls <= self._io_calls
+        rec.calls = seen = rec.calls + 1
+        keep = seen <= self._call_io
         (self._open if keep else self._quiet)[key] = rec
         self._calls[key] = kind
         model = provider = ""
@@ -574,7 +586,7 @@ class RunHistoryCallback(_Base):
         key = _key(run_id)
         rec = self._find(key)
         if rec is not None:
-            seen = rec.first_tokens
+            seen = getattr(rec, "first_tokens", None)
             if seen is None:
                 seen = rec.first_tokens = {}
             if key not in seen:
@@ -686,12 +698,12 @@ class RunHistoryCallback(_Base):
 
     # ------------------------------------------------------------- internals
 
-    def _submit(self, rec: _Open, cancelled_at: float | None) -> None:
+    def _submit(self, rec: _Open, cancelled_at: float) -> None:
         rec.cancelled_at = cancelled_at
         self._sender.submit(rec)
 
     def _build(self, rec: _Open) -> pb.Run:
-        return self._record(*self._assemble(rec, rec.cancelled_at))
+        return self._record(*self._assemble(rec, getattr(rec, "cancelled_at", None)))
 
     def close_open_runs(self) -> int:
         """Record every run still open as cancelled (used at interpreter exit)."""
@@ -701,7 +713,7 @@ class RunHistoryCallback(_Base):
             self._open.clear()
             self._quiet.clear()
             self._calls.clear()
-        roots = [r for r in recs.values() if not r.ended]
+        roots = [r for r in recs.values() if not getattr(r, "ended", False)]
         for rec in roots:
             self._submit(rec, now)
         return len(roots)
@@ -712,7 +724,7 @@ class RunHistoryCallback(_Base):
         """The run's tree from its log (on the sender's thread)."""
         log_ = list(rec)  # a snapshot: a late callback on another thread may append
         key = rec.key
-        serialized, inputs, tags, meta, name, start, _ = rec.root
+        serialized, inputs, tags, meta, name, start, _ = log_[:_ROOT]
         meta = meta or {}
         name = name or (serialized or {}).get("name") or "LangGraph"
         wpk = meta.get("wpk_id") or self._wpk_id or name
@@ -724,7 +736,7 @@ class RunHistoryCallback(_Base):
         outcome, error_text = "cancelled", ""
         end = cancelled_at
         ended = False
-        i, n = 0, len(log_)
+        i, n = _ROOT, len(log_)
         while i < n:
             kind = log_[i]
             size = _SIZE[kind]
@@ -748,7 +760,7 @@ class RunHistoryCallback(_Base):
                 self._replay_interrupt(run, ev[1])
             elif kind == _RESUME and not run.checkpoint_id:
                 run.checkpoint_id = str(ev[1].checkpoint_id)
-        for k, t in list((rec.first_tokens or {}).items()):
+        for k, t in list(getattr(rec, "first_tokens", {}).items()):
             if k in calls:
                 calls[k].first_token = t
         # Runs that never reported their end (a stream left early) are not kept open.

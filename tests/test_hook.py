@@ -506,7 +506,7 @@ def test_a_huge_fan_out_holds_node_inputs_only_up_to_the_bound() -> None:
     g.compile(name="fan").invoke({"log": []}, {"callbacks": [hook]})
     (rec,) = held
     log_, inputs = list(rec), []  # the run being recorded is its event log
-    i = 0
+    i = lg._ROOT  # after the run's own start
     while i < len(log_):
         if log_[i] == lg._START and log_[i + 4] is not None:  # a node's start event
             inputs.append(log_[i + 6])
@@ -517,3 +517,37 @@ def test_a_huge_fan_out_holds_node_inputs_only_up_to_the_bound() -> None:
     assert all(x is cap.DROPPED for x in inputs[len(kept) :])
     run = rec()  # the record still has its 3 nodes, and says the rest was omitted
     assert len(run.node_logs) == 3 and run.omitted_node_logs == 57
+
+
+def test_what_the_caller_changes_after_the_run_is_not_what_is_recorded() -> None:
+    # The record is built later, on the sender's thread. A chat loop that appends to
+    # the state it passed in or got back (the usual shape) must not change the
+    # recorded inputs and outputs: the hook copies them, a level deep, as the run
+    # starts and ends.
+    import json
+
+    class Chat(TypedDict, total=False):
+        log: Annotated[list[str], operator.add]
+        meta: dict[str, str]
+
+    held: list[Any] = []
+
+    class Keep:
+        def submit(self, item: Any) -> None:
+            held.append(item)
+
+    g: Any = StateGraph(Chat)
+    g.add_node("reply", lambda s: {"log": ["reply"], "meta": {"turn": "1"}})
+    g.add_edge(START, "reply")
+    g.add_edge("reply", END)
+    hook = RunHistoryCallback(sender=Keep())  # type: ignore[arg-type]
+    state: dict[str, Any] = {"log": ["hi"], "meta": {"turn": "0"}}
+    out = g.compile(name="chat").invoke(state, {"callbacks": [hook]})
+    state["log"].append("changed after the run")
+    state["meta"]["turn"] = "changed"
+    out["log"].append("changed after the run")
+    out["meta"]["turn"] = "changed"
+    (rec,) = held
+    run = rec()
+    assert json.loads(run.inputs_json) == {"log": ["hi"], "meta": {"turn": "0"}}
+    assert json.loads(run.outputs_json) == {"log": ["hi", "reply"], "meta": {"turn": "1"}}

@@ -601,7 +601,7 @@ def test_a_model_call_past_the_io_bound_still_counts_its_tokens() -> None:
             held.append(item)
 
     hook = RunHistoryCallback(sender=Keep())  # type: ignore[arg-type]
-    hook._io_calls = 0  # the bound (8 * max_node_logs + 64), reached at once
+    hook._call_io = 0  # the bound (8 * max_node_logs + 64), reached at once
     _react_agent().invoke({"messages": [HumanMessage("2+3, 4*5?")]}, {"callbacks": [hook]})
     run = held[0]()
     models = [c for c in _all_calls(run) if c.kind == pb.CALL_KIND_MODEL]
