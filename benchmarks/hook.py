@@ -5,7 +5,8 @@ Latency: each arm (no callback, a do-nothing LangChain callback, RunHistoryCallb
 node, model and tool capture on) runs in its own process, so the hook's background
 sender is charged to the hook's arm only; a RunHistory server receives in another
 process on the same machine. Arms alternate over several rounds and the samples of all
-rounds are pooled. Two graphs: a 3-node StateGraph and LangGraph's prebuilt react agent
+rounds are pooled. A fourth arm, the hook with node input/output capture off, shows what
+that capture costs. Two graphs: a 3-node StateGraph and LangGraph's prebuilt react agent
 (create_react_agent, a fake chat model reporting token usage, two tools).
 
     python -m benchmarks --only hook
@@ -46,6 +47,8 @@ from neuralops.servers.tooling.processes import ServerProcess
 from benchmarks.common import Section, start_server, stats_ms
 
 ARMS = ("bare", "do-nothing callback", "RunHistoryCallback")
+# Not part of the target: what turning node input/output capture off buys.
+NO_NODE_IO = "RunHistoryCallback, capture_node_io=False"
 # Invokes per arm and round, and rounds. Each process lands on its own memory layout,
 # which moves its p50 by tens of µs: more rounds (processes per arm) make the pooled
 # figures steadier. A react invoke takes ~3 ms and its do-nothing callback's own cost
@@ -119,9 +122,10 @@ def _worker(arm: str, graph_name: str, n: int, address: str, spool: str) -> dict
     cfg: Any = None
     if arm == "do-nothing callback":
         cfg = {"callbacks": [BaseCallbackHandler()]}
-    elif arm == "RunHistoryCallback":
+    elif arm in ("RunHistoryCallback", NO_NODE_IO):
         sender = RunSender(address, spool_dir=Path(spool))
-        cfg = {"callbacks": [RunHistoryCallback(sender=sender)]}
+        hook = RunHistoryCallback(sender=sender, capture_node_io=arm == "RunHistoryCallback")
+        cfg = {"callbacks": [hook]}
     for _ in range(max(50, n // 5)):
         graph.invoke(inputs, config=cfg)
     samples = []
@@ -182,7 +186,9 @@ def run(
         "RunHistoryCallback with node, model and tool capture on), the RunHistory server in "
         "another process on the same cores; arms alternate over several rounds (a process "
         "per arm and round), samples pooled (3-node graph: 5 rounds of 1,500 invokes per arm; "
-        "react agent: 10 rounds of 300). Targets (issue 10): "
+        "react agent: 10 rounds of 300); a fourth arm, the hook with capture_node_io=False, "
+        "shows what node input/output capture costs (not the target's setting). "
+        "Targets (issue 10): "
         "hook's added p50 <= 1.5x the do-nothing callback's, hook p99 <= 1.5x the bare p99. "
         "The mean also carries the background sender's work (building, serializing and "
         "sending each run, in slices of about 50 us between which it gives the GIL back); "
@@ -196,12 +202,13 @@ def run(
 def _latency(
     section: Section, server: ServerProcess, tmp: Path, graph_name: str, n: int, *, rounds: int
 ) -> None:
-    pooled: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    per_round: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    arms = (*ARMS, NO_NODE_IO)
+    pooled: dict[str, list[float]] = {arm: [] for arm in arms}
+    per_round: dict[str, list[float]] = {arm: [] for arm in arms}
     delivered = 0
     drain_s = 0.0
     for r in range(rounds):
-        for arm in ARMS:
+        for arm in arms:
             res = _spawn(arm, graph_name, n, server.address("runhistory"), tmp / f"spool-{r}")
             pooled[arm] += res["samples"]
             per_round[arm].append(stats_ms(res["samples"])["p50"])
@@ -209,7 +216,7 @@ def _latency(
             drain_s += res["drain_s"]
     st = {arm: stats_ms(v) for arm, v in pooled.items()}
     bare, nop, hook = st["bare"], st["do-nothing callback"], st["RunHistoryCallback"]
-    for arm in ARMS:
+    for arm in arms:
         s = st[arm]
         section.add(
             f"{graph_name}, {arm}: p50 / p99 / mean",
@@ -232,6 +239,12 @@ def _latency(
             f"{graph_name}: the same ratio round by round (each arm's own process)",
             f"{ratios[0]:.2f}x to {ratios[-1]:.2f}x, median {ratios[len(ratios) // 2]:.2f}x",
         )
+    add_lean = (st[NO_NODE_IO]["p50"] - bare["p50"]) * 1000
+    section.add(
+        f"{graph_name}: p50 added with node input/output capture off (not the target's setting)",
+        f"{add_lean:.0f} µs = {add_lean / add_nop if add_nop > 0 else float('inf'):.2f}x "
+        "the do-nothing callback's",
+    )
     section.add(
         f"{graph_name}: hook p99 / bare p99",
         f"{hook['p99']:.3f} / {bare['p99']:.3f} ms = {hook['p99'] / bare['p99']:.2f}x (target <= 1.5x)",
@@ -239,7 +252,7 @@ def _latency(
     section.add(f"{graph_name}: runs delivered by the hook's arms", f"{delivered:,}")
     # In a loop that never waits the sender yields to the graph and falls behind; what
     # it still had to do when the loop ended shows here (the flush after the last invoke).
-    timed = sum(pooled["RunHistoryCallback"])
+    timed = sum(pooled["RunHistoryCallback"]) + sum(pooled[NO_NODE_IO])
     section.add(
         f"{graph_name}: sender still busy after the timed invokes (flush)",
         f"{drain_s:.2f} s after {timed:.2f} s of invokes ({drain_s / timed:.0%})",
