@@ -312,7 +312,7 @@ def _record_cost(section: Section, n: int = 300) -> None:
     )
 
 
-def _held(section: Section, n: int = 300) -> None:
+def _held(section: Section, n: int = 1000) -> None:
     """What the hook holds per run until the sender builds it (a loop that never waits
     holds every run for up to 5 s), and the garbage collections that holding causes:
     counts, so they do not move with the machine's speed."""
@@ -322,15 +322,18 @@ def _held(section: Section, n: int = 300) -> None:
         for _ in range(50):
             graph.invoke({"x": 1}, config=cfg)
         gc.collect()
+        # Collections first, without tracemalloc (its snapshots are objects too).
         before = [g["collections"] for g in gc.get_stats()]
+        for _ in range(n):
+            graph.invoke({"x": 1}, config=cfg)
+        after = [g["collections"] for g in gc.get_stats()]
+        runs = [(a - b) * 1000 / n for a, b in zip(after, before, strict=True)]
         tracemalloc.start()
         first = tracemalloc.take_snapshot()
         for _ in range(n):
             graph.invoke({"x": 1}, config=cfg)
         diff = tracemalloc.take_snapshot().compare_to(first, "filename")
         tracemalloc.stop()
-        after = [g["collections"] for g in gc.get_stats()]
-        runs = [(a - b) * 1000 / n for a, b in zip(after, before, strict=True)]
         return sum(d.count_diff for d in diff) / n, sum(d.size_diff for d in diff) / n, runs
 
     bare_blocks, bare_size, bare_gc = measure(None)
