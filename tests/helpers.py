@@ -45,3 +45,14 @@ def error_reason(err: grpc.RpcError) -> str:
             detail.Unpack(info)
             return str(info.reason)
     return ""
+
+
+class KeepingSender:
+    """Stands in for a RunSender: keeps what the hook hands over, unbuilt, so a test can
+    look at the held log or build the record when it chooses."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def submit(self, item: Any) -> None:
+        self.items.append(item)

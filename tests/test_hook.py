@@ -28,7 +28,7 @@ from neuralops.servers.runtime.app import App
 from neuralops.servers.runtime.config import Config
 
 from tests.conftest import free_port
-from tests.helpers import wait_for
+from tests.helpers import KeepingSender, wait_for
 from tests.procs import ServerProcess
 
 TICKET = {"subject": "refund", "body": "the invoice is wrong"}
@@ -493,18 +493,14 @@ def test_a_huge_fan_out_holds_node_inputs_only_up_to_the_bound() -> None:
     class Team(TypedDict, total=False):
         log: Annotated[list[str], operator.add]
 
-    held: list[Any] = []
-
-    class Keep:
-        def submit(self, item: Any) -> None:
-            held.append(item)
+    keep = KeepingSender()
 
     g: Any = StateGraph(Team)
     g.add_node("work", lambda s: {"log": ["w"]})
     g.add_conditional_edges(START, lambda s: [Send("work", {"n": i}) for i in range(60)], ["work"])
-    hook = RunHistoryCallback(sender=Keep(), max_node_logs=3)  # type: ignore[arg-type]
+    hook = RunHistoryCallback(sender=keep, max_node_logs=3)  # type: ignore[arg-type]
     g.compile(name="fan").invoke({"log": []}, {"callbacks": [hook]})
-    (rec,) = held
+    (rec,) = keep.items
     log_, inputs = list(rec), []  # the run being recorded is its event log
     i = lg._ROOT  # after the run's own start
     while i < len(log_):
@@ -530,24 +526,20 @@ def test_what_the_caller_changes_after_the_run_is_not_what_is_recorded() -> None
         log: Annotated[list[str], operator.add]
         meta: dict[str, str]
 
-    held: list[Any] = []
-
-    class Keep:
-        def submit(self, item: Any) -> None:
-            held.append(item)
+    keep = KeepingSender()
 
     g: Any = StateGraph(Chat)
     g.add_node("reply", lambda s: {"log": ["reply"], "meta": {"turn": "1"}})
     g.add_edge(START, "reply")
     g.add_edge("reply", END)
-    hook = RunHistoryCallback(sender=Keep())  # type: ignore[arg-type]
+    hook = RunHistoryCallback(sender=keep)  # type: ignore[arg-type]
     state: dict[str, Any] = {"log": ["hi"], "meta": {"turn": "0"}}
     out = g.compile(name="chat").invoke(state, {"callbacks": [hook]})
     state["log"].append("changed after the run")
     state["meta"]["turn"] = "changed"
     out["log"].append("changed after the run")
     out["meta"]["turn"] = "changed"
-    (rec,) = held
+    (rec,) = keep.items
     run = rec()
     assert json.loads(run.inputs_json) == {"log": ["hi"], "meta": {"turn": "0"}}
     assert json.loads(run.outputs_json) == {"log": ["hi", "reply"], "meta": {"turn": "1"}}

@@ -32,6 +32,8 @@ from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.servers.runtime.app import App
 from neuralops.servers.runtime.config import Config
 
+from tests.helpers import KeepingSender
+
 # create_react_agent is LangGraph's documented prebuilt agent (moved to langchain.agents
 # in LangGraph 1.0, which this project does not depend on); its deprecation is noise here.
 pytestmark = pytest.mark.filterwarnings("ignore:create_react_agent:DeprecationWarning")
@@ -594,16 +596,12 @@ def test_a_model_call_past_the_io_bound_still_counts_its_tokens() -> None:
     # Past the bound on calls whose I/O a run holds, a model call's generation is not
     # kept, but its token usage (read when the call ends) still is, and the call says
     # truncated.
-    held: list[Any] = []
+    keep = KeepingSender()
 
-    class Keep:
-        def submit(self, item: Any) -> None:
-            held.append(item)
-
-    hook = RunHistoryCallback(sender=Keep())  # type: ignore[arg-type]
+    hook = RunHistoryCallback(sender=keep)  # type: ignore[arg-type]
     hook._call_io = 0  # the bound (8 * max_node_logs + 64), reached at once
     _react_agent().invoke({"messages": [HumanMessage("2+3, 4*5?")]}, {"callbacks": [hook]})
-    run = held[0]()
+    run = keep.items[0]()
     models = [c for c in _all_calls(run) if c.kind == pb.CALL_KIND_MODEL]
     assert [(c.usage.total_tokens, c.output_json, c.truncated) for c in models] == [
         (19, b"", True),
