@@ -351,28 +351,24 @@ class RunHistoryCallback(_Base):
             node = meta.get("langgraph_node")
             ns: str | None = None
             step = 0
-            # Captured up to the bound (0 when capture is off), then marked dropped (the
-            # record says truncated).
             if node is not None and name == node and not (tags and _HIDDEN in tags):
                 # A node (unless it is its own node's inner runnable).
                 ns = meta.get("langgraph_checkpoint_ns", "")
                 step = meta.get("langgraph_step", 0)
                 rec.nodes = seen = rec.nodes + 1
-                if seen <= self._node_io:
-                    self._open[key] = rec
-                else:
-                    inputs = cap.DROPPED if self._capture else None
-                    self._quiet[key] = rec
+                bound, capture = self._node_io, self._capture
             elif pkey in self._calls:  # a chain or graph run inside a tool or model call
                 name = name or (serialized or {}).get("name") or "chain"
                 rec.calls = seen = rec.calls + 1
-                if seen <= self._call_io:
-                    self._open[key] = rec
-                else:
-                    inputs = cap.DROPPED if self._capture_calls else None
-                    self._quiet[key] = rec
+                bound, capture = self._call_io, self._capture_calls
             else:  # a runnable inside a node: transparent, nothing of it kept
-                inputs = None
+                seen, bound, capture = 1, 0, False
+            # Captured up to the bound (0 when capture is off), then marked dropped (the
+            # record says truncated).
+            if seen <= bound:
+                self._open[key] = rec
+            else:
+                inputs = cap.DROPPED if capture else None
                 self._quiet[key] = rec
             rec.extend((_START, key, pkey, name, ns, step, inputs, now))
         except Exception:
