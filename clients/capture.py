@@ -123,6 +123,8 @@ def _key_text(key: Any) -> str:
         return "true" if key else ("null" if key is None else "false")
     if isinstance(key, Enum):
         key = key.value
+    if isinstance(key, float) and not math.isfinite(key):
+        return "null"
     if isinstance(key, date | clock_time):
         return key.isoformat()
     return str(key)
@@ -167,21 +169,35 @@ def _plain(value: Any) -> Any:
 
 
 def bounded(value: Any, b: Budget, depth: int = 0) -> Any:
-    """A JSON-safe copy of ``value`` within ``b`` (which it spends)."""
+    """A JSON-safe copy of ``value`` within ``b`` (which it spends). Never raises: a
+    value that cannot be read (its ``repr``, ``items`` or a property raises) is captured
+    as ``"<TypeName>"``, and the rest of the record is kept."""
     if value is None or isinstance(value, bool):
         b.left -= 4
         return value
-    if isinstance(value, int):
+    if isinstance(value, int):  # subclasses (IntEnum, IntFlag) as the plain number
         b.left -= 8
+        value = int(value)
         return value if -MAX_EXACT_INT <= value <= MAX_EXACT_INT else str(value)
-    if isinstance(value, float):
+    if isinstance(value, float):  # subclasses too: numpy.float64 is one
         b.left -= 8
+        value = float(value)
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        return _text(value, b)
+        return _text(str(value), b)
     if depth > MAX_DEPTH:
         b.cut = True
         return _ELLIPSIS
+    try:
+        return _bounded_object(value, b, depth)
+    except RecursionError:
+        b.cut = True
+        return _ELLIPSIS
+    except Exception:
+        return _text(f"<{type(value).__name__}>", b)
+
+
+def _bounded_object(value: Any, b: Budget, depth: int) -> Any:
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         items = list(value.items())
@@ -190,8 +206,7 @@ def bounded(value: Any, b: Budget, depth: int = 0) -> Any:
                 b.cut = True
                 out[_ELLIPSIS] = f"{len(items) - i} more"
                 break
-            key = valid_text(_key_text(k))
-            b.left -= len(key) + 4
+            key = _key(k, b)
             out[key] = bounded(v, b, depth + 1)
         return out
     if isinstance(value, list | tuple | set | frozenset):
@@ -223,7 +238,40 @@ def bounded(value: Any, b: Budget, depth: int = 0) -> Any:
             return bounded(dump(), b, depth + 1)
         except Exception:
             pass
-    return _text(repr(value), b)
+    scalar = _numpy_value(value)
+    if scalar is not value:
+        return bounded(scalar, b, depth + 1)
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return _text(text, b)
+
+
+def _numpy_value(value: Any) -> Any:
+    """A numpy scalar as its Python value, a small array as nested lists (numpy is not
+    imported: its objects are known by their module); ``value`` itself otherwise."""
+    if not type(value).__module__.startswith("numpy"):
+        return value
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    if getattr(value, "size", _MAX_ARRAY + 1) <= _MAX_ARRAY and hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+_MAX_ARRAY = 4096  # elements: a bigger array is captured as numpy's own (abridged) repr
+
+
+def _key(k: Any, b: Budget) -> str:
+    """A mapping key as the record's text, cut like a string value."""
+    key = _key_text(k)
+    limit = b.max_chars or len(key)
+    if len(key) > limit:
+        b.cut = True
+        key = key[:limit] + _ELLIPSIS
+    b.left -= len(key) + 4
+    return valid_text(key)
 
 
 def capture(value: Any, run: Budget, per_item: int) -> tuple[dict[str, Any] | None, bool]:
@@ -352,6 +400,9 @@ def _json_default(value: Any) -> Any:
     dump = getattr(value, "model_dump", None)
     if callable(dump):
         return dump()
+    scalar = _numpy_value(value)
+    if scalar is not value:
+        return scalar
     raise TypeError(type(value).__name__)  # the careful walk takes it (repr, ...)
 
 
@@ -402,28 +453,41 @@ def usage_of(replies: list[Any], llm_output: Any) -> tuple[dict[str, int], str]:
             continue
         found = True
         for key in ("input_tokens", "output_tokens", "total_tokens"):
-            totals[key] += int(um.get(key) or 0)
+            totals[key] += _tokens(um.get(key))
         cached = (um.get("input_token_details") or {}).get("cache_read")
         if cached:
-            totals["cached_input_tokens"] = totals.get("cached_input_tokens", 0) + int(cached)
+            totals["cached_input_tokens"] = totals.get("cached_input_tokens", 0) + _tokens(cached)
         reasoning = (um.get("output_token_details") or {}).get("reasoning")
         if reasoning:
-            totals["reasoning_tokens"] = totals.get("reasoning_tokens", 0) + int(reasoning)
+            totals["reasoning_tokens"] = totals.get("reasoning_tokens", 0) + _tokens(reasoning)
     llm_output = llm_output if isinstance(llm_output, Mapping) else {}
     model = model or str(llm_output.get("model_name") or llm_output.get("model") or "")
     if not found:
         tu = llm_output.get("token_usage") or llm_output.get("usage") or {}
         if isinstance(tu, Mapping):
-            totals["input_tokens"] = int(tu.get("prompt_tokens") or tu.get("input_tokens") or 0)
-            totals["output_tokens"] = int(
-                tu.get("completion_tokens") or tu.get("output_tokens") or 0
+            totals["input_tokens"] = _tokens(tu.get("prompt_tokens") or tu.get("input_tokens"))
+            totals["output_tokens"] = _tokens(
+                tu.get("completion_tokens") or tu.get("output_tokens")
             )
-            totals["total_tokens"] = int(
+            totals["total_tokens"] = _tokens(
                 tu.get("total_tokens") or totals["input_tokens"] + totals["output_tokens"]
             )
     if totals["total_tokens"] == 0:
         totals["total_tokens"] = totals["input_tokens"] + totals["output_tokens"]
     return totals, model
+
+
+_MAX_TOKENS = 2**62  # int64 fields; sums of several calls stay within them
+
+
+def _tokens(value: Any) -> int:
+    """A token count as a provider reported it: a number or numeric text; anything
+    else (or negative) counts 0, so an odd report never costs the record."""
+    try:
+        n = int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return n if 0 <= n <= _MAX_TOKENS else 0
 
 
 def generation_output(replies: list[Any]) -> Any:

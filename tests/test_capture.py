@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import Any
 
+import numpy as np
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -227,3 +229,90 @@ def test_into_structs_moves_every_twin_into_its_struct_as_the_server_stores_it()
         "x",
     ]
     assert node.calls[0].parameters.fields["t"].number_value == 0.5
+
+
+class Score(float):
+    """A float subclass, as numpy.float64 is."""
+
+
+class Level(IntEnum):
+    HIGH = 3
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class Unreadable(Mapping[str, Any]):
+    """A mapping whose items cannot be read."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("cannot iterate")
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_numbers_of_other_types_are_captured_as_plain_numbers() -> None:
+    value = {
+        "score": np.float64(0.93),
+        "half": np.float32(0.5),
+        "count": np.int64(7),
+        "big": np.int64(2**60),
+        "sub": Score(1.5),
+        "level": Level.HIGH,
+        "vector": np.arange(3),
+        "flag": np.bool_(True),
+    }
+    want = {
+        "score": 0.93,
+        "half": 0.5,
+        "count": 7,
+        "big": str(2**60),  # past 2^53: text, as a Python int would be
+        "sub": 1.5,
+        "level": 3,
+        "vector": [0, 1, 2],
+        "flag": True,
+    }
+    assert filled(value) == (want, False)
+    assert careful(value) == (want, False)
+    huge = np.zeros(10_000)  # numpy's own abridged text, not ten thousand numbers
+    got, _ = filled({"huge": huge})
+    assert got["huge"].startswith("array([0., 0., 0., ...")
+
+
+def test_a_value_that_cannot_be_read_is_named_and_the_rest_kept() -> None:
+    value = {"bad": Unprintable(), "rows": Unreadable(), "ok": [1, "two"]}
+    assert filled(value) == (
+        {"bad": "<Unprintable>", "rows": "<Unreadable>", "ok": [1, "two"]},
+        False,
+    )
+
+
+def test_long_keys_are_cut_like_strings_and_flagged() -> None:
+    key = "k" * 100_000
+    got, cut = filled({key: 1}, max_chars=2000)
+    assert cut
+    assert list(got) == ["k" * 2000 + "…"]
+
+
+def test_non_finite_float_keys_read_the_same_on_both_paths() -> None:
+    value = {math.nan: 1, math.inf: 2, 1.5: 3}
+    assert filled(value) == careful(value)
+
+
+def test_token_counts_reported_oddly_count_zero_and_never_fail() -> None:
+    good = AIMessage("a", usage_metadata={"input_tokens": 3, "output_tokens": 4, "total_tokens": 7})
+    odd = AIMessage("b")
+    reported: Any = {"input_tokens": "many", "output_tokens": -2, "total_tokens": 2**70}
+    odd.usage_metadata = reported
+    tokens, _ = cap.usage_of([good, odd], None)
+    assert tokens == {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
+    tokens, _ = cap.usage_of(
+        [], {"token_usage": {"prompt_tokens": "12", "completion_tokens": None}}
+    )
+    assert tokens == {"input_tokens": 12, "output_tokens": 0, "total_tokens": 12}
