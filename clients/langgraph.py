@@ -25,8 +25,17 @@ What one run holds:
   with ``Command(graph=Command.PARENT)``, ``interrupt()``) never mark a node or run
   failed. A handoff's node is completed with the Command as its output; ``interrupt()``
   and static breakpoints (``interrupt_before``/``interrupt_after``) give status
-  interrupted, with the interrupt values and ids in ``Run.interrupts``.
-- **Context**: ``thread_id`` (``config["configurable"]["thread_id"]``), the checkpoint
+  interrupted, with the interrupt values and ids in ``Run.interrupts``; so does a drain
+  (``GraphDrained``: ``{"drained": reason}``). A node timeout or a ``CancelledError`` the
+  node raised (``NodeTimeoutError``/``NodeCancelledError``) fails the node's attempts,
+  though the node itself only sees its task cancelled.
+- **Paths**: ``NodeLog.path`` is the namespace LangGraph's debug stream gives the node
+  (the graph that ran it): ``""`` for the top graph and for functional API tasks.
+- **Not seen**: a node served from LangGraph's cache runs no callbacks, so it is not
+  recorded. Node inputs are held as given (not copied): a node that changes its input in
+  place changes its record.
+- **Context**: ``thread_id`` (``config["configurable"]["thread_id"]``, as LangGraph puts it
+  in the metadata: a ``metadata["thread_id"]`` the caller sets wins), the checkpoint
   the run paused on or resumed from, the config's ``tags`` and ``metadata``, and the
   user and session from ``metadata["user_id"]`` / ``metadata["session_id"]``.
   A resume (``Command(resume=...)``) is its own run on the same thread; its input is
@@ -88,15 +97,21 @@ def _status_of(error: BaseException | None) -> str:
     if error is None:
         return "completed"
     names = {c.__name__ for c in type(error).__mro__}
-    if "GraphInterrupt" in names:
+    if "GraphInterrupt" in names or "GraphDrained" in names:
+        # interrupt(), or a drain (RunControl.request_drain): paused at a checkpoint
+        # the run can be resumed from
         return "interrupted"
-    if "GraphBubbleUp" in names:  # ParentCommand (handoff), GraphDrained: control flow
+    if "GraphBubbleUp" in names:  # ParentCommand (a handoff): control flow
         return "completed"
     return "cancelled" if type(error).__name__ in _CANCELLED else "failed"
 
 
 def _error_text(error: BaseException) -> str:
-    return cap.valid_text(f"{type(error).__name__}: {error}"[:4000])
+    try:
+        text = f"{type(error).__name__}: {error}"
+    except Exception:  # an exception whose __str__ raises still fails its run
+        text = type(error).__name__
+    return cap.valid_text(text[:4000])
 
 
 def _outcome(error: BaseException | None) -> tuple[str, str]:
@@ -129,7 +144,8 @@ class _Call:
 @dataclass(eq=False, slots=True)
 class _Node:
     name: str
-    ns: str
+    ns: str  # langgraph_checkpoint_ns: the task's own namespace
+    path: str  # the namespace of the graph that ran it, task ids dropped
     step: int
     attempt: int
     start: float  # perf_counter, for the duration
@@ -156,7 +172,7 @@ class _Run:
     omitted: int = 0
     interrupted: bool = False
     interrupts: list[Any] = field(default_factory=list)
-    breakpoint: str = ""
+    pause: dict[str, str] | None = None  # why it paused with no interrupt value
     checkpoint_id: str = ""
 
 
@@ -194,10 +210,35 @@ def _id_text(key: Any) -> str:
     return str(uuid.UUID(int=key)) if isinstance(key, int) else str(key)
 
 
+def _cancelled_attempts(run: _Run, timed_out: str | None, error_text: str) -> None:
+    """Node attempts that saw only their task cancelled but failed, as LangGraph tells:
+    one it retried (it retries failures only: a node timeout, a CancelledError the node
+    raised), and the one it names in the run's NodeTimeoutError/NodeCancelledError."""
+    last = {n.ns: n for n in run.nodes}
+    for n in run.nodes:
+        if n.status != "cancelled":
+            continue
+        if timed_out and n.name == timed_out:
+            n.status, n.error = "failed", error_text
+        elif n is not last[n.ns]:
+            n.status = "failed"
+            n.error = n.error or "CancelledError: the attempt was cancelled, and retried"
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """A context value (thread, user, tag, ...) as text for the record; never raises."""
+    if value is None:
+        return ""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return cap.valid_text(text[:limit])
+
+
 def _path(ns: str) -> str:
-    """``"sub:1f..|inner:2a.."`` -> ``"sub"`` (parent namespaces, task ids dropped)."""
-    parts = [p.split(":", 1)[0] for p in ns.split("|") if p]
-    return "/".join(parts[:-1])
+    """``"sub:1f..|inner:2a.."`` -> ``"sub/inner"`` (a namespace, task ids dropped)."""
+    return "/".join(p.split(":", 1)[0] for p in ns.split("|") if p)
 
 
 class _Open(list[Any]):
@@ -215,7 +256,17 @@ class _Open(list[Any]):
     happens and read with a default.
     """
 
-    __slots__ = ("calls", "cancelled_at", "ended", "first_tokens", "hook", "key", "nodes")
+    __slots__ = (
+        "calls",
+        "cancelled_at",
+        "ended",
+        "failed_node",
+        "first_tokens",
+        "hook",
+        "key",
+        "nodes",
+        "stored",
+    )
 
     hook: RunHistoryCallback
     key: Any
@@ -225,9 +276,18 @@ class _Open(list[Any]):
     first_tokens: dict[Any, float]  # by the first streamed token
     ended: bool  # by the run's end
     cancelled_at: float  # by the exit handler, for a run still open
+    stored: str  # the id it is stored under, by its first build
+    failed_node: str  # by the run's end, when LangGraph names the node that timed out
 
     def __call__(self) -> pb.Run:
         return self.hook._build(self)
+
+
+@dataclass(frozen=True, slots=True)
+class _Drained:
+    """The run stopped at a step boundary on a drain request (``GraphDrained``)."""
+
+    reason: str
 
 
 # Entries at the head of an _Open log: the run's own start.
@@ -238,7 +298,7 @@ _FIRST_REPLY = object()
 
 # Event kinds in an _Open log, and how many fields each event has (its kind included).
 _START, _END, _CALL, _CALL_END, _INTERRUPT, _RESUME = range(6)
-_SIZE = {_START: 8, _END: 6, _CALL: 10, _CALL_END: 6, _INTERRUPT: 2, _RESUME: 2}
+_SIZE = {_START: 9, _END: 6, _CALL: 10, _CALL_END: 6, _INTERRUPT: 2, _RESUME: 2}
 
 
 class RunHistoryCallback(_Base):
@@ -351,16 +411,22 @@ class RunHistoryCallback(_Base):
             node = meta.get("langgraph_node")
             ns: str | None = None
             step = 0
-            if node is not None and name == node and not (tags and _HIDDEN in tags):
-                # A node (unless it is its own node's inner runnable).
-                ns = meta.get("langgraph_checkpoint_ns", "")
-                step = meta.get("langgraph_step", 0)
-                rec.nodes = seen = rec.nodes + 1
-                bound, capture = self._node_io, self._capture
-            elif pkey in self._calls:  # a chain or graph run inside a tool or model call
+            graph_ns = None
+            if pkey in self._calls:  # a chain or graph run inside a tool or model call
+                # (even one named like the node the tool runs in: it inherits the node's
+                # metadata, but LangGraph runs no task for it)
                 name = name or (serialized or {}).get("name") or "chain"
                 rec.calls = seen = rec.calls + 1
                 bound, capture = self._call_io, self._capture_calls
+            elif node is not None and name == node and not (tags and _HIDDEN in tags):
+                # A node (unless it is its own node's inner runnable).
+                ns = meta.get("langgraph_checkpoint_ns", "")
+                step = meta.get("langgraph_step", 0)
+                # The namespace of the graph running it (none at the top), as the debug
+                # stream gives it: a functional API task runs in its entrypoint's graph.
+                graph_ns = meta.get("checkpoint_ns")
+                rec.nodes = seen = rec.nodes + 1
+                bound, capture = self._node_io, self._capture
             else:  # a runnable inside a node: transparent, nothing of it kept
                 seen, bound, capture = 1, 0, False
             # Captured up to the bound (0 when capture is off), then marked dropped (the
@@ -370,7 +436,7 @@ class RunHistoryCallback(_Base):
             else:
                 inputs = cap.DROPPED if capture else None
                 self._quiet[key] = rec
-            rec.extend((_START, key, pkey, name, ns, step, inputs, now))
+            rec.extend((_START, key, pkey, name, ns, step, graph_ns, inputs, now))
         except Exception:
             log.exception("neuralops hook: on_chain_start failed")
 
@@ -390,8 +456,12 @@ class RunHistoryCallback(_Base):
     def _stored_run_id(self, rec: _Open) -> str:
         """The id a run is stored under (on the sender's thread, in the order runs ended).
         A run id this process already recorded (a resume reusing ``config["run_id"]``)
-        is counted, logged and stored as ``~2``, ``~3``, ..."""
-        rid = str(rec[6])
+        is counted, logged and stored as ``~2``, ``~3``, ... Building the same run again
+        gives the same id."""
+        stored: str | None = getattr(rec, "stored", None)
+        if stored is not None:
+            return stored
+        rec.stored = rid = str(rec[6])
         key = rec.key
         with self._lock:
             use = self._uses[key] = self._uses.get(key, 0) + 1
@@ -402,6 +472,7 @@ class RunHistoryCallback(_Base):
                     self._uses.pop(order.popleft(), None)
                 return rid
             self.reused_run_ids += 1
+            rec.stored = f"{rid}~{use}"
         log.warning(
             "neuralops hook: run id %s was already recorded by this process (reused for a "
             "resume?); this run is stored as %s~%d",
@@ -409,7 +480,7 @@ class RunHistoryCallback(_Base):
             rid,
             use,
         )
-        return f"{rid}~{use}"
+        return rec.stored
 
     def on_chain_end(
         self,
@@ -463,6 +534,12 @@ class RunHistoryCallback(_Base):
                     outputs = error.args[0]
                 rec.extend((_END, key, outputs, status, error_text, now))
             else:
+                kind = type(error).__name__
+                if status == "interrupted" and kind == "GraphDrained":
+                    rec.extend((_INTERRUPT, _Drained(str(getattr(error, "reason", "")))))
+                elif kind in ("NodeTimeoutError", "NodeCancelledError"):
+                    # The node itself only saw its task cancelled.
+                    rec.failed_node = str(getattr(error, "node", ""))
                 self._end_run(rec, key, None, status=status, error_text=error_text, now=now)
         except Exception:
             log.exception("neuralops hook: on_chain_error failed")
@@ -699,7 +776,20 @@ class RunHistoryCallback(_Base):
         self._sender.submit(rec)
 
     def _build(self, rec: _Open) -> pb.Run:
-        return self._record(*self._assemble(rec, getattr(rec, "cancelled_at", None)))
+        run, outputs, status, duration_ms, error = self._assemble(
+            rec, getattr(rec, "cancelled_at", None)
+        )
+        try:
+            return self._record(run, outputs, status, duration_ms, error)
+        except Exception:
+            # Something the run held could not be captured (a value whose repr or
+            # properties raise, say): the run is still recorded, without what it held.
+            log.exception(
+                "neuralops hook: could not capture the inputs/outputs of run %s; it is "
+                "recorded without them",
+                run.run_id,
+            )
+            return self._record(run, outputs, status, duration_ms, error, io=False)
 
     def close_open_runs(self) -> int:
         """Record every run still open as cancelled (used at interpreter exit)."""
@@ -773,6 +863,7 @@ class RunHistoryCallback(_Base):
                 if node.end is None:
                     node.end, node.status = end, "cancelled"
             return run, None, "cancelled", duration_ms, ""
+        _cancelled_attempts(run, getattr(rec, "failed_node", None), error_text)
         if isinstance(outputs, dict) and "__interrupt__" in outputs:
             run.interrupted = True
             # Also what LangGraph returned (older LangGraph has no on_interrupt); ids dedupe.
@@ -788,7 +879,7 @@ class RunHistoryCallback(_Base):
         track: _Track,
         ev: tuple[Any, ...],
     ) -> None:
-        _, key, pkey, name, ns, step, inputs, now = ev
+        _, key, pkey, name, ns, step, graph_ns, inputs, now = ev
         parent = track.get(pkey)
         if parent is None:
             return
@@ -797,7 +888,8 @@ class RunHistoryCallback(_Base):
             ns = str(ns)
             step = step if type(step) is int else _as_int(step)
         if ns is not None and not (isinstance(where, _Node) and where.ns == ns):
-            node = self._start_node(run, name, ns=ns, step=step, inputs=inputs, now=now)
+            path = _path(str(graph_ns or ""))
+            node = self._start_node(run, name, ns=ns, path=path, step=step, inputs=inputs, now=now)
             track[key] = (node, node)
             return
         if isinstance(where, _Call) and where.kind != "chain":
@@ -810,7 +902,7 @@ class RunHistoryCallback(_Base):
         track[key] = (where, None)  # a runnable inside a node: transparent
 
     def _start_node(
-        self, run: _Run, name: str, *, ns: str, step: int, inputs: Any, now: float
+        self, run: _Run, name: str, *, ns: str, path: str, step: int, inputs: Any, now: float
     ) -> _Node | None:
         attempt = run.attempts.get(ns, 0) + 1
         run.attempts[ns] = attempt
@@ -820,6 +912,7 @@ class RunHistoryCallback(_Base):
         node = _Node(
             name=str(name),
             ns=ns,
+            path=path,
             step=step,
             attempt=attempt,
             start=now,
@@ -879,15 +972,29 @@ class RunHistoryCallback(_Base):
     @staticmethod
     def _replay_interrupt(run: _Run, event: Any) -> None:
         run.interrupted = True
+        if isinstance(event, _Drained):  # no interrupt value, no checkpoint id given
+            run.pause = {"drained": event.reason}
+            return
         run.interrupts.extend(event.interrupts)
         if not event.interrupts and event.status in ("interrupt_before", "interrupt_after"):
-            run.breakpoint = str(event.status)
+            run.pause = {"breakpoint": str(event.status)}
         if not event.checkpoint_ns or not run.checkpoint_id:
             run.checkpoint_id = str(event.checkpoint_id)
 
     # ------------------------------------------------ sender thread (build)
 
-    def _record(self, run: _Run, outputs: Any, status: str, duration_ms: int, error: str) -> pb.Run:
+    def _record(
+        self,
+        run: _Run,
+        outputs: Any,
+        status: str,
+        duration_ms: int,
+        error: str,
+        *,
+        io: bool = True,
+    ) -> pb.Run:
+        """The record of an assembled run; with ``io`` off, without anything it captured
+        (inputs, outputs, parameters, metadata, interrupt values), marked truncated."""
         budget = cap.Budget(self._run_budget, self._max)
         msg = pb.Run(
             wpk_id=run.wpk_id,
@@ -897,43 +1004,46 @@ class RunHistoryCallback(_Base):
             error=error,
             omitted_node_logs=run.omitted,
         )
-        per = self._node_budget
-        msg.inputs_json, cut_in = cap.json_capture(run.inputs, budget, per)
-        msg.outputs_json, cut_out = cap.json_capture(outputs, budget, per)
-        truncated = cut_in or cut_out
-        self._context(msg, run)
+        truncated = not io
+        if io:
+            per = self._node_budget
+            msg.inputs_json, cut_in = cap.json_capture(run.inputs, budget, per)
+            msg.outputs_json, cut_out = cap.json_capture(outputs, budget, per)
+            truncated = cut_in or cut_out
+        self._context(msg, run, io)
         usage = _Totals()
         since = time.perf_counter()
         for n in run.nodes:
             since, _ = pace(since)
-            node, cut = self._node_message(n, status, budget, usage)
+            node, cut = self._node_message(n, status, budget, usage, io)
             truncated |= cut
             msg.node_logs.append(node)
         for c in run.loose_calls:
-            _, cut = self._call_message(c, budget, usage)
+            _, cut = self._call_message(c, budget, usage, io)
             truncated |= cut
         msg.truncated = truncated
         usage.fill(msg.usage)
-        self._interrupts(msg, run, budget)
+        self._interrupts(msg, run, budget, io)
         return msg
 
-    def _context(self, msg: pb.Run, run: _Run) -> None:
+    def _context(self, msg: pb.Run, run: _Run, io: bool = True) -> None:
         meta = run.metadata
-        msg.thread_id = str(meta.get("thread_id") or "")[:200]
-        msg.checkpoint_id = run.checkpoint_id[:200]
-        msg.user_id = str(meta.get("user_id") or "")[:200]
-        msg.session_id = str(meta.get("session_id") or "")[:200]
-        msg.tags.extend(str(t)[:200] for t in run.tags[:64])
+        msg.thread_id = _short(meta.get("thread_id"))
+        msg.checkpoint_id = _short(run.checkpoint_id)
+        msg.user_id = _short(meta.get("user_id"))
+        msg.session_id = _short(meta.get("session_id"))
+        msg.tags.extend(_short(t) for t in run.tags[:64])
         given = {
             k: v
             for k, v in meta.items()
-            if not k.startswith(_INTERNAL_META) and k not in ("thread_id", "checkpoint_id")
+            if not (isinstance(k, str) and k.startswith(_INTERNAL_META))
+            and k not in ("thread_id", "checkpoint_id")
         }
-        if given:
+        if given and io:
             budget = cap.Budget(self._node_budget, self._max)
             msg.metadata_json, _ = cap.json_capture(given, budget, self._node_budget)
 
-    def _interrupts(self, msg: pb.Run, run: _Run, budget: cap.Budget) -> None:
+    def _interrupts(self, msg: pb.Run, run: _Run, budget: cap.Budget, io: bool = True) -> None:
         seen: set[str] = set()
         found = list(run.interrupts)
         for i in found:
@@ -941,23 +1051,25 @@ class RunHistoryCallback(_Base):
             if iid in seen:
                 continue
             seen.add(iid)
-            item = pb.Interrupt(id=iid)
-            d, _ = cap.capture({"v": getattr(i, "value", None)}, budget, self._node_budget)
+            item = pb.Interrupt(id=cap.valid_text(iid))
+            d = None
+            if io:
+                d, _ = cap.capture({"v": getattr(i, "value", None)}, budget, self._node_budget)
             if d is not None:
                 item.value.CopyFrom(cap.struct(d).fields["v"])
             msg.interrupts.append(item)
-        if not found and run.breakpoint:
+        if not found and run.pause:
             item = pb.Interrupt()
-            item.value.struct_value.update({"breakpoint": run.breakpoint})
+            item.value.struct_value.update(run.pause)
             msg.interrupts.append(item)
 
     def _node_message(
-        self, n: _Node, run_status: str, budget: cap.Budget, usage: _Totals
+        self, n: _Node, run_status: str, budget: cap.Budget, usage: _Totals, io: bool = True
     ) -> tuple[pb.NodeLog, bool]:
         end = n.end if n.end is not None else n.start
         node = pb.NodeLog(
-            name=n.name,
-            path=_path(n.ns),
+            name=cap.valid_text(n.name),
+            path=cap.valid_text(n.path),
             step=n.step,
             attempt=n.attempt,
             duration_ms=round((end - n.start) * 1000),
@@ -969,25 +1081,27 @@ class RunHistoryCallback(_Base):
         cap.stamp(n.started_at, node.start_time)
         cap.stamp(n.started_at + (end - n.start), node.end_time)
         truncated = False
-        if self._capture:
+        if self._capture and io:
             # The update first: it is what the node did; the input is often the whole state.
             per = self._node_budget
             node.output_json, cut_out = cap.json_capture(n.output, budget, per)
             node.input_json, cut_in = cap.json_capture(n.input, budget, per)
             truncated = cut_out or cut_in
         for c in n.calls:
-            call, cut = self._call_message(c, budget, usage)
+            call, cut = self._call_message(c, budget, usage, io)
             truncated |= cut
             node.calls.append(call)
         node.truncated = truncated
         return node, truncated
 
-    def _call_message(self, c: _Call, budget: cap.Budget, usage: _Totals) -> tuple[pb.Call, bool]:
+    def _call_message(
+        self, c: _Call, budget: cap.Budget, usage: _Totals, io: bool = True
+    ) -> tuple[pb.Call, bool]:
         end = c.end if c.end is not None else c.start
         call = pb.Call(
             id=c.id,
             kind=cap.kind(c.kind),
-            name=c.name,
+            name=cap.valid_text(c.name),
             duration_ms=round((end - c.start) * 1000),
             status=cap.status("cancelled" if c.status == "running" else c.status),
             error=c.error,
@@ -1004,24 +1118,24 @@ class RunHistoryCallback(_Base):
                 tokens, model = cap.usage_of(replies, llm_output)
                 if output is _FIRST_REPLY:
                     output = cap.generation_output(replies)
-            call.model = c.model or model
-            call.provider = c.provider
+            call.model = cap.valid_text(c.model or model)
+            call.provider = cap.valid_text(c.provider)
             if tokens:
                 for k, v in tokens.items():
                     setattr(call.usage, k, v)
             if c.first_token is not None:
                 call.time_to_first_token_ms = round((c.first_token - c.start) * 1000)
-            if params and self._capture_calls:
+            if params and self._capture_calls and io:
                 call.parameters_json, _ = cap.json_capture(params, budget, self._node_budget)
         usage.add(c.kind, call)
         truncated = False
-        if self._capture_calls:
+        if self._capture_calls and io:
             per = self._node_budget
             call.output_json, cut_out = cap.json_capture(output, budget, per)
             call.input_json, cut_in = cap.json_capture(c.input, budget, per)
             truncated = cut_out or cut_in
         for inner in c.calls:
-            sub, cut = self._call_message(inner, budget, usage)
+            sub, cut = self._call_message(inner, budget, usage, io)
             truncated |= cut
             call.calls.append(sub)
         call.truncated = truncated

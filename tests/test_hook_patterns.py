@@ -608,3 +608,134 @@ def test_a_model_call_past_the_io_bound_still_counts_its_tokens() -> None:
         (34, b"", True),
     ]
     assert run.usage.model_calls == 2 and run.usage.tokens.total_tokens == 53
+
+
+def test_a_sub_agent_named_like_the_node_calling_it_is_a_call_not_a_node(
+    runhistory: App, sender: RunSender
+) -> None:
+    sub = _react_agent("researcher")
+
+    @tool
+    def ask(question: str) -> str:
+        """Ask the research sub-agent."""
+        return str(sub.invoke({"messages": [HumanMessage(question)]})["messages"][-1].content)
+
+    def researcher(s: Team) -> dict[str, Any]:  # a node named like the sub-agent
+        return {"log": [str(ask.invoke({"question": "sums?"}))]}
+
+    g: Any = StateGraph(Team)
+    g.add_node("researcher", researcher)
+    g.add_edge(START, "researcher")
+    graph = g.compile(name="clash")
+    debug = _debug_tasks(graph, {"log": []}, {})
+    run_id = str(uuid.uuid4())
+    graph.invoke({"log": []}, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id})
+    run = _stored(runhistory, sender, "clash", run_id)
+    top = [n for n in run.node_logs if not n.path]
+    assert [(n.name, n.attempt) for n in top] == [("researcher", 1)] == [(d, 1) for d in debug[:1]]
+    (ask_call,) = top[0].calls
+    assert (ask_call.kind, ask_call.name) == (pb.CALL_KIND_TOOL, "ask")
+    assert [(c.kind, c.name) for c in ask_call.calls] == [(pb.CALL_KIND_CHAIN, "researcher")]
+    # The sub-agent's own nodes, where LangGraph's debug stream puts them.
+    assert sorted(n.name for n in run.node_logs if n.path) == sorted(debug[1:])
+
+
+def test_a_drained_run_is_interrupted_not_completed(runhistory: App, sender: RunSender) -> None:
+    from langgraph.errors import GraphDrained
+    from langgraph.runtime import RunControl
+
+    control = RunControl()
+
+    def first(s: Team) -> dict[str, Any]:
+        control.request_drain("sigterm")  # as a SIGTERM handler would
+        return {"log": ["first"]}
+
+    g: Any = StateGraph(Team)
+    g.add_node("first", first)
+    g.add_node("second", lambda s: {"log": ["second"]})
+    g.add_edge(START, "first")
+    g.add_edge("first", "second")
+    graph = g.compile(name="drain", checkpointer=InMemorySaver())
+    cfg: dict[str, Any] = {
+        "callbacks": [RunHistoryCallback(sender=sender)],
+        "configurable": {"thread_id": "d1"},
+    }
+    drained, resumed = str(uuid.uuid4()), str(uuid.uuid4())
+    with pytest.raises(GraphDrained):
+        graph.invoke({"log": []}, {**cfg, "run_id": drained}, control=control)
+    assert graph.get_state(cfg).next == ("second",)
+    graph.invoke(None, {**cfg, "run_id": resumed})
+    run = _stored(runhistory, sender, "drain", drained)
+    assert run.status == pb.RUN_STATUS_INTERRUPTED and not run.error
+    assert [to_python(i.value) for i in run.interrupts] == [{"drained": "sigterm"}]
+    assert [(n.name, n.status) for n in run.node_logs] == [("first", pb.RUN_STATUS_COMPLETED)]
+    after = _client(runhistory).get_run("drain", resumed)
+    assert after.thread_id == run.thread_id == "d1"
+    assert [n.name for n in after.node_logs] == ["second"]
+    assert after.status == pb.RUN_STATUS_COMPLETED
+
+
+def test_a_node_timeout_fails_each_attempt_as_langgraph_reports_it(
+    runhistory: App, sender: RunSender
+) -> None:
+    import asyncio
+
+    async def slow(s: Team) -> dict[str, Any]:
+        await asyncio.sleep(5)
+        return {"log": ["slow"]}
+
+    async def main() -> str:
+        g: Any = StateGraph(Team)
+        retry = RetryPolicy(max_attempts=2, initial_interval=0.001, jitter=False)
+        g.add_node("slow", slow, timeout=0.05, retry_policy=retry)
+        g.add_edge(START, "slow")
+        graph = g.compile(name="timeout")
+        results = []
+        with pytest.raises(Exception, match="exceeded its run timeout"):
+            async for e in graph.astream({"log": []}, stream_mode="debug"):
+                if e["type"] == "task_result":
+                    results.append(e["payload"].get("error"))
+        run_id = str(uuid.uuid4())
+        with pytest.raises(Exception, match="exceeded its run timeout") as raised:
+            await graph.ainvoke(
+                {"log": []}, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+            )
+        assert type(raised.value).__name__ == "NodeTimeoutError"
+        assert results and "exceeded its run timeout" in str(results[-1])
+        return run_id
+
+    run = _stored(runhistory, sender, "timeout", asyncio.run(main()))
+    assert run.status == pb.RUN_STATUS_FAILED
+    assert run.error.startswith("NodeTimeoutError: Node 'slow' exceeded its run timeout")
+    assert [(n.attempt, n.status, n.error) for n in run.node_logs] == [
+        (1, pb.RUN_STATUS_FAILED, run.error),
+        (2, pb.RUN_STATUS_FAILED, run.error),
+    ]
+
+
+def test_functional_api_tasks_sit_where_the_debug_stream_puts_them(
+    runhistory: App, sender: RunSender
+) -> None:
+    from langgraph.func import entrypoint, task
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @entrypoint()
+    def quad(x: int) -> int:
+        return double(double(x).result()).result()
+
+    flow: Any = quad
+    debug = [
+        (ns, e["payload"]["name"])
+        for ns, e in flow.stream(3, stream_mode="debug", subgraphs=True)
+        if e["type"] == "task"
+    ]
+    run_id = str(uuid.uuid4())
+    hook = RunHistoryCallback(sender=sender, wpk_id="quad")
+    assert flow.invoke(3, {"callbacks": [hook], "run_id": run_id}) == 12
+    run = _stored(runhistory, sender, "quad", run_id)
+    assert [((tuple(n.path.split("/")) if n.path else ()), n.name) for n in run.node_logs] == debug
+    assert debug == [((), "quad"), ((), "double"), ((), "double")]
+    assert [to_python(n.output) for n in run.node_logs[1:]] == [{"value": 6}, {"value": 12}]

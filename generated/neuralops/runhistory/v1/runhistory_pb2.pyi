@@ -410,8 +410,10 @@ class NodeLog(_message.Message):
     name: _builtins.str
     """Node name as registered in the graph, e.g. "retrieve". Required."""
     path: _builtins.str
-    """Where the node ran: LangGraph's checkpoint namespace without task ids,
-    e.g. "" for the top graph or "research" for a node of subgraph "research".
+    """Where the node ran: the namespace of the graph that ran it, as LangGraph's
+    debug stream gives it (`subgraphs=True`), task ids dropped, e.g. "" for the
+    top graph (and functional API tasks) or "research" for a node of subgraph
+    "research".
     """
     step: _builtins.int
     """The superstep the node ran in (LangGraph's `langgraph_step`)."""
