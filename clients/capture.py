@@ -130,12 +130,30 @@ def _key_text(key: Any) -> str:
     return str(key)
 
 
-_MESSAGE_KEYS = ("name", "id", "tool_call_id", "tool_calls", "usage_metadata")
+_MESSAGE_KEYS = (
+    "name",
+    "id",
+    "tool_call_id",
+    "tool_calls",
+    "invalid_tool_calls",  # what the model meant as a tool call but did not parse
+    "artifact",  # a tool's content_and_artifact
+    "usage_metadata",
+)
+# A streamed message's chunk type as the message type it adds up to.
+_CHUNK_TYPES = {
+    "AIMessageChunk": "ai",
+    "HumanMessageChunk": "human",
+    "SystemMessageChunk": "system",
+    "ToolMessageChunk": "tool",
+    "ChatMessageChunk": "chat",
+    "FunctionMessageChunk": "function",
+}
 
 
 def _message(m: Any) -> dict[str, Any]:
     """A LangChain message, compactly (model_dump is ten times slower and noisier)."""
-    d: dict[str, Any] = {"type": m.type, "content": m.content}
+    kind = m.type
+    d: dict[str, Any] = {"type": _CHUNK_TYPES.get(kind, kind), "content": m.content}
     # The model's fields, read from its __dict__: getattr on a pydantic model for a
     # field it does not have goes through a slow __getattr__.
     fields = getattr(m, "__dict__", None) or {}
@@ -143,6 +161,12 @@ def _message(m: Any) -> dict[str, Any]:
         v = fields.get(key)
         if v:
             d[key] = v
+    status = fields.get("status")
+    if status and status != "success":  # a ToolMessage reporting an error
+        d["status"] = status
+    finish = (fields.get("response_metadata") or {}).get("finish_reason")
+    if finish:
+        d["finish_reason"] = finish
     return d
 
 
@@ -164,7 +188,10 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "content") and hasattr(value, "type") and hasattr(value, "additional_kwargs"):
         return _message(value)
     if kind == "Document" and hasattr(value, "page_content"):
-        return {"page_content": value.page_content, "metadata": value.metadata}
+        doc = {"page_content": value.page_content, "metadata": value.metadata}
+        if getattr(value, "id", None):
+            doc["id"] = value.id
+        return doc
     return value
 
 
@@ -440,7 +467,7 @@ def model_replies(response: Any) -> tuple[list[Any], Any]:
 
 def usage_of(replies: list[Any], llm_output: Any) -> tuple[dict[str, int], str]:
     """Token usage and model name from a model call's replies (:func:`model_replies`):
-    the messages' ``usage_metadata`` (cached and reasoning tokens when the provider
+    the first reply's ``usage_metadata`` (cached and reasoning tokens when the provider
     reports them), else the provider's ``llm_output["token_usage"]``."""
     totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
     model = ""
@@ -449,7 +476,10 @@ def usage_of(replies: list[Any], llm_output: Any) -> tuple[dict[str, int], str]:
         meta = getattr(msg, "response_metadata", None) or {}
         model = model or str(meta.get("model_name") or meta.get("model") or "")
         um = getattr(msg, "usage_metadata", None)
-        if not um:
+        if not um or found:
+            # One response is billed once: with several choices (n > 1) providers
+            # put the response's usage on each (LangChain's own usage callback reads
+            # the first generation too).
             continue
         found = True
         for key in ("input_tokens", "output_tokens", "total_tokens"):

@@ -12,7 +12,9 @@ into the graph.
 
 What one run holds:
 
-- **One invoke is one run.** A graph invoked on its own starts a run; everything
+- **One invoke is one run.** A graph invoked on its own starts a run (a chain invoked
+  with the hook records nothing unless a graph runs under it: then the chain is the run,
+  holding the graph's nodes); everything
   started under it (nodes, subgraphs, and chains or graphs run inside a tool or a
   model call, such as a sub-agent used as a tool) is recorded inside it.
 - **Nodes** as LangGraph's debug stream shows them: internal tasks LangGraph hides
@@ -21,6 +23,10 @@ What one run holds:
 - **Calls** made inside a node: model (name, provider, parameters, messages,
   generation, token usage, time to first token when streamed), tool and retriever
   calls, nested when one runs inside another (a model call inside a tool's chain).
+  Token usage is read when the call ends (what the provider billed, whatever a later
+  node does to the message), once per response (several choices carry the same usage);
+  time to first token is the first streamed chunk with text or a tool call (not a
+  role-only chunk).
 - **Control flow is not failure**: ``GraphBubbleUp`` and its subclasses (a handoff
   with ``Command(graph=Command.PARENT)``, ``interrupt()``) never mark a node or run
   failed. A handoff's node is completed with the Command as its output; ``interrupt()``
@@ -208,6 +214,29 @@ def _as_int(value: Any) -> int:
 def _id_text(key: Any) -> str:
     """A run id back from its key (``_key``)."""
     return str(uuid.UUID(int=key)) if isinstance(key, int) else str(key)
+
+
+# LangGraph marks the runs of its graphs (unless the caller set this key first).
+_GRAPH = "ls_integration"
+
+
+def _is_graph_run(rec: _Open) -> bool:
+    """Whether a root run is a graph's: only those are recorded. A chain invoked on its
+    own with the hook (no graph) is not; a graph on a LangGraph too old to mark its runs
+    is known by its nodes. (on_chain_end, once per invoke, tests this inline.)"""
+    return bool(rec.nodes) or _GRAPH in rec[3]
+
+
+def _carries_output(chunk: Any) -> bool:
+    """A streamed chunk with no text that still carries output: a tool call's first
+    fragment (or a provider's function call)."""
+    message = getattr(chunk, "message", None)
+    if message is None:
+        return False
+    return bool(
+        getattr(message, "tool_call_chunks", None)
+        or (getattr(message, "additional_kwargs", None) or {}).get("function_call")
+    )
 
 
 def _cancelled_attempts(run: _Run, timed_out: str | None, error_text: str) -> None:
@@ -398,7 +427,8 @@ class RunHistoryCallback(_Base):
                     rec = self._quiet.get(pkey)
             if rec is None:
                 # A new run; its inputs are copied (the caller may change them later).
-                rec = _Open((serialized, _snapshot(inputs), tags, metadata, name, now, run_id))
+                meta = metadata or _NO_META
+                rec = _Open((serialized, _snapshot(inputs), tags, meta, name, now, run_id))
                 rec.hook = self
                 rec.key = key
                 rec.nodes = rec.calls = 0
@@ -507,7 +537,8 @@ class RunHistoryCallback(_Base):
             else:  # the run itself ended (as _end_run, inline: once per invoke)
                 rec.ended = True
                 rec.extend((_END, key, _snapshot(outputs), "completed", "", now))
-                self._sender.submit(rec)
+                if rec.nodes or _GRAPH in rec[3]:
+                    self._sender.submit(rec)
         except Exception:
             log.exception("neuralops hook: on_chain_end failed")
 
@@ -551,7 +582,8 @@ class RunHistoryCallback(_Base):
         built on the sender's thread."""
         rec.ended = True
         rec.extend((_END, key, _snapshot(outputs), status, error_text, now))
-        self._sender.submit(rec)
+        if _is_graph_run(rec):
+            self._sender.submit(rec)
 
     # ------------------------------------------------------------- calls
 
@@ -598,8 +630,8 @@ class RunHistoryCallback(_Base):
                 dropped = cap.DROPPED if self._capture_calls else None
                 if kind != "model":
                     output = dropped
-                elif output is not None:  # (replies, llm_output, generation): keep the usage
-                    output = (output[0], output[1], dropped)
+                elif output is not None:  # (replies, usage, generation): keep the usage
+                    output = ((), output[1], dropped)
             status, error_text = _outcome(error)
             rec.extend((_CALL_END, key, output, status, error_text, now))
 
@@ -656,24 +688,34 @@ class RunHistoryCallback(_Base):
     def on_llm_new_token(
         self, token: str | list[str | dict[str, Any]], *, run_id: uuid.UUID, **kwargs: Any
     ) -> None:
-        key = _key(run_id)
-        rec = self._find(key)
-        if rec is not None:
-            seen = getattr(rec, "first_tokens", None)
-            if seen is None:
-                seen = rec.first_tokens = {}
-            if key not in seen:
-                seen[key] = _now()
+        try:
+            now = _now()
+            if not token and not _carries_output(kwargs.get("chunk")):
+                return  # a chunk with only a role or metadata is not a token yet
+            key = _key(run_id)
+            rec = self._find(key)
+            if rec is None:
+                return
+            seen: dict[Any, float] | None = getattr(rec, "first_tokens", None)
+            if seen is None:  # once per run; parallel branches may stream at once
+                with self._lock:
+                    seen = getattr(rec, "first_tokens", None)
+                    if seen is None:
+                        seen = rec.first_tokens = {}
+            seen.setdefault(key, now)
+        except Exception:
+            log.exception("neuralops hook: on_llm_new_token failed")
 
     def on_llm_end(self, response: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
         try:
             # Only the replies (messages the graph's state holds anyway) and llm_output
             # are kept: the LLMResult itself is a dozen objects (generations, their
             # dicts and field sets) that would otherwise wait for the record, each one
-            # more for the garbage collector to scan until then. Usage is read from the
-            # replies on the sender's thread.
+            # more for the garbage collector to scan until then. Usage is read now: it
+            # is what the provider bills, whatever a later node does to the messages.
             replies, llm_output = cap.model_replies(response)
-            self._call_end(run_id, (replies, llm_output, _FIRST_REPLY), None)
+            usage = cap.usage_of(replies, llm_output)
+            self._call_end(run_id, (replies, usage, _FIRST_REPLY), None)
         except Exception:
             log.exception("neuralops hook: on_llm_end failed")
 
@@ -799,7 +841,7 @@ class RunHistoryCallback(_Base):
             self._open.clear()
             self._quiet.clear()
             self._calls.clear()
-        roots = [r for r in recs.values() if not getattr(r, "ended", False)]
+        roots = [r for r in recs.values() if not getattr(r, "ended", False) and _is_graph_run(r)]
         for rec in roots:
             self._submit(rec, now)
         return len(roots)
@@ -1113,9 +1155,8 @@ class RunHistoryCallback(_Base):
             params = c.params or {}
             tokens: dict[str, int] = {}
             model = ""
-            if output is not None:  # (replies, llm_output, generation) from on_llm_end
-                replies, llm_output, output = output
-                tokens, model = cap.usage_of(replies, llm_output)
+            if output is not None:  # (replies, usage, generation) from on_llm_end
+                replies, (tokens, model), output = output
                 if output is _FIRST_REPLY:
                     output = cap.generation_output(replies)
             call.model = cap.valid_text(c.model or model)

@@ -16,7 +16,7 @@ import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
@@ -739,3 +739,178 @@ def test_functional_api_tasks_sit_where_the_debug_stream_puts_them(
     assert [((tuple(n.path.split("/")) if n.path else ()), n.name) for n in run.node_logs] == debug
     assert debug == [((), "quad"), ((), "double"), ((), "double")]
     assert [to_python(n.output) for n in run.node_logs[1:]] == [{"value": 6}, {"value": 12}]
+
+
+class _ChoicesChat(BaseChatModel):
+    """A provider answering with several choices (n > 1), as langchain-openai reports
+    them: the response's usage on every choice, and in llm_output."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "choices-chat"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        choices = [
+            ChatGeneration(
+                message=AIMessage(
+                    text,
+                    usage_metadata=_usage(10, 8),
+                    response_metadata={"model_name": "choices-model"},
+                ),
+                generation_info={"finish_reason": "stop"},
+            )
+            for text in ("first", "second")
+        ]
+        usage = {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18}
+        return ChatResult(generations=choices, llm_output={"token_usage": usage})
+
+
+class _SlowStartChat(BaseChatModel):
+    """Streams as providers do: a chunk with only the role first, content later."""
+
+    delay_s: float = 0.15
+
+    @property
+    def _llm_type(self) -> str:
+        return "slow-start-chat"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("hello world"))])
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        import time
+
+        from langchain_core.messages import AIMessageChunk
+        from langchain_core.outputs import ChatGenerationChunk
+
+        for i, text in enumerate(("", "hello", " world")):
+            if i == 1:
+                time.sleep(self.delay_s)  # the model thinking before its first token
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+            if run_manager is not None:
+                run_manager.on_llm_new_token(text, chunk=chunk)
+            yield chunk
+
+
+def test_a_response_with_several_choices_is_billed_once(runhistory: App, sender: RunSender) -> None:
+    from langchain_core.callbacks import get_usage_metadata_callback
+
+    def ask(s: Team) -> dict[str, Any]:
+        return {"log": [str(_ChoicesChat().invoke("hi").content)]}
+
+    with get_usage_metadata_callback() as langchain_count:  # LangChain's own count
+        run = _one_node_run(runhistory, sender, "choices", "ask", ask)
+    (call,) = run.node_logs[0].calls
+    (counted,) = langchain_count.usage_metadata.values()
+    u = call.usage
+    assert (u.input_tokens, u.output_tokens, u.total_tokens) == (10, 8, 18)
+    assert (counted["input_tokens"], counted["total_tokens"]) == (10, 18)
+    assert run.usage.tokens.total_tokens == 18
+
+
+def test_time_to_first_token_waits_for_content_not_the_first_chunk(
+    runhistory: App, sender: RunSender
+) -> None:
+    def ask(s: Team) -> dict[str, Any]:
+        text = "".join(str(c.content) for c in _SlowStartChat().stream("hi"))
+        return {"log": [text]}
+
+    run = _one_node_run(runhistory, sender, "ttft", "ask", ask)
+    (call,) = run.node_logs[0].calls
+    assert 150 <= call.time_to_first_token_ms <= call.duration_ms
+    assert to_python(call.output)["message"]["content"] == "hello world"
+    assert to_python(call.output)["message"]["type"] == "ai"  # not "AIMessageChunk"
+
+
+def test_usage_is_what_the_model_reported_whatever_a_later_node_changes(
+    runhistory: App, sender: RunSender
+) -> None:
+    class Chat(TypedDict, total=False):
+        messages: list[Any]
+
+    model = FakeMessagesListChatModel(
+        responses=[AIMessage("my card is 4111", usage_metadata=_usage(12, 7))]
+    )
+
+    def redact(s: Chat) -> dict[str, Any]:
+        reply = s["messages"][-1]
+        reply.content = "[redacted]"  # in place, as a careless redaction step does
+        reply.usage_metadata = None
+        return {}
+
+    g: Any = StateGraph(Chat)
+    g.add_node("agent", lambda s: {"messages": [*s["messages"], model.invoke(s["messages"])]})
+    g.add_node("redact", redact)
+    g.add_edge(START, "agent")
+    g.add_edge("agent", "redact")
+    run_id = str(uuid.uuid4())
+    g.compile(name="redacted").invoke(
+        {"messages": [HumanMessage("hi")]},
+        {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id},
+    )
+    run = _stored(runhistory, sender, "redacted", run_id)
+    (call,) = run.node_logs[0].calls
+    assert (call.usage.input_tokens, call.usage.output_tokens) == (12, 7)
+    assert run.usage.tokens.total_tokens == 19
+
+
+def test_a_chain_invoked_on_its_own_is_no_run_but_one_around_a_graph_is(
+    runhistory: App, sender: RunSender
+) -> None:
+    hook = RunHistoryCallback(sender=sender)
+    model = FakeMessagesListChatModel(responses=[AIMessage("plain chain")] * 2)
+    graph = _react_agent("inner-agent")
+    chain = RunnableLambda(lambda x: x) | model
+    chain.invoke("hi", {"callbacks": [hook]})  # no graph: nothing to record
+    # A plain function calling the graph (RunnableLambda(graph.invoke) would hand it the
+    # chain's config itself).
+    wrapped = RunnableLambda(lambda x: graph.invoke(x)) | RunnableLambda(lambda s: s)  # noqa: PLW0108
+    wrapped.invoke(
+        {"messages": [HumanMessage("2+3?")]},
+        {"callbacks": [hook], "metadata": {"wpk_id": "wrapped"}},
+    )
+    assert sender.flush(10)
+    assert sender.delivered == 1 and sender.spooled == 0
+    assert sender.stats().get("dropped", 0) == 0
+    (listed,), _ = _client(runhistory).list_runs("wrapped")  # one run: the chain's, whole
+    run = _client(runhistory).get_run("wrapped", listed.run_id)
+    assert [n.name for n in run.node_logs] == _debug_tasks(
+        _react_agent("inner-agent"), {"messages": [HumanMessage("2+3?")]}, {}
+    )
+    assert not (hook._open or hook._quiet or hook._calls)  # nothing left behind
+
+
+def test_what_a_reply_says_beyond_its_text_is_kept(runhistory: App, sender: RunSender) -> None:
+    bad_call = {"name": "add", "args": '{"a": 1,', "id": "x1", "error": "bad json"}
+    model = FakeMessagesListChatModel(
+        responses=[
+            AIMessage(
+                "",
+                invalid_tool_calls=[bad_call],
+                response_metadata={"finish_reason": "length"},
+            )
+        ]
+    )
+
+    @tool(response_format="content_and_artifact")
+    def rows(q: str) -> tuple[str, dict[str, Any]]:
+        """Rows for q."""
+        return "3 rows", {"rows": [1, 2, 3]}
+
+    @tool
+    def soft_fail(q: str) -> ToolMessage:
+        """Fails softly."""
+        return ToolMessage("could not do it", tool_call_id="t2", status="error")
+
+    def ask(s: Team) -> dict[str, Any]:
+        model.invoke("hi")
+        rows.invoke({"type": "tool_call", "name": "rows", "args": {"q": "a"}, "id": "t1"})
+        soft_fail.invoke({"type": "tool_call", "name": "soft_fail", "args": {"q": "b"}, "id": "t2"})
+        return {"log": ["asked"]}
+
+    run = _one_node_run(runhistory, sender, "fields", "ask", ask)
+    reply, artifact, soft = (to_python(c.output) for c in run.node_logs[0].calls)
+    assert reply["message"]["invalid_tool_calls"][0]["args"] == '{"a": 1,'
+    assert reply["message"]["finish_reason"] == "length"
+    assert artifact["output"]["artifact"] == {"rows": [1, 2, 3]}
+    assert soft["output"]["status"] == "error"
