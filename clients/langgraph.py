@@ -145,6 +145,7 @@ class _Call:
     output: Any = None
     first_token: float | None = None
     calls: list[_Call] = field(default_factory=list)
+    tool_call_id: str = ""
 
 
 @dataclass(eq=False, slots=True)
@@ -327,7 +328,7 @@ _FIRST_REPLY = object()
 
 # Event kinds in an _Open log, and how many fields each event has (its kind included).
 _START, _END, _CALL, _CALL_END, _INTERRUPT, _RESUME = range(6)
-_SIZE = {_START: 9, _END: 6, _CALL: 10, _CALL_END: 6, _INTERRUPT: 2, _RESUME: 2}
+_SIZE = {_START: 9, _END: 6, _CALL: 11, _CALL_END: 6, _INTERRUPT: 2, _RESUME: 2}
 
 
 class RunHistoryCallback(_Base):
@@ -597,6 +598,7 @@ class RunHistoryCallback(_Base):
         inputs: Any,
         meta: dict[str, Any] | None,
         params: dict[str, Any] | None = None,
+        tool_call_id: Any = None,
     ) -> None:
         now = time.perf_counter()
         pkey = _key(parent_run_id) if parent_run_id is not None else None
@@ -618,7 +620,9 @@ class RunHistoryCallback(_Base):
             provider = str(m.get("ls_provider") or "")
         if not keep:
             inputs = params = cap.DROPPED if self._capture_calls else None
-        rec.extend((_CALL, key, pkey, kind, name, inputs, model, provider, params, now))
+        rec.extend(
+            (_CALL, key, pkey, kind, name, inputs, model, provider, params, tool_call_id, now)
+        )
 
     def _call_end(self, run_id: uuid.UUID, output: Any, error: BaseException | None) -> None:
         now = time.perf_counter()
@@ -740,7 +744,15 @@ class RunHistoryCallback(_Base):
         try:
             name = kwargs.get("name") or (serialized or {}).get("name") or "tool"
             given = inputs if inputs is not None else {"input": input_str}
-            self._call_start("tool", run_id, parent_run_id, name=str(name), inputs=given, meta=None)
+            self._call_start(
+                "tool",
+                run_id,
+                parent_run_id,
+                name=str(name),
+                inputs=given,
+                meta=None,
+                tool_call_id=kwargs.get("tool_call_id"),
+            )
         except Exception:
             log.exception("neuralops hook: on_tool_start failed")
 
@@ -988,13 +1000,14 @@ class RunHistoryCallback(_Base):
         track: _Track,
         ev: tuple[Any, ...],
     ) -> _Call | None:
-        _, key, pkey, kind, name, inputs, model, provider, params, now = ev
+        _, key, pkey, kind, name, inputs, model, provider, params, tool_call_id, now = ev
         parent = track.get(pkey)
         if parent is None:
             return None
         where = parent[0]
         call = _Call(kind, _id_text(key), name, now, now + _WALL_OFFSET, params=params)
         call.model, call.provider = model, provider
+        call.tool_call_id = _short(tool_call_id)
         call.input = inputs
         if where is None:
             run.loose_calls.append(call)
@@ -1144,6 +1157,7 @@ class RunHistoryCallback(_Base):
             id=c.id,
             kind=cap.kind(c.kind),
             name=cap.valid_text(c.name),
+            tool_call_id=c.tool_call_id,
             duration_ms=round((end - c.start) * 1000),
             status=cap.status("cancelled" if c.status == "running" else c.status),
             error=c.error,

@@ -914,3 +914,42 @@ def test_what_a_reply_says_beyond_its_text_is_kept(runhistory: App, sender: RunS
     assert reply["message"]["finish_reason"] == "length"
     assert artifact["output"]["artifact"] == {"rows": [1, 2, 3]}
     assert soft["output"]["status"] == "error"
+
+
+def test_each_tool_call_names_the_model_tool_call_it_answers(
+    runhistory: App, sender: RunSender
+) -> None:
+    @tool
+    def flaky(q: str) -> str:
+        """Fails."""
+        raise ValueError("upstream down")
+
+    model = ToolChatModel(
+        responses=[
+            AIMessage(
+                "",
+                tool_calls=[
+                    {"name": "add", "args": {"a": 1, "b": 2}, "id": "call-add"},
+                    {"name": "flaky", "args": {"q": "x"}, "id": "call-flaky"},
+                ],
+            ),
+            AIMessage("done"),
+        ]
+    )
+    from langgraph.prebuilt import ToolNode
+
+    tools_node = ToolNode([add, flaky], handle_tool_errors=True)  # the error goes back to the model
+    agent: Any = create_react_agent(model, tools_node, name="tool-ids")
+    run_id = str(uuid.uuid4())
+    agent.invoke(
+        {"messages": [HumanMessage("go")]},
+        {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id},
+    )
+    run = _stored(runhistory, sender, "tool-ids", run_id)
+    tools = {c.name: c for c in _all_calls(run) if c.kind == pb.CALL_KIND_TOOL}
+    assert (tools["add"].tool_call_id, tools["add"].status) == ("call-add", pb.RUN_STATUS_COMPLETED)
+    assert (tools["flaky"].tool_call_id, tools["flaky"].status) == (
+        "call-flaky",
+        pb.RUN_STATUS_FAILED,
+    )
+    assert "upstream down" in tools["flaky"].error

@@ -231,6 +231,7 @@ class Call(_message.Message):
     INPUT_JSON_FIELD_NUMBER: _builtins.int
     OUTPUT_JSON_FIELD_NUMBER: _builtins.int
     PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The callback run id LangChain gave the call (a UUID)."""
     kind: Global___CallKind.ValueType
@@ -276,6 +277,11 @@ class Call(_message.Message):
     `parameters_json`, not both. The same rules apply: no NaN or infinity,
     nesting at most 32 levels. Write-only: reads return it in `parameters`.
     In JSON (HTTP, grpcurl) it is base64, as any bytes field.
+    """
+    tool_call_id: _builtins.str
+    """For a tool call: the id of the model's tool call it answers (LangChain's
+    `tool_call_id`), when the tool was called for one; links a tool call,
+    failed ones included, to the model call that asked for it.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -334,10 +340,11 @@ class Call(_message.Message):
         input_json: _builtins.bytes = ...,
         output_json: _builtins.bytes = ...,
         parameters_json: _builtins.bytes = ...,
+        tool_call_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_time_to_first_token_ms", b"_time_to_first_token_ms", "end_time", b"end_time", "input", b"input", "output", b"output", "parameters", b"parameters", "start_time", b"start_time", "time_to_first_token_ms", b"time_to_first_token_ms", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_time_to_first_token_ms", b"_time_to_first_token_ms", "calls", b"calls", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "id", b"id", "input", b"input", "input_json", b"input_json", "kind", b"kind", "model", b"model", "name", b"name", "output", b"output", "output_json", b"output_json", "parameters", b"parameters", "parameters_json", b"parameters_json", "provider", b"provider", "start_time", b"start_time", "status", b"status", "time_to_first_token_ms", b"time_to_first_token_ms", "truncated", b"truncated", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_time_to_first_token_ms", b"_time_to_first_token_ms", "calls", b"calls", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "id", b"id", "input", b"input", "input_json", b"input_json", "kind", b"kind", "model", b"model", "name", b"name", "output", b"output", "output_json", b"output_json", "parameters", b"parameters", "parameters_json", b"parameters_json", "provider", b"provider", "start_time", b"start_time", "status", b"status", "time_to_first_token_ms", b"time_to_first_token_ms", "tool_call_id", b"tool_call_id", "truncated", b"truncated", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__time_to_first_token_ms: _TypeAlias = _typing.Literal["time_to_first_token_ms"]  # noqa: Y015
     _WhichOneofArgType__time_to_first_token_ms: _TypeAlias = _typing.Literal["_time_to_first_token_ms", b"_time_to_first_token_ms"]  # noqa: Y015
