@@ -66,6 +66,10 @@ class DeadLetters:
         self.directory = directory
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's worker may have held it)."""
+        self._lock = threading.Lock()
+
     def add(self, run: pb.Run, code: str, message: str) -> Path:
         """Store one refused run durably (raises OSError if the disk refuses)."""
         with self._lock:

@@ -29,11 +29,15 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import grpc
@@ -69,6 +73,8 @@ MIB = 1024 * 1024
 MAX_DEFER_S = 1.0
 DEFER_POLL_S = 0.2
 MAX_DELAY_S = 5.0
+# How often the worker looks at the spool when nothing told it to (see _start).
+SPOOL_LOOK_S = 30.0
 
 
 # How many times this process was forked off (counted in the child): a sender made
@@ -83,6 +89,51 @@ def _count_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_count_fork)
+
+
+# SIGTERM (how Kubernetes, Docker and systemd stop a process) ends a Python process
+# without running its exit handlers, so runs still queued would be lost. Unless the
+# application handles SIGTERM itself, the first sender made on the main thread installs
+# a handler that closes every sender (deliver or spool, at most this long) and then
+# lets SIGTERM end the process as it would have. NEURALOPS_FLUSH_ON_SIGTERM=0 turns it off.
+SIGTERM_FLUSH_S = 5.0
+_live: weakref.WeakSet[RunSender] = weakref.WeakSet()
+_sigterm_installed = False
+
+
+def _flush_on_sigterm() -> None:
+    global _sigterm_installed
+    if _sigterm_installed or os.environ.get("NEURALOPS_FLUSH_ON_SIGTERM", "1").strip() == "0":
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers are set on the main thread only; a later sender may
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return  # the application handles SIGTERM (and exits through atexit)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # pragma: no cover - no signals here
+        return
+    _sigterm_installed = True
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Close the senders (on a thread of their own: the interrupted main thread may hold
+    a lock one of them needs), then die of SIGTERM as the default action does."""
+    senders = [s for s in list(_live) if s._forks == _forks and not s._closed]
+    log.info("neuralops: SIGTERM: delivering or spooling the runs of %d sender(s)", len(senders))
+
+    def close_all() -> None:
+        for sender in senders:
+            try:
+                sender.close(SIGTERM_FLUSH_S)
+            except Exception:
+                log.exception("neuralops: sender close on SIGTERM failed")
+
+    worker = threading.Thread(target=close_all, name="neuralops-sigterm", daemon=True)
+    worker.start()
+    worker.join(SIGTERM_FLUSH_S * 2)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _size(run: pb.Run) -> int:
@@ -108,7 +159,7 @@ class RunSender:
         batch_bytes: int = 4 * MIB,
         linger_s: float = 0.2,
         timeout_s: float = 1.0,
-        bytes_per_s: float = 8 * MIB,
+        bytes_per_s: float = 2 * MIB,  # the server converts a big run at a few MiB/s
         retry_s: float = 1.0,
         max_retry_s: float = 15.0,
         max_memory_bytes: int = 64 * MIB,
@@ -130,8 +181,11 @@ class RunSender:
         self._retry_s = retry_s
         self._max_retry_s = max_retry_s
         self._max_memory_bytes = max_memory_bytes
+        self._before_close: list[Any] = []
         self._start()
         atexit.register(self.close)
+        _live.add(self)
+        _flush_on_sigterm()
 
     def _start(self) -> None:
         self._forks = _forks
@@ -146,7 +200,11 @@ class RunSender:
         self._down_since = 0.0
         self._backoff = self._retry_s
         self._spool_dirty = True  # replay whatever earlier processes left
+        # When to look at the spool again though nothing was spooled here: a file a
+        # sibling process left when it died, or one the disk would not let us claim.
+        self._next_spool_look = time.monotonic() + SPOOL_LOOK_S
         self._closed = False
+        self._late_warned = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="neuralops-sender", daemon=True)
         self._thread.start()
@@ -156,9 +214,15 @@ class RunSender:
         (its own lock, queue, channel and spool file) on first use."""
         if self._forks != _forks:
             self.spool.after_fork()
+            self.dead_letters.after_fork()
             self.exporter.reset()
             self.counters.after_fork()
             self._start()
+            mp = sys.modules.get("multiprocessing.util")
+            if mp is not None:
+                # A multiprocessing child ends with os._exit: no atexit. Its exit
+                # finalizers run (Process, and Pool workers on close() + join()).
+                mp.Finalize(self, self.close, exitpriority=10)
 
     # ---------------------------------------------------------------- counters
 
@@ -187,7 +251,12 @@ class RunSender:
             if self._forks != _forks:  # inline: submit runs on the graph's thread
                 self._ensure_process()
             if self._closed:
-                log.warning("neuralops: run submitted after close(); delivering it now")
+                if not self._late_warned:
+                    self._late_warned = True
+                    log.warning(
+                        "neuralops: runs submitted after close() are delivered on the "
+                        "caller's thread (or spooled if the service is down)"
+                    )
                 self._handle([item])
             elif not self._queue.put(item):
                 self._keep(self._build([item]))  # queue full: straight to the spool
@@ -215,6 +284,10 @@ class RunSender:
             if self._held and time.monotonic() >= self._next_held_try:
                 self._next_held_try = time.monotonic() + self._retry_s
                 self._retry_held()
+            now = time.monotonic()
+            if now >= self._next_spool_look:
+                self._next_spool_look = now + SPOOL_LOOK_S
+                self._spool_dirty = True
             if self._spool_dirty and not self._down():
                 self._replay()
         except Exception:
@@ -483,6 +556,10 @@ class RunSender:
         # Cleared before the claim: a run spooled while this replay runs sets it again.
         self._spool_dirty = False
         files = self.spool.claim()
+        if self.spool.unclaimable:  # the disk refused a rename: look again later
+            self._next_spool_look = min(
+                self._next_spool_look, time.monotonic() + self._retry_s
+            )
         for i, path in enumerate(files):
             if self._down():
                 for rest in files[i:]:
@@ -552,11 +629,21 @@ class RunSender:
         except Exception:
             log.exception("neuralops: spool replay failed")
 
+    def before_close(self, callback: Any) -> None:
+        """Call ``callback()`` when this sender closes, before it delivers what is
+        queued (the LangGraph hook hands over runs still open)."""
+        self._before_close.append(callback)
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Deliver what is queued (or spool it) and stop the worker. Runs submitted
         later are delivered synchronously (or spooled)."""
         if self._forks != _forks or self._closed:
             return
+        for callback in self._before_close:
+            try:
+                callback()
+            except Exception:
+                log.exception("neuralops: a close callback failed")
         self._closed = True
         atexit.unregister(self.close)
         self.flush(timeout_s)

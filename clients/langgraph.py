@@ -1233,14 +1233,20 @@ _exit_lock = threading.Lock()
 
 
 def _close_open_runs_at_exit(hook: RunHistoryCallback) -> None:
-    """Registered after the hook's sender registered its own exit close, so (atexit
-    runs last-in first-out) open runs are handed over before the sender closes."""
+    """Open runs are handed over as the sender closes (at exit, on SIGTERM, in a
+    multiprocessing child), before it delivers what is queued. A stand-in sender
+    without ``before_close``: at exit, after its own (atexit runs last-in first-out)."""
     _open_hooks.add(hook)
     with _exit_lock:
         key = id(hook.sender)
         if key not in _exit_registered:
             _exit_registered.add(key)
-            atexit.register(_exit, hook.sender)
+            sender = hook.sender
+            register = getattr(sender, "before_close", None)
+            if callable(register):
+                register(lambda: _exit(sender))
+            else:
+                atexit.register(_exit, sender)
 
 
 def _exit(sender: RunSender) -> None:

@@ -5,7 +5,9 @@ each write, so a spooled run survives the process being killed. Records are fram
 (length + CRC32, :mod:`neuralops.clients.framing`): a torn or damaged record is
 skipped on replay and the records around it are kept. Replay takes a process's own
 finished files and any file whose writer process is gone, claiming each by an atomic
-rename, so two processes never replay the same file. Replays are safe to repeat: the
+rename (``...spool.replaying-<pid>.<token>``), so two processes never replay the same
+file. The token is this process's own: a claim left by an earlier process that had the
+same pid (a container's PID 1 restarted) is taken over, not mistaken for a live one. Replays are safe to repeat: the
 server is idempotent on (wpk_id, run_id).
 
 The spool has a size cap (``max_bytes``). Past it the policy is **drop oldest**:
@@ -46,6 +48,19 @@ def default_dir() -> Path:
     return data_dir() / "spool"
 
 
+# This process's claim token: a pid alone cannot tell this process from an earlier one
+# with the same pid (PID 1 in a restarted container).
+_token = uuid.uuid4().hex[:8]
+
+
+def _new_token() -> None:
+    global _token
+    _token = uuid.uuid4().hex[:8]
+
+
+os.register_at_fork(after_in_child=_new_token)
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -68,8 +83,18 @@ def _writer_pid(name: str) -> int:
 
 
 def _claimer_pid(name: str) -> int:
-    tail = name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else -1
+    pid = name.rsplit(CLAIMED, 1)[-1].split(".", 1)[0]
+    return int(pid) if pid.isdigit() else -1
+
+
+def _claimed_by_live(name: str) -> bool:
+    """Whether a claimed file's claimer still runs: another live pid, or this very
+    process (its token; a claim without one, or with another, under this pid was made
+    by an earlier process that had the same pid)."""
+    pid = _claimer_pid(name)
+    if pid != os.getpid():
+        return _alive(pid)
+    return name.rsplit(CLAIMED, 1)[-1] == f"{pid}.{_token}"
 
 
 def decode_runs(path: Path, stats: ReadStats | None = None) -> Iterator[pb.Run]:
@@ -109,6 +134,7 @@ class Spool:
         self._file: Path | None = None
         self._seq = 0
         self._size: int | None = None  # bytes on disk, learnt lazily
+        self.unclaimable = 0  # files the last claim could not rename (disk refused)
 
     def after_fork(self) -> None:
         """In a forked child: a fresh lock, and never append to the parent's file."""
@@ -179,9 +205,11 @@ class Spool:
             name = path.name
             if SUFFIX not in name:
                 continue
-            owner = _claimer_pid(name) if CLAIMED in name else _writer_pid(name)
-            if owner != os.getpid() and _alive(owner):
-                continue  # another live process's file is its to manage
+            if CLAIMED in name:
+                if _claimed_by_live(name) and _claimer_pid(name) != os.getpid():
+                    continue  # another live process's file is its to manage
+            elif _writer_pid(name) != os.getpid() and _alive(_writer_pid(name)):
+                continue
             with contextlib.suppress(OSError):
                 files.append((path.stat().st_mtime, path))
         return [p for _, p in sorted(files)]
@@ -219,6 +247,7 @@ class Spool:
         if not self.directory.exists():
             return []
         claimed: list[Path] = []
+        self.unclaimable = 0
         for path in sorted(self.directory.iterdir()):
             name = path.name
             if name.endswith(SUFFIX):
@@ -226,15 +255,19 @@ class Spool:
                 if owner != os.getpid() and _alive(owner):
                     continue  # another live process still writes it
             elif SUFFIX + CLAIMED in name:
-                if _alive(_claimer_pid(name)):
+                if _claimed_by_live(name):
                     continue
             else:
                 continue
             base = name.split(SUFFIX)[0] + SUFFIX
-            target = path.with_name(f"{base}{CLAIMED}{os.getpid()}")
+            target = path.with_name(f"{base}{CLAIMED}{os.getpid()}.{_token}")
             try:
                 os.replace(path, target)
-            except OSError:
+            except FileNotFoundError:  # another process claimed it first
+                continue
+            except OSError as exc:  # read-only or no permission: tried again later
+                self.unclaimable += 1
+                log.debug("neuralops: cannot claim spool file %s: %s", path, exc)
                 continue
             claimed.append(target)
         return claimed

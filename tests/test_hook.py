@@ -622,3 +622,85 @@ def test_a_run_whose_values_cannot_be_captured_is_recorded_without_them(
     assert not any(n.input_json or n.output_json for n in run.node_logs)
     assert run.user_id == "u1"
     assert "recorded without them" in caplog.text
+
+
+def test_sigterm_delivers_every_run_finished_before_it(config: Config, tmp_path: Path) -> None:
+    # SIGTERM is how Kubernetes, Docker and systemd stop a process; it skips exit
+    # handlers. A loop that never waits keeps its runs queued (the sender steps aside),
+    # so without the sender's SIGTERM handler they are all lost.
+    import signal
+
+    server = ServerProcess(
+        tmp_path / "srv", postgres_dsn=config.postgres_dsn, services="runhistory"
+    ).start()
+    try:
+        env = {**server.env, "NEURALOPS_DATA_DIR": str(tmp_path / "client")}
+        code = """
+            import sys
+            from neuralops.clients.example import build_graph
+            from neuralops.clients.langgraph import instrument
+            graph = instrument(build_graph())
+            i = 0
+            while True:
+                graph.invoke({"subject": "refund"}, config={"run_id": f"term-{i}", "metadata": {"wpk_id": "test"}})
+                print(i, flush=True)
+                i += 1
+            """
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for _ in range(200):  # 200 runs finished, none delivered yet in a busy loop
+            proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGTERM, err  # still ends as SIGTERM ends it
+        done = 200 + len(out.split())
+        client = RunHistoryClient(server.address("runhistory"))
+        missing = [i for i in range(done) if not _exists(client, f"term-{i}")]
+        assert missing == []
+    finally:
+        server.stop()
+
+
+def test_runs_of_multiprocessing_children_are_delivered(config: Config, tmp_path: Path) -> None:
+    # A multiprocessing child ends with os._exit: no atexit, so no flush at exit.
+    server = ServerProcess(
+        tmp_path / "srv", postgres_dsn=config.postgres_dsn, services="runhistory"
+    ).start()
+    try:
+        env = {**server.env, "NEURALOPS_DATA_DIR": str(tmp_path / "client")}
+        done = _python(
+            """
+            import multiprocessing as mp
+            from neuralops.clients.example import build_graph
+            from neuralops.clients.langgraph import instrument
+            graph = instrument(build_graph())  # the sender is made here, in the parent
+
+            def work(i):
+                graph.invoke({"subject": "refund"}, config={"run_id": f"child-{i}", "metadata": {"wpk_id": "test"}})
+                return i
+
+            if __name__ == "__main__":
+                ctx = mp.get_context("fork")
+                procs = [ctx.Process(target=work, args=(i,)) for i in range(3)]
+                for p in procs:
+                    p.start()
+                for p in procs:
+                    p.join()
+                pool = ctx.Pool(2)
+                pool.map(work, range(3, 9))
+                pool.close()
+                pool.join()
+            """,
+            env,
+        )
+        assert done.returncode == 0, done.stderr
+        client = RunHistoryClient(server.address("runhistory"))
+        assert [i for i in range(9) if not _exists(client, f"child-{i}")] == []
+    finally:
+        server.stop()

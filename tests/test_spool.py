@@ -33,7 +33,8 @@ def test_a_live_writers_file_is_not_claimed_but_a_dead_ones_is(tmp_path: Path) -
     for p in (live, dead):
         p.write_text("")
     claimed = Spool(tmp_path).claim()
-    assert [p.name for p in claimed] == [f"runs-999999999-1-y.spool.replaying-{os.getpid()}"]
+    (name,) = [p.name for p in claimed]
+    assert name.startswith(f"runs-999999999-1-y.spool.replaying-{os.getpid()}.")
     assert live.exists()
 
 
@@ -51,3 +52,22 @@ def test_failed_replay_gives_every_claimed_file_back(tmp_path: Path) -> None:
         assert sender.spool.pending() == 4
     finally:
         sender.close()
+
+
+def test_a_claim_left_by_an_earlier_process_with_this_pid_is_taken_back(tmp_path: Path) -> None:
+    # A restarted container's app is PID 1 again: a replay its previous life was making
+    # when it was killed must not look like this process's own claim in progress.
+    pid = os.getpid()
+    stale = tmp_path / f"runs-{pid}-1-a.spool.replaying-{pid}.0badc0de"
+    older = tmp_path / f"runs-{pid}-2-b.spool.replaying-{pid}"  # before claims had tokens
+    other = tmp_path / f"runs-1-3-c.spool.replaying-{os.getppid()}.12345678"  # a live one
+    for p in (stale, older, other):
+        p.write_text("")
+    spool = Spool(tmp_path)
+    claimed = sorted(p.name for p in spool.claim())
+    assert [n.split(".replaying-")[0] for n in claimed] == [
+        f"runs-{pid}-1-a.spool",
+        f"runs-{pid}-2-b.spool",
+    ]
+    assert other.exists()
+    assert spool.claim() == []  # this process's own claims are live: not taken twice
