@@ -579,8 +579,11 @@ class RunSender:
                 self._spool_dirty = True
 
     def _replay_file(self, path: Path) -> bool:
-        """Send one spooled file; False if a transient failure stopped it (the file is
-        kept whole; the server is idempotent, so runs already sent are not doubled)."""
+        """Send one spooled file; True when it may go. When a transient failure stops
+        it part way, what is left is spooled anew (fsynced before the file goes), so the
+        next replay starts where this one stopped: a server that keeps failing part way
+        through a big spool is not sent its first half again and again. False (the file
+        kept whole) only if the disk refuses that."""
         from neuralops.clients.framing import ReadStats
 
         stats = ReadStats()
@@ -594,7 +597,12 @@ class RunSender:
             left = self._send_runs(part)
             self.counters.add("replayed", self.delivered - before)
             if left:
-                return False
+                try:
+                    self.spool.append(left + runs[start + step :])
+                except OSError:
+                    return False
+                self._spool_dirty = True
+                return True
         return True
 
     def _pump(self) -> None:

@@ -566,3 +566,50 @@ def test_a_busy_thread_elsewhere_delays_runs_by_at_most_the_max_delay(
         stop.set()
         spinner.join(5)
         sender.close()
+
+
+@one_backend
+def test_a_replay_stopped_part_way_starts_where_it_stopped(config: Config, tmp_path: Path) -> None:
+    # A server that keeps failing part way through a big spool (a crash loop) must not
+    # be sent the spool's first part again and again: the rest is spooled anew.
+    from neuralops.clients.exporter import GrpcExporter
+
+    server = ServerProcess(
+        tmp_path / "srv", postgres_dsn=config.postgres_dsn, services="runhistory"
+    )
+    address = server.address("runhistory")
+
+    class StopsTheServer:
+        """The real exporter; the real server is stopped after its third batch."""
+
+        def __init__(self) -> None:
+            self.inner = GrpcExporter(address)
+            self.batches = 0
+
+        def export(self, batch: Any, timeout_s: float) -> None:
+            self.inner.export(batch, timeout_s)
+            self.batches += 1
+            if self.batches == 3:
+                server.stop()
+
+        def reset(self) -> None:
+            self.inner.reset()
+
+    runs = [run_msg("crashloop", f"r-{i:04d}") for i in range(1000)]
+    Spool(tmp_path / "spool").append(runs)  # an earlier process spooled them and died
+    server.start()
+    exporter = StopsTheServer()
+    sender = RunSender(
+        address, spool_dir=tmp_path / "spool", exporter=exporter, batch_size=100, retry_s=0.2
+    )
+    try:
+        wait_for(lambda: exporter.batches == 3 and sender.stats().get("replayed") == 300)
+        wait_for(lambda: sender.spool.pending() == 700)  # the rest, spooled anew
+        server.start()
+        wait_for(lambda: sender.spool.pending() == 0, timeout=60)
+        assert sender.delivered == 1000  # each run sent once: the first 300 not again
+        client = RunHistoryClient(address)
+        assert all(client.get_run("crashloop", r.run_id) for r in runs[::97])
+    finally:
+        sender.close()
+        server.stop()
