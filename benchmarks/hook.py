@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import operator
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,6 +175,7 @@ def run(
         try:
             for graph_name, (count, rounds) in GRAPHS.items():
                 _latency(section, server, Path(tmp), graph_name, n or count, rounds=rounds)
+            _split(section, server, Path(tmp))
             _sustained(section, server, Path(tmp), sustained)
             # Last: its 300 queued records grow the heap the sustained run would see.
             _record_cost(section)
@@ -197,6 +200,11 @@ def run(
         "sending each run, in slices of about 50 us between which it gives the GIL back); "
         "in a loop that never waits the sender steps aside (a run waits at most 5 s), so "
         "part of its work comes after the loop: the 'still busy' row. "
+        f"Arms taking turns: {SPLIT_COPIES} processes per arm alive for the whole "
+        f"measurement, {SPLIT_ROUNDS} rounds in which each takes a turn of {SPLIT_BLOCK} "
+        "invokes; per round, the median of an arm's turn medians against the bare graph's; "
+        "the two extra arms split the hook's cost into its callbacks and holding runs until "
+        "the sender builds them. "
         "Sustained: pre-built runs submitted to the hook's sender as fast as possible, timed "
         "until every one is stored (BatchLogRuns, batches of up to 200)."
     )
@@ -272,6 +280,115 @@ class _Keep:
 
     def submit(self, item: Any) -> None:
         self.items.append(item)
+
+
+class _Drop(_Keep):
+    """A sender that lets go of each run at once: what the callbacks alone cost."""
+
+    def submit(self, item: Any) -> None:
+        pass
+
+
+# The split: where the hook's cost on the 3-node graph comes from. Every arm lives in
+# its own processes for the whole measurement and the processes take turns, a block of
+# invokes each, so a machine that speeds up or slows down (this VM's block medians move
+# by 2x within seconds) moves every arm alike; each round's blocks are compared with
+# the bare graph's of the same round. Each arm has several processes: one process's
+# memory layout alone moves its p50 by 10-20 µs.
+SPLIT = {
+    "do-nothing callback": "a do-nothing callback",
+    "RunHistoryCallback": "RunHistoryCallback (RunSender to the server)",
+    "held": "the hook, runs held until built (no sender thread)",
+    "dropped": "the hook, each run let go at once (the callbacks alone)",
+}
+SPLIT_ROUNDS, SPLIT_BLOCK, SPLIT_COPIES = 40, 100, 3
+
+
+def _split_worker(arm: str, conn: Any, address: str, spool: str) -> None:
+    warnings.simplefilter("ignore")
+    graph = small_graph()
+    cfg: Any = None
+    sender: Any = None
+    if arm == "do-nothing callback":
+        cfg = {"callbacks": [BaseCallbackHandler()]}
+    elif arm != "bare":
+        sender = (
+            RunSender(address, spool_dir=Path(spool))
+            if arm == "RunHistoryCallback"
+            else _Keep()
+            if arm == "held"
+            else _Drop()
+        )
+        cfg = {"callbacks": [RunHistoryCallback(sender=sender)]}
+    for _ in range(300):
+        graph.invoke({"x": 1}, config=cfg)
+    conn.send("ready")
+    blocks = 0
+    while conn.recv() == "go":
+        times = []
+        for _ in range(SPLIT_BLOCK):
+            t0 = time.perf_counter()
+            graph.invoke({"x": 1}, config=cfg)
+            times.append(time.perf_counter() - t0)
+        blocks += 1
+        # The sender's work is done in this arm's own turn, untimed (as the flush after
+        # the main measurement's loop); held runs are let go as often as a sender that
+        # steps aside for up to 5 s would build them.
+        if isinstance(sender, RunSender):
+            sender.flush(60)
+        elif isinstance(sender, _Keep) and blocks % 15 == 0:
+            sender.items.clear()
+        conn.send(statistics.median(times))
+    if isinstance(sender, RunSender):
+        sender.close()
+
+
+def _split(section: Section, server: ServerProcess, tmp: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    arms = ("bare", *SPLIT)
+    workers: list[tuple[str, Any, Any]] = []
+    for copy in range(SPLIT_COPIES):
+        for arm in arms:
+            mine, theirs = ctx.Pipe()
+            spool = str(tmp / f"spool-split-{copy}-{len(workers)}")
+            proc = ctx.Process(
+                target=_split_worker, args=(arm, theirs, server.address("runhistory"), spool)
+            )
+            proc.start()
+            workers.append((arm, mine, proc))
+    rounds: list[dict[str, float]] = []
+    try:
+        for _, conn, _ in workers:
+            assert conn.recv() == "ready"
+        for r in range(SPLIT_ROUNDS):
+            got: dict[str, list[float]] = {arm: [] for arm in arms}
+            order = workers[r % len(workers) :] + workers[: r % len(workers)]
+            for arm, conn, _ in order:
+                conn.send("go")
+                got[arm].append(conn.recv())
+            rounds.append({arm: statistics.median(v) for arm, v in got.items()})
+    finally:
+        for _, conn, proc in workers:
+            conn.send("stop")
+            proc.join(60)
+
+    def added(arm: str) -> tuple[float, float, float]:
+        diffs = sorted((r[arm] - r["bare"]) * 1e6 for r in rounds)
+        n = len(diffs)
+        return statistics.median(diffs), diffs[n // 4], diffs[3 * n // 4]
+
+    nop = added("do-nothing callback")[0]
+    for arm, label in SPLIT.items():
+        mid, lo, hi = added(arm)
+        ratio = (
+            f" = {mid / nop:.2f}x the do-nothing callback's"
+            if arm != "do-nothing callback" and nop > 0
+            else ""
+        )
+        section.add(
+            f"3-node graph, arms taking turns: p50 added by {label}",
+            f"{mid:+.0f} µs (middle half of the rounds {lo:+.0f} to {hi:+.0f} µs){ratio}",
+        )
 
 
 def _record_cost(section: Section, n: int = 300) -> None:
