@@ -414,3 +414,33 @@ def test_json_twins_over_http_are_base64_and_never_printed_empty(http: httpx.Cli
         assert reply.status_code == 400, reply.text
         assert _violations(_error(reply)[2]) == ["run.node_logs[1].input_json"]
     assert http.get("/runs/twin-wf/r-bad").status_code == 404
+
+
+def test_bodies_json_cannot_hold_as_protobuf_are_400s_not_500s(http: httpx.Client) -> None:
+    deep = b"[" * 5000 + b"]" * 5000  # past Python's recursion limit when parsed
+    for path in ("/runs", "/runs:batchLog"):
+        reply = http.post(path, content=deep, headers={"content-type": "application/json"})
+        assert reply.status_code == 400 and _violations(_error(reply)[2]) == ["body"]
+    nested = b'{"wpk_id": "w", "run_id": "r1", "inputs": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3001
+    reply = http.post("/runs", content=nested, headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and reply.json()["code"] == 3
+    huge = b'{"wpk_id": "w", "run_id": "r2", "inputs": {"n": 1' + b"0" * 400 + b"}}"
+    reply = http.post("/runs", content=huge, headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and reply.json()["code"] == 3  # a number past a double
+    assert http.get("/workflows").status_code == 200  # the connection still serves
+
+
+def test_page_tokens_a_database_cannot_take_are_invalid_argument(http: httpx.Client) -> None:
+    import base64
+    import json
+
+    def token(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    surrogate = token({"s": "workflows", "a": "\ud800"})
+    reply = http.get("/workflows", params={"page_token": surrogate})
+    assert reply.status_code == 400 and _violations(_error(reply)[2]) == ["page_token"]
+    edge = {"t": "0001-01-01T00:00:00+14:00", "i": "00000000-0000-0000-0000-000000000000"}
+    for path in ("/watches", "/signals"):
+        reply = http.get(path, params={"page_token": token({"s": "x", **edge})})
+        assert reply.status_code == 400 and _violations(_error(reply)[2]) == ["page_token"]

@@ -82,7 +82,7 @@ def _scalar_json(fd: FieldDescriptor, text: str) -> Any:
     if fd.message_type is not None and fd.message_type.full_name in _STRUCT_TYPES:
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return text
     return text
 
@@ -100,6 +100,10 @@ def _parse_into(msg: message.Message, data: dict[str, Any], field: str) -> None:
         json_format.ParseDict(data, msg)
     except json_format.ParseError as exc:
         raise BadField(field, _short(str(exc))) from None
+    except RecursionError:
+        raise BadField(field, "is nested too deeply") from None
+    except (OverflowError, TypeError, ValueError) as exc:  # e.g. an integer past a double
+        raise BadField(field, _short(f"cannot be read: {exc}")) from None
 
 
 # Base64 as protobuf's JSON mapping writes bytes (standard or URL-safe alphabet, padding
@@ -154,6 +158,8 @@ def build_request(
             data = json.loads(body) if body.strip() else {}
         except ValueError as exc:
             raise BadField("body", f"not valid JSON ({exc})") from None
+        except RecursionError:
+            raise BadField("body", "is nested too deeply") from None
         if route.body == "*":
             if not isinstance(data, dict):
                 raise BadField("body", "must be a JSON object")

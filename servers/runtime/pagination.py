@@ -22,7 +22,7 @@ import binascii
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from neuralops.servers.runtime.db import as_datetime
@@ -52,7 +52,23 @@ def _load(token: str) -> dict[str, Any]:
         raise ValueError(str(exc)) from exc
     if not isinstance(data, dict) or "\\u0000" in json.dumps(data):
         raise ValueError("not an object")
+    try:  # a lone surrogate would reach SQL as text no database takes
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError("not UTF-8") from exc
     return data
+
+
+def _instant(value: Any) -> datetime | None:
+    """A token's time; ValueError when it is not one a database takes (a time near year
+    1 or 9999 whose offset moves it out of range in UTC)."""
+    at = as_datetime(value)
+    if at is not None and at.tzinfo is not None:
+        try:
+            at.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError("out of range") from exc
+    return at
 
 
 def well_formed(token: str) -> bool:
@@ -66,7 +82,7 @@ def well_formed(token: str) -> bool:
         if "t" in data:
             if not isinstance(data["t"], str):
                 return False
-            as_datetime(data["t"])
+            _instant(data["t"])
         if "i" in data:
             if not isinstance(data["i"], str):
                 return False
@@ -104,7 +120,7 @@ def decode_position(token: str, scope: str) -> Position | None:
     if pos is None:
         return None
     try:
-        at = as_datetime(pos.get("t"))
+        at = _instant(pos.get("t"))
         row_id = str(uuid.UUID(str(pos.get("i"))))
     except (TypeError, ValueError) as exc:
         raise InvalidArgument.one("page_token", NOT_OURS) from exc

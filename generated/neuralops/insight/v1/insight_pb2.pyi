@@ -173,7 +173,9 @@ class Point(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     value: _builtins.float
-    """Sample value (NaN means missing)."""
+    """Sample value. In replies NaN means missing; a request (Backtest's inline
+    series) must send finite numbers and leave a missing sample out.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """Sample time."""
