@@ -25,6 +25,7 @@ from neuralops.servers.runtime.config import Config
 from neuralops.servers.runtime.db import Database
 from prometheus_client import REGISTRY
 
+from tests.helpers import field_violations
 from tests.prometheus import PrometheusProcess
 
 STEP = 60
@@ -210,12 +211,11 @@ def test_backtest_query_matches_inline_and_bounds_the_work(insight: App) -> None
                 step=duration_pb2.Duration(seconds=1),
             )
         )
-    # A per-call limit: servers/runtime/interceptors.py answers it as INVALID_ARGUMENT.
-    assert err.value.code() in (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    )
+    # A per-call limit: INVALID_ARGUMENT (retrying unchanged cannot help), naming the
+    # field to narrow.
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "MAX_WORK_POINTS" in (err.value.details() or "")
+    assert field_violations(err.value) == ["start_time"]
 
 
 # -------------------------------------------------------------------- watches

@@ -183,8 +183,9 @@ class PrometheusClient:
             )
         if max_points and series * points > max_points:
             raise ResourceExhausted(
-                f"query: {series:,} series x {points:,} points is over the per-call limit of "
-                f"{max_points:,} points (MAX_WORK_POINTS): narrow the query or the range"
+                "query",
+                f"{series:,} series x {points:,} points is over the per-call limit of "
+                f"{max_points:,} points (MAX_WORK_POINTS): narrow the query or the range",
             )
 
     @staticmethod

@@ -123,8 +123,9 @@ def _times(ratio: float) -> str:
 def check_work(series: int, points: int, field: str) -> None:
     if series * points > MAX_WORK_POINTS:
         raise ResourceExhausted(
-            f"{field}: {series:,} series x {points:,} points is over the per-call limit of "
-            f"{MAX_WORK_POINTS:,} points (MAX_WORK_POINTS): narrow the query or the range"
+            field,
+            f"{series:,} series x {points:,} points is over the per-call limit of "
+            f"{MAX_WORK_POINTS:,} points (MAX_WORK_POINTS): narrow the query or the range",
         )
 
 
@@ -508,7 +509,9 @@ class Insight:
         n = round((end.timestamp() - start.timestamp()) / step_s) + 1
         if n > MAX_WORK_POINTS:
             raise ResourceExhausted(
-                f"start_time..end_time at this step is {n:,} points per series; at most {MAX_WORK_POINTS:,} (MAX_WORK_POINTS)"
+                "start_time",
+                f"start_time..end_time at this step is {n:,} points per series; at most "
+                f"{MAX_WORK_POINTS:,} (MAX_WORK_POINTS)",
             )
         data = prom.query_range_chunked(
             query, start, end, step_s, max_series=self._max_series, max_points=MAX_WORK_POINTS

@@ -63,5 +63,11 @@ class StorageUnavailable(Unavailable):
     reason = "DATABASE_UNAVAILABLE"
 
 
-class ResourceExhausted(DomainError):
+class ResourceExhausted(InvalidArgument):
+    """A request within the rules asks for more work than one call may do: answered
+    INVALID_ARGUMENT (retrying it unchanged cannot help), naming the field to narrow."""
+
     reason = "LIMIT_EXCEEDED"
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__([FieldViolation(field, description)])
