@@ -557,9 +557,7 @@ class RunSender:
         self._spool_dirty = False
         files = self.spool.claim()
         if self.spool.unclaimable:  # the disk refused a rename: look again later
-            self._next_spool_look = min(
-                self._next_spool_look, time.monotonic() + self._retry_s
-            )
+            self._next_spool_look = min(self._next_spool_look, time.monotonic() + self._retry_s)
         for i, path in enumerate(files):
             if self._down():
                 for rest in files[i:]:
