@@ -121,6 +121,27 @@ def test_malformed_values_name_their_field(stack: App) -> None:
     assert _invalid(raw, b"\x0a\x03\xed\xa0\x80") == ["request"]  # a lone surrogate
 
 
+def test_negative_call_durations_and_token_counts_name_their_field(stack: App) -> None:
+    inner = pb.Call(name="m", duration_ms=-1, time_to_first_token_ms=-5)
+    inner.usage.output_tokens = -3
+    call = pb.Call(name="t", duration_ms=2, calls=[inner])
+    run = pb.Run(
+        wpk_id="w",
+        run_id="c",
+        status=pb.RUN_STATUS_COMPLETED,
+        node_logs=[pb.NodeLog(name="a", calls=[call])],
+    )
+    run.usage.tool_calls = -1
+    run.usage.tokens.total_tokens = -7
+    assert sorted(_invalid(_rh(stack).LogRun, pb.LogRunRequest(run=run))) == [
+        "run.node_logs[0].calls[0].calls[0].duration_ms",
+        "run.node_logs[0].calls[0].calls[0].time_to_first_token_ms",
+        "run.node_logs[0].calls[0].calls[0].usage.output_tokens",
+        "run.usage.tokens.total_tokens",
+        "run.usage.tool_calls",
+    ]
+
+
 def _token(obj: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
 

@@ -318,6 +318,18 @@ def test_watch_rpcs_and_the_server_evaluates_on_its_own(
         )
     ).watch
     assert changed.name == "renamed" and changed.query == "queue_depth"
+    # Any spelling of the id is the one watch, on either database.
+    assert stub.GetWatch(ipb.GetWatchRequest(id=made.id.upper())).watch.id == made.id
+    assert stub.GetWatch(ipb.GetWatchRequest(id="{" + made.id + "}")).watch.name == "renamed"
+    with pytest.raises(grpc.RpcError) as err:  # a path that is no field is refused
+        stub.UpdateWatch(
+            ipb.UpdateWatchRequest(
+                watch=ipb.Watch(id=made.id),
+                update_mask=field_mask_pb2.FieldMask(paths=["detector.nonexistent"]),
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(err.value) == ["update_mask"]
     assert [w.id for w in stub.ListWatches(ipb.ListWatchesRequest()).watches] == [made.id]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -556,7 +556,7 @@ class Insight:
 
     def get_watch(self, wid: str) -> Watch:
         try:
-            uuid.UUID(wid)
+            wid = str(uuid.UUID(wid))  # any spelling of a UUID (case, braces) is one watch
         except ValueError as exc:
             raise InvalidArgument.one("id", "must be a watch id (UUID)") from exc
         got = self._store.get_watch(wid)
@@ -571,15 +571,14 @@ class Insight:
         return pagination.keyset_page(found, limit, "watches", watch_position)
 
     def update_watch(self, w: Watch) -> Watch:
-        self.get_watch(w.id)
+        w = dataclasses.replace(w, id=self.get_watch(w.id).id)
         got = self._store.update_watch(self._check_watch(w))
         if got is None:
             raise NotFound(f"watch {w.id} not found")
         return got
 
     def delete_watch(self, wid: str) -> None:
-        self.get_watch(wid)
-        self._store.delete_watch(wid)
+        self._store.delete_watch(self.get_watch(wid).id)
 
     def evaluate_watch(self, w: Watch, grid: datetime) -> int:
         """Score the watch's new grid points up to ``grid`` and store the episode

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import grpc
 import numpy as np
@@ -316,6 +317,8 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
                 raise InvalidArgument.one(
                     "update_mask", f"cannot update {p!r}; only {sorted(allowed)}"
                 )
+            if not _is_field_path(pb.Watch.DESCRIPTOR, p):
+                raise InvalidArgument.one("update_mask", f"{p!r} is not a field of Watch")
         given = self._watch(request.watch, current.id)
         top = {p.split(".")[0] for p in paths} or allowed
         merged = Watch(
@@ -333,3 +336,15 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
         validate(request)
         self._insight.delete_watch(request.id)
         return pb.DeleteWatchResponse()
+
+
+def _is_field_path(desc: Any, path: str) -> bool:
+    """Whether ``path`` (``detector.threshold``) names a field, through message fields."""
+    for i, name in enumerate(path.split(".")):
+        field = desc.fields_by_name.get(name) if desc is not None else None
+        if field is None:
+            return False
+        desc = field.message_type
+        if desc is None and i < len(path.split(".")) - 1:
+            return False
+    return True

@@ -15,7 +15,7 @@ Struct content may hold NUL: storage escapes it (:mod:`neuralops.servers.runtime
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from google.protobuf.message import Message
@@ -74,12 +74,42 @@ def _run(run: pb.Run, prefix: str) -> list[FieldViolation]:
             out.append(FieldViolation(f"{prefix}.tags[{i}]", f"is longer than {MAX_ID_LENGTH}"))
     if run.omitted_node_logs < 0:
         out.append(FieldViolation(f"{prefix}.omitted_node_logs", "must be >= 0"))
+    if run.HasField("usage"):
+        u = run.usage
+        for name in ("model_calls", "tool_calls", "retriever_calls", "failed_calls"):
+            if getattr(u, name) < 0:
+                out.append(FieldViolation(f"{prefix}.usage.{name}", "must be >= 0"))
+        _tokens(u.tokens, f"{prefix}.usage.tokens", out)
     for i, node in enumerate(run.node_logs[:MAX_NODE_LOGS]):
         if not node.name.strip():
             out.append(FieldViolation(f"{prefix}.node_logs[{i}].name", "is required"))
         if node.duration_ms < 0:
             out.append(FieldViolation(f"{prefix}.node_logs[{i}].duration_ms", "must be >= 0"))
+        _calls(node.calls, f"{prefix}.node_logs[{i}].calls", out)
+        if len(out) > 20:
+            break
     return out
+
+
+def _tokens(usage: pb.Usage, path: str, out: list[FieldViolation]) -> None:
+    for field, value in usage.ListFields():
+        if value < 0:
+            out.append(FieldViolation(f"{path}.{field.name}", "must be >= 0"))
+
+
+def _calls(calls: Sequence[pb.Call], path: str, out: list[FieldViolation]) -> None:
+    """Durations, time to first token and token counts of calls (nested too) are
+    never negative (the proto says "at least 0")."""
+    for j, call in enumerate(calls):
+        here = f"{path}[{j}]"
+        if call.duration_ms < 0:
+            out.append(FieldViolation(f"{here}.duration_ms", "must be >= 0"))
+        if call.HasField("time_to_first_token_ms") and call.time_to_first_token_ms < 0:
+            out.append(FieldViolation(f"{here}.time_to_first_token_ms", "must be >= 0"))
+        _tokens(call.usage, f"{here}.usage", out)
+        if len(out) > 20:
+            return
+        _calls(call.calls, f"{here}.calls", out)
 
 
 def _batch(request: pb.BatchLogRunsRequest) -> list[FieldViolation]:
