@@ -119,13 +119,18 @@ def _flush_on_sigterm() -> None:
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     """Close the senders (on a thread of their own: the interrupted main thread may hold
     a lock one of them needs), then die of SIGTERM as the default action does."""
-    senders = [s for s in list(_live) if s._forks == _forks and not s._closed]
+    # A sender already closing (a multiprocessing child's finalizer, interrupted by
+    # Pool.terminate's SIGTERM) is flushed: its worker still runs.
+    senders = [s for s in list(_live) if s._forks == _forks]
     log.info("neuralops: SIGTERM: delivering or spooling the runs of %d sender(s)", len(senders))
 
     def close_all() -> None:
         for sender in senders:
             try:
-                sender.close(SIGTERM_FLUSH_S)
+                if sender._closed:
+                    sender.flush(SIGTERM_FLUSH_S)
+                else:
+                    sender.close(SIGTERM_FLUSH_S)
             except Exception:
                 log.exception("neuralops: sender close on SIGTERM failed")
 
