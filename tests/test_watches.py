@@ -367,3 +367,30 @@ def test_prometheus_non_numeric_values_are_missing_samples() -> None:
     got = _pairs([[1.0, "1.5"], [2.0, "abc"], [3.0, None], ["x", "2"], [4.0, "NaN"]])
     assert got.shape == (5, 2) and got[0, 1] == 1.5
     assert np.isnan(got[1, 1]) and np.isnan(got[2, 1]) and np.isnan(got[3, 0])
+
+
+def test_a_backtest_stops_when_its_caller_goes_away(
+    db: Database, prometheus: PrometheusProcess
+) -> None:
+    # A long range is fetched in chunks; between them the server asks whether the caller
+    # is still there (gRPC's context.is_active), so a deadline that passed stops the work.
+    from neuralops.servers.runtime.errors import Cancelled
+    from neuralops.servers.runtime.interceptors import status_code
+
+    insight, _ = _engine(db, prometheus)
+    asked: list[int] = []
+
+    def still_there() -> bool:
+        asked.append(1)
+        return len(asked) < 2  # the caller leaves after the first chunk
+
+    start = datetime.fromtimestamp(T0, UTC)
+    end = datetime.fromtimestamp(T0 + 3 * 10_000, UTC)  # 30,001 points at 1 s: 4 chunks
+    with pytest.raises(Cancelled):
+        insight.backtest_query(
+            "queue_depth", start, end, 1.0, DetectorSettings(), keep_going=still_there
+        )
+    assert len(asked) == 2  # one chunk fetched, then it stopped
+    assert status_code(Cancelled("gone")) == grpc.StatusCode.CANCELLED
+    results, _ = insight.backtest_query("queue_depth", start, end, 1.0, DetectorSettings())
+    assert results  # a caller that stays gets the whole range

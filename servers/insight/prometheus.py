@@ -9,6 +9,7 @@ limit is 11,000 per series), each chunk decoded and dropped before the next.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,12 @@ import httpx
 import numpy as np
 import orjson
 from neuralops.servers.insight.scoring import FloatArray
-from neuralops.servers.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
+from neuralops.servers.runtime.errors import (
+    Cancelled,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 
 CHUNK_POINTS = 10_000
 
@@ -148,14 +154,19 @@ class PrometheusClient:
         *,
         max_series: int,
         max_points: int,
+        keep_going: Callable[[], bool] = lambda: True,
     ) -> RangeResult:
-        """Like :meth:`query_range` for ranges longer than one query may return."""
+        """Like :meth:`query_range` for ranges longer than one query may return. Between
+        chunks it asks ``keep_going`` (is the caller still there?) and raises
+        :class:`Cancelled` when not, so a long range stops with its caller."""
         t0 = start.timestamp()
         n = round((end.timestamp() - t0) / step_s) + 1
         index: dict[tuple[tuple[str, str], ...], int] = {}
         labels: list[dict[str, str]] = []
         rows: list[FloatArray] = []
         for c in range(0, n, CHUNK_POINTS):
+            if not keep_going():
+                raise Cancelled(f"the caller went away after {c:,} of {n:,} points")
             c_end = min(n, c + CHUNK_POINTS) - 1
             result = self._fetch(query, t0 + c * step_s, t0 + c_end * step_s, step_s)
             for series in result:

@@ -7,7 +7,7 @@ import logging
 import math
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -496,7 +496,14 @@ class Insight:
         return [o for o in out if o is not None]
 
     def backtest_query(
-        self, query: str, start: datetime, end: datetime, step_s: float, settings: DetectorSettings
+        self,
+        query: str,
+        start: datetime,
+        end: datetime,
+        step_s: float,
+        settings: DetectorSettings,
+        *,
+        keep_going: Callable[[], bool] = lambda: True,
     ) -> tuple[list[BacktestSeries], str]:
         prom = self._need_prom("Backtest with a query")
         checked(settings)
@@ -514,7 +521,13 @@ class Insight:
                 f"{MAX_WORK_POINTS:,} (MAX_WORK_POINTS)",
             )
         data = prom.query_range_chunked(
-            query, start, end, step_s, max_series=self._max_series, max_points=MAX_WORK_POINTS
+            query,
+            start,
+            end,
+            step_s,
+            max_series=self._max_series,
+            max_points=MAX_WORK_POINTS,
+            keep_going=keep_going,
         )
         if not data.labels:
             return [], f"no series matched {query!r} in the range"

@@ -261,7 +261,7 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
             step = _duration("step", request.step) if request.HasField("step") else timedelta(0)
             step_s = step.total_seconds() or 300.0
             results, hint = self._insight.backtest_query(
-                request.query, start, end, step_s, settings
+                request.query, start, end, step_s, settings, keep_going=context.is_active
             )
         return pb.BacktestResponse(
             results=[backtest_message(r, request.include_scores) for r in results],

@@ -59,6 +59,12 @@ class Unavailable(DomainError):
     reason = "DEPENDENCY_UNAVAILABLE"
 
 
+class Cancelled(DomainError):
+    """The caller went away (its deadline passed, it cancelled): the work stops."""
+
+    reason = "CANCELLED"
+
+
 class StorageUnavailable(Unavailable):
     reason = "DATABASE_UNAVAILABLE"
 
