@@ -444,3 +444,11 @@ def test_page_tokens_a_database_cannot_take_are_invalid_argument(http: httpx.Cli
     for path in ("/watches", "/signals"):
         reply = http.get(path, params={"page_token": token({"s": "x", **edge})})
         assert reply.status_code == 400 and _violations(_error(reply)[2]) == ["page_token"]
+
+
+def test_a_json_twin_sent_as_an_object_names_its_field(http: httpx.Client) -> None:
+    run = _run("twins", "r-obj", inputs_json={"a": 1})  # bytes: base64 text, not an object
+    reply = http.post("/runs", json=run)
+    assert reply.status_code == 400
+    code, message, details = _error(reply)
+    assert code == 3 and _violations(details) == ["run.inputs_json"] and "base64" in message

@@ -129,6 +129,12 @@ def _check_bytes(data: Any, desc: Any, path: str) -> None:
         items = value if fd.is_repeated and isinstance(value, list) else [value]
         if fd.type == FieldDescriptor.TYPE_BYTES:
             for item in items:
+                if item is not None and not isinstance(item, str):
+                    raise BadField(
+                        here,
+                        "must be base64 text (bytes travel as base64 in JSON), not "
+                        f"a JSON {type(item).__name__.replace('dict', 'object')}",
+                    )
                 if isinstance(item, str) and not _BASE64.fullmatch(item):
                     raise BadField(here, "is not base64 (bytes travel as base64 in JSON)")
         elif fd.message_type is not None and not fd.message_type.GetOptions().map_entry:
