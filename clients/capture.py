@@ -1,6 +1,7 @@
 """What the LangGraph hook captures, bounded, and the Run message built from it.
 
-Runs on the sender's thread (never the graph's): the callbacks only keep references
+Runs on the sender's thread (but for :func:`model_replies` and :func:`usage_of`, read as a
+model call ends, and :func:`snapshot`): the callbacks only keep references
 and timestamps, and this module turns what they kept into JSON text for the record
 (the ``*_json`` twins of its Struct fields, :mod:`neuralops.clients.jsontext`), within
 the capture budget. Two budgets bound the captured inputs/outputs: ``node_bytes`` per node or call
@@ -455,8 +456,8 @@ def model_replies(response: Any) -> tuple[list[Any], Any]:
     """What a model call's record needs of its ``LLMResult``, taken on the graph's
     thread without reading into it: each generation's message (the graph's state holds
     it anyway; a text generation becomes ``{"text": ...}``) and ``llm_output``. The
-    result's own objects are not kept; :func:`usage_of` and :func:`generation_output`
-    read the replies on the sender's thread."""
+    result's own objects are not kept; :func:`usage_of` reads the replies as the call
+    ends, :func:`generation_output` on the sender's thread."""
     replies: list[Any] = []
     for batch in getattr(response, "generations", None) or ():
         for g in batch:
@@ -507,7 +508,7 @@ def usage_of(replies: list[Any], llm_output: Any) -> tuple[dict[str, int], str]:
     return totals, model
 
 
-_MAX_TOKENS = 2**62  # int64 fields; sums of several calls stay within them
+_MAX_TOKENS = 2**40  # per call: past it a count is nonsense; sums stay within int64
 
 
 def _tokens(value: Any) -> int:

@@ -9,7 +9,7 @@ The parts, split like OpenTelemetry's ``BatchSpanProcessor``:
   threads are not kept waiting for the GIL), and sends them in batches bounded by
   count and bytes, through an :class:`~neuralops.clients.exporter.Exporter`
   (``BatchLogRuns`` over gRPC by default), with a short deadline (1 s + 1 s per
-  8 MiB by default); :meth:`RunSender.flush` and ``close`` cut the wait short;
+  2 MiB by default); :meth:`RunSender.flush` and ``close`` cut the wait short;
 - :class:`~neuralops.clients.spool.Spool`: runs the service cannot take *now*
   (transient failure) are fsynced there and replayed when it answers again;
 - :class:`~neuralops.clients.deadletter.DeadLetters`: a batch the server refuses for
@@ -117,28 +117,59 @@ def _flush_on_sigterm() -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Close the senders (on a thread of their own: the interrupted main thread may hold
-    a lock one of them needs), then die of SIGTERM as the default action does."""
-    # A sender already closing (a multiprocessing child's finalizer, interrupted by
-    # Pool.terminate's SIGTERM) is flushed: its worker still runs.
+    """Close the senders on a thread of their own and return at once (the interrupted
+    main thread may hold a lock the close needs: waiting for it here could hang); that
+    thread ends the process with SIGTERM, as the default action would have, when the
+    senders are closed or after ``2 * SIGTERM_FLUSH_S`` at most. A second SIGTERM ends
+    it at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     senders = [s for s in list(_live) if s._forks == _forks]
-    log.info("neuralops: SIGTERM: delivering or spooling the runs of %d sender(s)", len(senders))
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def close_all() -> None:
+        log.info(
+            "neuralops: SIGTERM: delivering or spooling the runs of %d sender(s)", len(senders)
+        )
         for sender in senders:
             try:
-                if sender._closed:
-                    sender.flush(SIGTERM_FLUSH_S)
-                else:
-                    sender.close(SIGTERM_FLUSH_S)
+                # (one the main thread is closing already, a multiprocessing child's
+                # finalizer say, is waited for: its close holds the lock)
+                sender.close(SIGTERM_FLUSH_S)
             except Exception:
                 log.exception("neuralops: sender close on SIGTERM failed")
+        die()
 
-    worker = threading.Thread(target=close_all, name="neuralops-sigterm", daemon=True)
-    worker.start()
-    worker.join(SIGTERM_FLUSH_S * 2)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
+    backstop = threading.Timer(SIGTERM_FLUSH_S * 2, die)
+    backstop.daemon = True
+    backstop.start()
+    threading.Thread(target=close_all, name="neuralops-sigterm", daemon=True).start()
+
+
+def _wait_for_closing() -> None:
+    """At exit, after every sender's own close: wait for a close another thread is still
+    doing (the SIGTERM handler's), or the interpreter would end it half way."""
+    for sender in list(_live):
+        if sender._forks == _forks:
+            with sender._close_lock:
+                pass
+
+
+atexit.register(_wait_for_closing)  # first registered, so run last
+
+
+def _close_at_multiprocessing_exit(sender: RunSender) -> None:
+    """A multiprocessing child (fork, forkserver, spawn) ends with ``os._exit``: no
+    atexit. Its exit finalizers run (a Process, Pool workers on close() + join()), so a
+    sender used in one closes there, whether it was made before the fork or in the
+    child."""
+    mp = sys.modules.get("multiprocessing")
+    if mp is None or mp.parent_process() is None:
+        return
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(sender, sender.close, exitpriority=10)
 
 
 def _size(run: pb.Run) -> int:
@@ -191,6 +222,7 @@ class RunSender:
         atexit.register(self.close)
         _live.add(self)
         _flush_on_sigterm()
+        _close_at_multiprocessing_exit(self)
 
     def _start(self) -> None:
         self._forks = _forks
@@ -209,6 +241,7 @@ class RunSender:
         # sibling process left when it died, or one the disk would not let us claim.
         self._next_spool_look = time.monotonic() + SPOOL_LOOK_S
         self._closed = False
+        self._close_lock = threading.RLock()
         self._late_warned = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="neuralops-sender", daemon=True)
@@ -223,11 +256,7 @@ class RunSender:
             self.exporter.reset()
             self.counters.after_fork()
             self._start()
-            mp = sys.modules.get("multiprocessing.util")
-            if mp is not None:
-                # A multiprocessing child ends with os._exit: no atexit. Its exit
-                # finalizers run (Process, and Pool workers on close() + join()).
-                mp.Finalize(self, self.close, exitpriority=10)
+            _close_at_multiprocessing_exit(self)
 
     # ---------------------------------------------------------------- counters
 
@@ -601,9 +630,10 @@ class RunSender:
             self.counters.add("replayed", self.delivered - before)
             if left:
                 try:
-                    self.spool.append(left + runs[start + step :])
+                    dropped = self.spool.append(left + runs[start + step :])
                 except OSError:
                     return False
+                self.counters.add("dropped", dropped)
                 self._spool_dirty = True
                 return True
         return True
@@ -648,8 +678,13 @@ class RunSender:
     def close(self, timeout_s: float = 5.0) -> None:
         """Deliver what is queued (or spool it) and stop the worker. Runs submitted
         later are delivered synchronously (or spooled)."""
-        if self._forks != _forks or self._closed:
+        if self._forks != _forks:
             return
+        with self._close_lock:  # a second close (at exit, on SIGTERM) waits for the first
+            if not self._closed:
+                self._close(timeout_s)
+
+    def _close(self, timeout_s: float) -> None:
         for callback in self._before_close:
             try:
                 callback()

@@ -64,7 +64,9 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -266,9 +268,22 @@ def _short(value: Any, limit: int = 200) -> str:
     return cap.valid_text(text[:limit])
 
 
-def _path(ns: str) -> str:
-    """``"sub:1f..|inner:2a.."`` -> ``"sub/inner"`` (a namespace, task ids dropped)."""
-    return "/".join(p.split(":", 1)[0] for p in ns.split("|") if p)
+def _graph_path(ns: str) -> str:
+    """A task's namespace -> the graph that ran it: ``"sub:1f..|inner:2a.."`` -> ``"sub"``
+    (parent namespaces, task ids dropped)."""
+    parts = [p.split(":", 1)[0] for p in ns.split("|") if p]
+    return "/".join(parts[:-1])
+
+
+def _called_from_a_task(lg_path: Any) -> bool:
+    """``langgraph_path`` of a functional API task called from a running task:
+    ``("__pregel_push", <the caller's path>, index, True)``."""
+    return (
+        isinstance(lg_path, tuple)
+        and len(lg_path) >= 4
+        and lg_path[0] == "__pregel_push"
+        and isinstance(lg_path[1], tuple)
+    )
 
 
 class _Open(list[Any]):
@@ -442,7 +457,7 @@ class RunHistoryCallback(_Base):
             node = meta.get("langgraph_node")
             ns: str | None = None
             step = 0
-            graph_ns = None
+            lg_path = None
             if pkey in self._calls:  # a chain or graph run inside a tool or model call
                 # (even one named like the node the tool runs in: it inherits the node's
                 # metadata, but LangGraph runs no task for it)
@@ -453,9 +468,9 @@ class RunHistoryCallback(_Base):
                 # A node (unless it is its own node's inner runnable).
                 ns = meta.get("langgraph_checkpoint_ns", "")
                 step = meta.get("langgraph_step", 0)
-                # The namespace of the graph running it (none at the top), as the debug
-                # stream gives it: a functional API task runs in its entrypoint's graph.
-                graph_ns = meta.get("checkpoint_ns")
+                # How LangGraph scheduled it: a functional API task called from a task
+                # runs in its caller's graph (the debug stream puts it there).
+                lg_path = meta.get("langgraph_path")
                 rec.nodes = seen = rec.nodes + 1
                 bound, capture = self._node_io, self._capture
             else:  # a runnable inside a node: transparent, nothing of it kept
@@ -467,7 +482,7 @@ class RunHistoryCallback(_Base):
             else:
                 inputs = cap.DROPPED if capture else None
                 self._quiet[key] = rec
-            rec.extend((_START, key, pkey, name, ns, step, graph_ns, inputs, now))
+            rec.extend((_START, key, pkey, name, ns, step, lg_path, inputs, now))
         except Exception:
             log.exception("neuralops hook: on_chain_start failed")
 
@@ -933,7 +948,7 @@ class RunHistoryCallback(_Base):
         track: _Track,
         ev: tuple[Any, ...],
     ) -> None:
-        _, key, pkey, name, ns, step, graph_ns, inputs, now = ev
+        _, key, pkey, name, ns, step, lg_path, inputs, now = ev
         parent = track.get(pkey)
         if parent is None:
             return
@@ -942,7 +957,9 @@ class RunHistoryCallback(_Base):
             ns = str(ns)
             step = step if type(step) is int else _as_int(step)
         if ns is not None and not (isinstance(where, _Node) and where.ns == ns):
-            path = _path(str(graph_ns or ""))
+            path = _graph_path(ns)
+            if _called_from_a_task(lg_path) and isinstance(where, _Node):
+                path = where.path  # (its namespace nests under its caller's task)
             node = self._start_node(run, name, ns=ns, path=path, step=step, inputs=inputs, now=now)
             track[key] = (node, node)
             return
@@ -1228,7 +1245,9 @@ class _Totals:
 # ------------------------------------------------------------------ exit
 
 _open_hooks: weakref.WeakSet[RunHistoryCallback] = weakref.WeakSet()
-_exit_registered: set[int] = set()
+# Senders whose close already hands over their hooks' open runs (the senders
+# themselves: an id could be reused once a closed sender is gone).
+_exit_registered: weakref.WeakSet[Any] = weakref.WeakSet()
 _exit_lock = threading.Lock()
 
 
@@ -1238,15 +1257,42 @@ def _close_open_runs_at_exit(hook: RunHistoryCallback) -> None:
     without ``before_close``: at exit, after its own (atexit runs last-in first-out)."""
     _open_hooks.add(hook)
     with _exit_lock:
-        key = id(hook.sender)
-        if key not in _exit_registered:
-            _exit_registered.add(key)
-            sender = hook.sender
-            register = getattr(sender, "before_close", None)
-            if callable(register):
-                register(lambda: _exit(sender))
-            else:
-                atexit.register(_exit, sender)
+        sender = hook.sender
+        if not _first_time(sender):
+            return
+        register = getattr(sender, "before_close", None)
+        if callable(register):
+            register(lambda: _exit(sender))
+        else:
+            atexit.register(_exit, sender)
+
+
+def _first_time(sender: Any) -> bool:
+    """Whether this sender is seen here for the first time (under _exit_lock)."""
+    try:
+        if sender in _exit_registered:
+            return False
+        _exit_registered.add(sender)
+        return True
+    except TypeError:  # a stand-in sender that takes no weak reference
+        if getattr(sender, "_neuralops_exit", False):
+            return False
+        with contextlib.suppress(AttributeError):
+            sender._neuralops_exit = True
+        return True
+
+
+def _forget_parents_runs() -> None:
+    """In a forked child: the runs open in the parent are the parent's to record (a
+    child closing its sender must not store them as cancelled under their ids)."""
+    for hook in list(_open_hooks):
+        hook._lock = threading.Lock()
+        hook._open.clear()
+        hook._quiet.clear()
+        hook._calls.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parents_runs)
 
 
 def _exit(sender: RunSender) -> None:

@@ -401,28 +401,36 @@ def test_killed_process_replays_its_spool_on_the_next_start(config: Config, tmp_
         server.stop()
 
 
-def test_runs_still_queued_at_exit_are_delivered(config: Config, tmp_path: Path) -> None:
+@pytest.fixture
+def served(config: Config, tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
+    """A RunHistory server process, and the environment a client process uses with it."""
     server = ServerProcess(
         tmp_path / "srv", postgres_dsn=config.postgres_dsn, services="runhistory"
     ).start()
     try:
-        env = {**server.env, "NEURALOPS_DATA_DIR": str(tmp_path / "client")}
-        quick = _python(
-            """
-            from neuralops.clients.example import build_graph
-            from neuralops.clients.langgraph import instrument
-            graph = instrument(build_graph())
-            for i in range(20):
-                graph.invoke({"subject": "refund"}, config={"run_id": f"exit-{i}", "metadata": {"wpk_id": "test"}})
-            # no flush: the interpreter exits with runs still queued
-            """,
-            env,
-        )
-        assert quick.returncode == 0, quick.stderr
-        client = RunHistoryClient(server.address("runhistory"))
-        assert all(_exists(client, f"exit-{i}") for i in range(20))
+        yield server, {**server.env, "NEURALOPS_DATA_DIR": str(tmp_path / "client")}
     finally:
         server.stop()
+
+
+def test_runs_still_queued_at_exit_are_delivered(
+    served: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    server, env = served
+    quick = _python(
+        """
+        from neuralops.clients.example import build_graph
+        from neuralops.clients.langgraph import instrument
+        graph = instrument(build_graph())
+        for i in range(20):
+            graph.invoke({"subject": "refund"}, config={"run_id": f"exit-{i}", "metadata": {"wpk_id": "test"}})
+        # no flush: the interpreter exits with runs still queued
+        """,
+        env,
+    )
+    assert quick.returncode == 0, quick.stderr
+    client = RunHistoryClient(server.address("runhistory"))
+    assert all(_exists(client, f"exit-{i}") for i in range(20))
 
 
 def _exists(client: RunHistoryClient, run_id: str) -> bool:
@@ -624,83 +632,115 @@ def test_a_run_whose_values_cannot_be_captured_is_recorded_without_them(
     assert "recorded without them" in caplog.text
 
 
-def test_sigterm_delivers_every_run_finished_before_it(config: Config, tmp_path: Path) -> None:
+def test_sigterm_delivers_every_run_finished_before_it(
+    served: tuple[ServerProcess, dict[str, str]],
+) -> None:
     # SIGTERM is how Kubernetes, Docker and systemd stop a process; it skips exit
     # handlers. A loop that never waits keeps its runs queued (the sender steps aside),
     # so without the sender's SIGTERM handler they are all lost.
     import signal
 
-    server = ServerProcess(
-        tmp_path / "srv", postgres_dsn=config.postgres_dsn, services="runhistory"
-    ).start()
-    try:
-        env = {**server.env, "NEURALOPS_DATA_DIR": str(tmp_path / "client")}
-        code = """
-            import sys
-            from neuralops.clients.example import build_graph
-            from neuralops.clients.langgraph import instrument
-            graph = instrument(build_graph())
-            i = 0
-            while True:
-                graph.invoke({"subject": "refund"}, config={"run_id": f"term-{i}", "metadata": {"wpk_id": "test"}})
-                print(i, flush=True)
-                i += 1
-            """
-        proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        for _ in range(200):  # 200 runs finished, none delivered yet in a busy loop
-            proc.stdout.readline()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == -signal.SIGTERM, err  # still ends as SIGTERM ends it
-        done = 200 + len(out.split())
-        client = RunHistoryClient(server.address("runhistory"))
-        missing = [i for i in range(done) if not _exists(client, f"term-{i}")]
-        assert missing == []
-    finally:
-        server.stop()
+    server, env = served
+    code = """
+        import sys
+        from neuralops.clients.example import build_graph
+        from neuralops.clients.langgraph import instrument
+        graph = instrument(build_graph())
+        i = 0
+        while True:
+            graph.invoke({"subject": "refund"}, config={"run_id": f"term-{i}", "metadata": {"wpk_id": "test"}})
+            print(i, flush=True)
+            i += 1
+        """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for _ in range(200):  # 200 runs finished, none delivered yet in a busy loop
+        proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGTERM, err  # still ends as SIGTERM ends it
+    done = 200 + len(out.split())
+    client = RunHistoryClient(server.address("runhistory"))
+    missing = [i for i in range(done) if not _exists(client, f"term-{i}")]
+    assert missing == []
 
 
-def test_runs_of_multiprocessing_children_are_delivered(config: Config, tmp_path: Path) -> None:
+def test_runs_of_multiprocessing_children_are_delivered(
+    served: tuple[ServerProcess, dict[str, str]],
+) -> None:
     # A multiprocessing child ends with os._exit: no atexit, so no flush at exit.
-    server = ServerProcess(
-        tmp_path / "srv", postgres_dsn=config.postgres_dsn, services="runhistory"
-    ).start()
-    try:
-        env = {**server.env, "NEURALOPS_DATA_DIR": str(tmp_path / "client")}
-        done = _python(
-            """
-            import multiprocessing as mp
-            from neuralops.clients.example import build_graph
-            from neuralops.clients.langgraph import instrument
-            graph = instrument(build_graph())  # the sender is made here, in the parent
+    server, env = served
+    done = _python(
+        """
+        import multiprocessing as mp
+        from neuralops.clients.example import build_graph
+        from neuralops.clients.langgraph import instrument
+        graph = instrument(build_graph())  # the sender is made here, in the parent
 
-            def work(i):
-                graph.invoke({"subject": "refund"}, config={"run_id": f"child-{i}", "metadata": {"wpk_id": "test"}})
-                return i
+        def work(i):
+            graph.invoke({"subject": "refund"}, config={"run_id": f"child-{i}", "metadata": {"wpk_id": "test"}})
+            return i
 
-            if __name__ == "__main__":
-                ctx = mp.get_context("fork")
-                procs = [ctx.Process(target=work, args=(i,)) for i in range(3)]
-                for p in procs:
-                    p.start()
-                for p in procs:
-                    p.join()
-                pool = ctx.Pool(2)
-                pool.map(work, range(3, 9))
-                pool.close()
-                pool.join()
-            """,
-            env,
-        )
-        assert done.returncode == 0, done.stderr
-        client = RunHistoryClient(server.address("runhistory"))
-        assert [i for i in range(9) if not _exists(client, f"child-{i}")] == []
-    finally:
-        server.stop()
+        if __name__ == "__main__":
+            ctx = mp.get_context("fork")
+            procs = [ctx.Process(target=work, args=(i,)) for i in range(3)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            pool = ctx.Pool(2)
+            pool.map(work, range(3, 9))
+            pool.close()
+            pool.join()
+        """,
+        env,
+    )
+    assert done.returncode == 0, done.stderr
+    client = RunHistoryClient(server.address("runhistory"))
+    assert [i for i in range(9) if not _exists(client, f"child-{i}")] == []
+
+
+def test_a_forked_child_never_records_its_parents_open_run(
+    served: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    # The child inherits the hook's open runs; closing its sender at exit must not store
+    # the parent's run (still open in the parent) as cancelled under its id.
+    server, env = served
+    done = _python(
+        """
+        import multiprocessing as mp, operator, threading
+        from typing import Annotated, TypedDict
+        from langgraph.graph import START, StateGraph
+        from neuralops.clients.langgraph import RunHistoryCallback
+
+        hook = RunHistoryCallback()
+
+        class S(TypedDict):
+            log: Annotated[list, operator.add]
+
+        sub = StateGraph(S); sub.add_node("w", lambda s: {"log": ["w"]}); sub.add_edge(START, "w")
+        sub = sub.compile(name="child-graph")
+
+        def child():  # a fresh thread: no context inherited from the node
+            t = threading.Thread(target=lambda: sub.invoke({"log": []}, {"callbacks": [hook]}))
+            t.start(); t.join()
+
+        def fan_out(s):
+            p = mp.get_context("fork").Process(target=child); p.start(); p.join()
+            return {"log": ["fanned"]}
+
+        top = StateGraph(S); top.add_node("fan_out", fan_out); top.add_edge(START, "fan_out")
+        top.compile(name="parent-graph").invoke({"log": []}, {"callbacks": [hook], "run_id": "parent-1"})
+        """,
+        env,
+    )
+    assert done.returncode == 0, done.stderr
+    client = RunHistoryClient(server.address("runhistory"))
+    assert client.get_run("parent-graph", "parent-1").status == pb.RUN_STATUS_COMPLETED
+    assert len(client.list_runs("child-graph")[0]) == 1  # the child's own run, stored

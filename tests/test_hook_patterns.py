@@ -953,3 +953,34 @@ def test_each_tool_call_names_the_model_tool_call_it_answers(
         pb.RUN_STATUS_FAILED,
     )
     assert "upstream down" in tools["flaky"].error
+
+
+def test_nested_subgraph_paths_match_the_debug_stream(runhistory: App, sender: RunSender) -> None:
+    def leaf(name: str) -> Any:
+        return lambda s: {"log": [name]}
+
+    inner: Any = StateGraph(Team)
+    inner.add_node("i1", leaf("i1"))
+    inner.add_edge(START, "i1")
+    mid: Any = StateGraph(Team)
+    mid.add_node("inner", inner.compile())
+    mid.add_node("m1", leaf("m1"))
+    mid.add_edge(START, "m1")
+    mid.add_edge("m1", "inner")
+    mid_graph = mid.compile()
+    top: Any = StateGraph(Team)
+    top.add_node("mid", mid_graph)  # a subgraph as a node
+    top.add_node("fn", lambda s: mid_graph.invoke(s))  # noqa: PLW0108 - invoked in a node
+    top.add_edge(START, "mid")
+    top.add_edge("mid", "fn")
+    graph = top.compile(name="nested")
+    debug = sorted(
+        ("/".join(p.split(":")[0] for p in ns), e["payload"]["name"])
+        for ns, e in graph.stream({"log": []}, stream_mode="debug", subgraphs=True)
+        if e["type"] == "task"
+    )
+    run_id = str(uuid.uuid4())
+    graph.invoke({"log": []}, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id})
+    run = _stored(runhistory, sender, "nested", run_id)
+    assert sorted((n.path, n.name) for n in run.node_logs) == debug
+    assert ("mid/inner", "i1") in debug and ("fn/inner", "i1") in debug

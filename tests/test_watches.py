@@ -330,6 +330,14 @@ def test_watch_rpcs_and_the_server_evaluates_on_its_own(
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(err.value) == ["update_mask"]
+    tuned = stub.UpdateWatch(  # one setting changes; the others stay as they were
+        ipb.UpdateWatchRequest(
+            watch=ipb.Watch(id=made.id, detector=ipb.DetectorSettings(threshold=7)),
+            update_mask=field_mask_pb2.FieldMask(paths=["detector.threshold"]),
+        )
+    ).watch
+    assert tuned.detector.threshold == 7
+    assert (tuned.detector.window, tuned.detector.min_points) == (60, 10)
     assert [w.id for w in stub.ListWatches(ipb.ListWatchesRequest()).watches] == [made.id]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -223,7 +224,7 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
             _time("start_time", request.start_time) if request.HasField("start_time") else None,
             _time("end_time", request.end_time) if request.HasField("end_time") else None,
             state=state,
-            watch_id=request.watch_id,
+            watch_id=_watch_id(request.watch_id),
         )
         return pb.ListSignalsResponse(
             signals=[signal_message(s) for s in page], next_page_token=token
@@ -321,11 +322,15 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
                 raise InvalidArgument.one("update_mask", f"{p!r} is not a field of Watch")
         given = self._watch(request.watch, current.id)
         top = {p.split(".")[0] for p in paths} or allowed
+        detector = given.detector if "detector" in top else current.detector
+        settings = [p.split(".", 1)[1] for p in paths if p.startswith("detector.")]
+        if settings and "detector" not in paths:  # only the settings named change
+            detector = {**current.detector, **{k: given.detector[k] for k in settings}}
         merged = Watch(
             id=current.id,
             name=given.name if "name" in top else current.name,
             query=given.query if "query" in top else current.query,
-            detector=given.detector if "detector" in top else current.detector,
+            detector=detector,
             interval_s=given.interval_s if "interval" in top else current.interval_s,
         )
         return pb.UpdateWatchResponse(watch=watch_message(self._insight.update_watch(merged)))
@@ -336,6 +341,14 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
         validate(request)
         self._insight.delete_watch(request.id)
         return pb.DeleteWatchResponse()
+
+
+def _watch_id(text: str) -> str:
+    """A watch id filter as stored (any spelling of a UUID: case, braces)."""
+    try:
+        return str(uuid.UUID(text)) if text else text
+    except ValueError:
+        return text  # the request's validation names it
 
 
 def _is_field_path(desc: Any, path: str) -> bool:
