@@ -484,13 +484,13 @@ def usage_of(replies: list[Any], llm_output: Any) -> tuple[dict[str, int], str]:
             continue
         found = True
         for key in ("input_tokens", "output_tokens", "total_tokens"):
-            totals[key] += _tokens(um.get(key))
+            totals[key] = _tokens(um.get(key))
         cached = (um.get("input_token_details") or {}).get("cache_read")
         if cached:
-            totals["cached_input_tokens"] = totals.get("cached_input_tokens", 0) + _tokens(cached)
+            totals["cached_input_tokens"] = _tokens(cached)
         reasoning = (um.get("output_token_details") or {}).get("reasoning")
         if reasoning:
-            totals["reasoning_tokens"] = totals.get("reasoning_tokens", 0) + _tokens(reasoning)
+            totals["reasoning_tokens"] = _tokens(reasoning)
     llm_output = llm_output if isinstance(llm_output, Mapping) else {}
     model = model or str(llm_output.get("model_name") or llm_output.get("model") or "")
     if not found:

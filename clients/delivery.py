@@ -94,8 +94,9 @@ os.register_at_fork(after_in_child=_count_fork)
 # SIGTERM (how Kubernetes, Docker and systemd stop a process) ends a Python process
 # without running its exit handlers, so runs still queued would be lost. Unless the
 # application handles SIGTERM itself, the first sender made on the main thread installs
-# a handler that closes every sender (deliver or spool, at most this long) and then
-# lets SIGTERM end the process as it would have. NEURALOPS_FLUSH_ON_SIGTERM=0 turns it off.
+# a handler that closes every sender (deliver or spool, about this long and at most
+# twice that) and then lets SIGTERM end the process as it would have.
+# NEURALOPS_FLUSH_ON_SIGTERM=0 turns it off.
 SIGTERM_FLUSH_S = 5.0
 _live: weakref.WeakSet[RunSender] = weakref.WeakSet()
 _sigterm_installed = False
@@ -109,7 +110,7 @@ def _flush_on_sigterm() -> None:
         return  # signal handlers are set on the main thread only; a later sender may
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return  # the application handles SIGTERM (and exits through atexit)
+            return  # the application handles SIGTERM (it should close the sender)
         signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError):  # pragma: no cover - no signals here
         return
@@ -315,10 +316,10 @@ class RunSender:
 
     def _housekeeping(self) -> None:
         try:
-            if self._held and time.monotonic() >= self._next_held_try:
-                self._next_held_try = time.monotonic() + self._retry_s
-                self._retry_held()
             now = time.monotonic()
+            if self._held and now >= self._next_held_try:
+                self._next_held_try = now + self._retry_s
+                self._retry_held()
             if now >= self._next_spool_look:
                 self._next_spool_look = now + SPOOL_LOOK_S
                 self._spool_dirty = True

@@ -7,8 +7,8 @@ skipped on replay and the records around it are kept. Replay takes a process's o
 finished files and any file whose writer process is gone, claiming each by an atomic
 rename (``...spool.replaying-<pid>.<token>``), so two processes never replay the same
 file. The token is this process's own: a claim left by an earlier process that had the
-same pid (a container's PID 1 restarted) is taken over, not mistaken for a live one. Replays are safe to repeat: the
-server is idempotent on (wpk_id, run_id).
+same pid (a container's PID 1 restarted) is taken over, not mistaken for a live one.
+Replays are safe to repeat: the server is idempotent on (wpk_id, run_id).
 
 The spool has a size cap (``max_bytes``). Past it the policy is **drop oldest**:
 whole files, oldest first, are deleted until the new records fit; every run dropped
@@ -205,11 +205,9 @@ class Spool:
             name = path.name
             if SUFFIX not in name:
                 continue
-            if CLAIMED in name:
-                if _claimed_by_live(name) and _claimer_pid(name) != os.getpid():
-                    continue  # another live process's file is its to manage
-            elif _writer_pid(name) != os.getpid() and _alive(_writer_pid(name)):
-                continue
+            owner = _claimer_pid(name) if CLAIMED in name else _writer_pid(name)
+            if owner != os.getpid() and _alive(owner):
+                continue  # another live process's file is its to manage
             with contextlib.suppress(OSError):
                 files.append((path.stat().st_mtime, path))
         return [p for _, p in sorted(files)]

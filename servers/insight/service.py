@@ -120,6 +120,15 @@ def _times(ratio: float) -> str:
     return f"{ratio:.3g}" if ratio < 100 else f"{ratio:,.0f}"
 
 
+def watch_key(text: str) -> str | None:
+    """A watch id as stored (any spelling of a UUID, case or braces, is one watch);
+    None when ``text`` is no UUID."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
+
+
 def check_work(series: int, points: int, field: str) -> None:
     if series * points > MAX_WORK_POINTS:
         raise ResourceExhausted(
@@ -568,10 +577,10 @@ class Insight:
         return self._store.create_watch(self._check_watch(w))
 
     def get_watch(self, wid: str) -> Watch:
-        try:
-            wid = str(uuid.UUID(wid))  # any spelling of a UUID (case, braces) is one watch
-        except ValueError as exc:
-            raise InvalidArgument.one("id", "must be a watch id (UUID)") from exc
+        key = watch_key(wid)
+        if key is None:
+            raise InvalidArgument.one("id", "must be a watch id (UUID)")
+        wid = key
         got = self._store.get_watch(wid)
         if got is None:
             raise NotFound(f"watch {wid} not found")

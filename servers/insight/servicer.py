@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -21,6 +20,7 @@ from neuralops.servers.insight.service import (
     BacktestSeries,
     Insight,
     settings_from,
+    watch_key,
 )
 from neuralops.servers.insight.validation import validate
 from neuralops.servers.runtime.convert import to_timestamp
@@ -224,7 +224,7 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
             _time("start_time", request.start_time) if request.HasField("start_time") else None,
             _time("end_time", request.end_time) if request.HasField("end_time") else None,
             state=state,
-            watch_id=_watch_id(request.watch_id),
+            watch_id=watch_key(request.watch_id) or request.watch_id,
         )
         return pb.ListSignalsResponse(
             signals=[signal_message(s) for s in page], next_page_token=token
@@ -343,21 +343,13 @@ class InsightServicer(insight_pb2_grpc.InsightServiceServicer):
         return pb.DeleteWatchResponse()
 
 
-def _watch_id(text: str) -> str:
-    """A watch id filter as stored (any spelling of a UUID: case, braces)."""
-    try:
-        return str(uuid.UUID(text)) if text else text
-    except ValueError:
-        return text  # the request's validation names it
-
-
 def _is_field_path(desc: Any, path: str) -> bool:
     """Whether ``path`` (``detector.threshold``) names a field, through message fields."""
-    for i, name in enumerate(path.split(".")):
-        field = desc.fields_by_name.get(name) if desc is not None else None
+    for name in path.split("."):
+        if desc is None:  # a scalar field has no fields under it
+            return False
+        field = desc.fields_by_name.get(name)
         if field is None:
             return False
         desc = field.message_type
-        if desc is None and i < len(path.split(".")) - 1:
-            return False
     return True
