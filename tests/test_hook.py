@@ -671,20 +671,23 @@ def test_sigterm_delivers_every_run_finished_before_it(
     assert missing == []
 
 
+@pytest.mark.parametrize("made_in", ["parent", "child"])
 def test_runs_of_multiprocessing_children_are_delivered(
-    served: tuple[ServerProcess, dict[str, str]],
+    served: tuple[ServerProcess, dict[str, str]], made_in: str
 ) -> None:
-    # A multiprocessing child ends with os._exit: no atexit, so no flush at exit.
+    # A multiprocessing child ends with os._exit: no atexit, so no flush at exit; the
+    # sender may be made before the fork or in the child itself.
     server, env = served
     done = _python(
-        """
+        f"""
         import multiprocessing as mp
         from neuralops.clients.example import build_graph
         from neuralops.clients.langgraph import instrument
-        graph = instrument(build_graph())  # the sender is made here, in the parent
+        graph = instrument(build_graph()) if {made_in!r} == "parent" else None
 
         def work(i):
-            graph.invoke({"subject": "refund"}, config={"run_id": f"child-{i}", "metadata": {"wpk_id": "test"}})
+            g = graph or instrument(build_graph())
+            g.invoke({{"subject": "refund"}}, config={{"run_id": f"child-{{i}}", "metadata": {{"wpk_id": "test"}}}})
             return i
 
         if __name__ == "__main__":
