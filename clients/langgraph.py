@@ -16,7 +16,9 @@ What one run holds:
   with the hook records nothing unless a graph runs under it: then the chain is the run,
   holding the graph's nodes); everything
   started under it (nodes, subgraphs, and chains or graphs run inside a tool or a
-  model call, such as a sub-agent used as a tool) is recorded inside it.
+  model call, such as a sub-agent used as a tool) is recorded inside it. So is a graph
+  instrumented with a hook of its own when it runs inside a run another hook records (a
+  sub-agent and its supervisor each instrumented): one run, not two.
 - **Nodes** as LangGraph's debug stream shows them: internal tasks LangGraph hides
   (``__start__``, tagged ``langsmith:hidden``) are never recorded, whatever the edge
   kind. A retried node has one entry per attempt (``attempt`` 1, 2, ...).
@@ -32,7 +34,9 @@ What one run holds:
   failed. A handoff's node is completed with the Command as its output; ``interrupt()``
   and static breakpoints (``interrupt_before``/``interrupt_after``) give status
   interrupted, with the interrupt values and ids in ``Run.interrupts``; so does a drain
-  (``GraphDrained``: ``{"drained": reason}``). A node timeout or a ``CancelledError`` the
+  (``GraphDrained``: ``{"drained": reason}``). The run's own graph decides: a
+  subgraph's interrupt that a node or tool catches pauses nothing, and an error LangGraph
+  raises to the caller fails the run even if a parallel branch paused. A node timeout or a ``CancelledError`` the
   node raised (``NodeTimeoutError``/``NodeCancelledError``) fails the node's attempts,
   though the node itself only sees its task cancelled.
 - **Paths**: ``NodeLog.path`` is the namespace LangGraph's debug stream gives the node
@@ -442,6 +446,10 @@ class RunHistoryCallback(_Base):
                 if rec is None:
                     rec = self._quiet.get(pkey)
             if rec is None:
+                if pkey is not None and _recorded_elsewhere(self, pkey):
+                    # Another hook records the run this one runs in (a sub-agent and its
+                    # supervisor each instrumented): it is recorded there, once.
+                    return
                 # A new run; its inputs are copied (the caller may change them later).
                 meta = metadata or _NO_META
                 rec = _Open((serialized, _snapshot(inputs), tags, meta, name, now, run_id))
@@ -575,9 +583,10 @@ class RunHistoryCallback(_Base):
             status, error_text = _outcome(error)
             if rec.key != key:
                 outputs = None
-                if io and status != "failed" and error.args:
+                if io and status == "completed" and error.args:
                     # A handoff (ParentCommand) ends its node: the Command is what it
                     # returned (read now: LangGraph rewrites the exception's args later).
+                    # An interrupted node returned nothing (its debug task_result is {}).
                     outputs = error.args[0]
                 rec.extend((_END, key, outputs, status, error_text, now))
             else:
@@ -912,7 +921,7 @@ class RunHistoryCallback(_Base):
             elif kind == _CALL_END:
                 self._replay_call_end(track, ev)
             elif kind == _INTERRUPT:
-                self._replay_interrupt(run, ev[1])
+                self._replay_interrupt(run, ev[1], key)
             elif kind == _RESUME and not run.checkpoint_id:
                 run.checkpoint_id = str(ev[1].checkpoint_id)
         for k, t in list(getattr(rec, "first_tokens", {}).items()):
@@ -939,7 +948,12 @@ class RunHistoryCallback(_Base):
             found = outputs["__interrupt__"]
             if isinstance(found, list | tuple):
                 run.interrupts.extend(found)
-        status = "interrupted" if run.interrupted or outcome == "interrupted" else outcome
+        # An error LangGraph raised to the caller fails the run whatever else paused;
+        # a subgraph's interrupt its caller caught pauses nothing.
+        status = "interrupted" if outcome == "completed" and run.interrupted else outcome
+        if status != "interrupted":
+            run.interrupts.clear()
+            run.pause = None
         return run, outputs, status, duration_ms, error_text if status == "failed" else ""
 
     def _replay_start(
@@ -1004,8 +1018,6 @@ class RunHistoryCallback(_Base):
         if entry is None:
             return
         own = entry[1]
-        if status == "interrupted":
-            run.interrupted = True
         if isinstance(own, _Node | _Call):
             own.end, own.status, own.error = now, status, error_text
             if status != "failed":
@@ -1042,14 +1054,25 @@ class RunHistoryCallback(_Base):
         call.end, call.status, call.error, call.output = now, status, error_text, output
 
     @staticmethod
-    def _replay_interrupt(run: _Run, event: Any) -> None:
-        run.interrupted = True
+    def _replay_interrupt(run: _Run, event: Any, root: Any) -> None:
+        """The run's own graph paused (the run is interrupted), or a graph inside it did
+        (its values are kept: they are what the run paused on if it did; a caller may
+        also catch a subgraph's interrupt and go on)."""
         if isinstance(event, _Drained):  # no interrupt value, no checkpoint id given
+            run.interrupted = True
             run.pause = {"drained": event.reason}
             return
+        if not event.checkpoint_ns or event.run_id is None or _key(event.run_id) == root:
+            run.interrupted = True  # the top graph (perhaps inside a chain that is the run)
         run.interrupts.extend(event.interrupts)
-        if not event.interrupts and event.status in ("interrupt_before", "interrupt_after"):
-            run.pause = {"breakpoint": str(event.status)}
+        if not event.interrupts and run.pause is None:  # a static breakpoint
+            # (one inside a subgraph reaches the top graph as status "pending", unnamed)
+            kind = event.status
+            run.pause = {
+                "breakpoint": kind
+                if kind in ("interrupt_before", "interrupt_after")
+                else "in a subgraph"
+            }
         if not event.checkpoint_ns or not run.checkpoint_id:
             run.checkpoint_id = str(event.checkpoint_id)
 
@@ -1249,6 +1272,11 @@ _open_hooks: weakref.WeakSet[RunHistoryCallback] = weakref.WeakSet()
 # themselves: an id could be reused once a closed sender is gone).
 _exit_registered: weakref.WeakSet[Any] = weakref.WeakSet()
 _exit_lock = threading.Lock()
+
+
+def _recorded_elsewhere(hook: RunHistoryCallback, key: Any) -> bool:
+    """Whether a hook other than ``hook`` records the open run ``key`` belongs to."""
+    return any(h is not hook and (key in h._open or key in h._quiet) for h in list(_open_hooks))
 
 
 def _close_open_runs_at_exit(hook: RunHistoryCallback) -> None:

@@ -26,7 +26,7 @@ from langgraph.prebuilt import create_react_agent
 from langgraph.types import Command, RetryPolicy, Send, interrupt
 from neuralops.clients import RunHistoryClient
 from neuralops.clients.delivery import RunSender
-from neuralops.clients.langgraph import RunHistoryCallback
+from neuralops.clients.langgraph import RunHistoryCallback, instrument
 from neuralops.clients.runs import to_python
 from neuralops.runhistory.v1 import runhistory_pb2 as pb
 from neuralops.servers.runtime.app import App
@@ -984,3 +984,115 @@ def test_nested_subgraph_paths_match_the_debug_stream(runhistory: App, sender: R
     run = _stored(runhistory, sender, "nested", run_id)
     assert sorted((n.path, n.name) for n in run.node_logs) == debug
     assert ("mid/inner", "i1") in debug and ("fn/inner", "i1") in debug
+
+
+def _two_branches(second: Any, *, name: str) -> Any:
+    """START -> ask (which calls interrupt()) and ``second`` in the same step."""
+    g: Any = StateGraph(Team)
+    g.add_node("ask", lambda s: {"log": [interrupt("approve?")]})
+    g.add_node("other", second)
+    g.add_edge(START, "ask")
+    g.add_edge(START, "other")
+    return g.compile(name=name, checkpointer=InMemorySaver())
+
+
+def test_an_error_beside_an_interrupt_fails_the_run_as_the_caller_saw(
+    runhistory: App, sender: RunSender
+) -> None:
+    def boom(s: Team) -> Team:
+        raise ValueError("boom")
+
+    graph = _two_branches(boom, name="both")
+    run_id = str(uuid.uuid4())
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "t-both"}}
+    with pytest.raises(ValueError, match="boom"):
+        graph.invoke(
+            {"log": []}, {**cfg, "callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+        )
+    run = _stored(runhistory, sender, "both", run_id)
+    assert run.status == pb.RUN_STATUS_FAILED and run.error == "ValueError: boom"
+    assert not run.interrupts
+    by_name = {n.name: n for n in run.node_logs}
+    assert by_name["other"].status == pb.RUN_STATUS_FAILED
+    assert by_name["ask"].status == pb.RUN_STATUS_INTERRUPTED
+    # What the node that paused returned: nothing (LangGraph's debug task_result is {}).
+    assert not by_name["ask"].HasField("output") and not by_name["ask"].output_json
+
+
+def test_an_interrupt_the_caller_catches_pauses_nothing(runhistory: App, sender: RunSender) -> None:
+    """A node (or a tool) that runs a sub-agent and catches what it raises: LangGraph
+    returns normally with nothing pending, and so is the run stored."""
+    sub: Any = StateGraph(Team)
+    sub.add_node("ask", lambda s: {"log": [interrupt("approve?")]})
+    sub.add_edge(START, "ask")
+    agent = sub.compile()
+
+    def guarded(s: Team) -> Team:
+        try:
+            agent.invoke({"log": []})
+        except Exception as e:  # what user code does around a sub-agent
+            return {"log": [f"caught {type(e).__name__}"]}
+        return {"log": ["done"]}
+
+    g: Any = StateGraph(Team)
+    g.add_node("node", guarded)
+    g.add_edge(START, "node")
+    graph = g.compile(name="caught", checkpointer=InMemorySaver())
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "t-caught"}}
+    run_id = str(uuid.uuid4())
+    out = graph.invoke(
+        {"log": []}, {**cfg, "callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+    )
+    assert out["log"] == ["caught GraphInterrupt"]
+    state = graph.get_state(cfg)
+    assert state.next == () and not state.interrupts
+    run = _stored(runhistory, sender, "caught", run_id)
+    assert run.status == pb.RUN_STATUS_COMPLETED and not run.interrupts
+
+
+def test_a_breakpoint_inside_a_subgraph_says_where_it_paused(
+    runhistory: App, sender: RunSender
+) -> None:
+    sub: Any = StateGraph(Team)
+    sub.add_node("s1", lambda s: {"log": ["s1"]})
+    sub.add_node("s2", lambda s: {"log": ["s2"]})
+    sub.add_edge(START, "s1")
+    sub.add_edge("s1", "s2")
+    g: Any = StateGraph(Team)
+    g.add_node("sub", sub.compile(interrupt_before=["s2"]))
+    g.add_edge(START, "sub")
+    graph = g.compile(name="subbreak", checkpointer=InMemorySaver())
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "t-sub"}}
+    run_id = str(uuid.uuid4())
+    graph.invoke(
+        {"log": []}, {**cfg, "callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id}
+    )
+    assert graph.get_state(cfg).next == ("sub",)
+    run = _stored(runhistory, sender, "subbreak", run_id)
+    assert run.status == pb.RUN_STATUS_INTERRUPTED
+    assert [to_python(i.value) for i in run.interrupts] == [{"breakpoint": "in a subgraph"}]
+
+
+def test_a_sub_agent_and_its_supervisor_each_instrumented_are_one_run(
+    runhistory: App, sender: RunSender
+) -> None:
+    llm = ToolChatModel(responses=[AIMessage("noted", usage_metadata=_usage(10, 10))])
+    sub: Any = StateGraph(Team)
+    sub.add_node("think", lambda s: {"log": [llm.invoke("x").content]})
+    sub.add_edge(START, "think")
+    researcher = instrument(sub.compile(name="researcher"), sender=sender)
+    g: Any = StateGraph(Team)
+    g.add_node("research", researcher)
+    g.add_edge(START, "research")
+    supervisor = instrument(g.compile(name="supervisor"), sender=sender)
+    run_id = str(uuid.uuid4())
+    config: Any = {"run_id": run_id}
+    supervisor.invoke({"log": []}, config)
+    run = _stored(runhistory, sender, "supervisor", run_id)
+    assert [(n.path, n.name) for n in run.node_logs] == [("", "research"), ("research", "think")]
+    assert run.usage.tokens.total_tokens == 20
+    assert _client(runhistory).list_runs("researcher")[0] == []
+    # On its own, the sub-agent is its own run.
+    researcher.invoke({"log": []})
+    assert sender.flush(10)
+    assert len(_client(runhistory).list_runs("researcher")[0]) == 1

@@ -371,7 +371,9 @@ class Interrupt(_message.Message):
     def value(self) -> _struct_pb2.Value:
         """The value passed to `interrupt()`. For a static breakpoint (compiled
         with interrupt_before / interrupt_after) the hook records
-        `{"breakpoint": "interrupt_before"}` (or "interrupt_after").
+        `{"breakpoint": "interrupt_before"}` (or "interrupt_after"; a breakpoint
+        inside a subgraph, which LangGraph does not name to the top graph:
+        "in a subgraph").
         """
 
     @_builtins.property
