@@ -1114,8 +1114,9 @@ class RunHistoryCallback(_Base):
             truncated |= cut
             msg.node_logs.append(node)
         for c in run.loose_calls:
-            _, cut = self._call_message(c, budget, usage, io)
+            call, cut = self._call_message(c, budget, usage, io)
             truncated |= cut
+            msg.calls.append(call)
         msg.truncated = truncated
         usage.fill(msg.usage)
         self._interrupts(msg, run, budget, io)

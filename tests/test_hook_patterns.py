@@ -1096,3 +1096,33 @@ def test_a_sub_agent_and_its_supervisor_each_instrumented_are_one_run(
     researcher.invoke({"log": []})
     assert sender.flush(10)
     assert len(_client(runhistory).list_runs("researcher")[0]) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_a_model_called_on_the_start_edge_is_a_run_level_call(
+    runhistory: App, sender: RunSender
+) -> None:
+    """A routing function on the START edge that asks a model (LangGraph's adaptive RAG
+    tutorial): LangGraph runs it in its hidden __start__ task, so the call is the run's
+    own, and the totals count exactly the calls stored."""
+    router = ToolChatModel(responses=[AIMessage("web", usage_metadata=_usage(30, 8))])
+    writer = ToolChatModel(responses=[AIMessage("answer", usage_metadata=_usage(20, 18))])
+
+    def route(s: Team) -> str:
+        return str(router.invoke("where to look?").content)
+
+    g: Any = StateGraph(Team)
+    g.add_node("web", lambda s: {"log": [writer.invoke("write").content]})
+    g.add_node("docs", lambda s: {"log": ["docs"]})
+    g.add_conditional_edges(START, route, ["web", "docs"])
+    graph = g.compile(name="adaptive")
+    expected = _debug_tasks(graph, {"log": []}, {})
+    run_id = str(uuid.uuid4())
+    graph.invoke({"log": []}, {"callbacks": [RunHistoryCallback(sender=sender)], "run_id": run_id})
+    run = _stored(runhistory, sender, "adaptive", run_id)
+    assert [n.name for n in run.node_logs] == expected == ["web"]
+    assert [(c.kind, c.usage.total_tokens) for c in run.calls] == [(pb.CALL_KIND_MODEL, 38)]
+    assert to_python(run.calls[0].output)["message"]["content"] == "web"
+    stored_calls = [*run.calls, *(c for n in run.node_logs for c in n.calls)]
+    assert run.usage.model_calls == len(stored_calls) == 2
+    assert run.usage.tokens.total_tokens == sum(c.usage.total_tokens for c in stored_calls) == 76

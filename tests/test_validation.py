@@ -130,10 +130,12 @@ def test_negative_call_durations_and_token_counts_name_their_field(stack: App) -
         run_id="c",
         status=pb.RUN_STATUS_COMPLETED,
         node_logs=[pb.NodeLog(name="a", calls=[call])],
+        calls=[pb.Call(name="router", duration_ms=-4)],
     )
     run.usage.tool_calls = -1
     run.usage.tokens.total_tokens = -7
     assert sorted(_invalid(_rh(stack).LogRun, pb.LogRunRequest(run=run))) == [
+        "run.calls[0].duration_ms",
         "run.node_logs[0].calls[0].calls[0].duration_ms",
         "run.node_logs[0].calls[0].calls[0].time_to_first_token_ms",
         "run.node_logs[0].calls[0].calls[0].usage.output_tokens",

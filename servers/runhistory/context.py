@@ -16,7 +16,7 @@ from neuralops.servers.runtime.db import Row, as_datetime, json_value
 
 COLUMNS = (
     "thread_id, checkpoint_id, user_id, session_id, tags, metadata, usage, interrupts,"
-    " omitted_node_logs, truncated"
+    " calls, omitted_node_logs, truncated"
 )
 _SUMMARY = f"id, wpk_id, run_id, status, duration_ms, created_at, error, {COLUMNS}"
 
@@ -35,6 +35,7 @@ def from_row(row: Row) -> RunContext:
         metadata=dict(textcodec.restore(json_value(row["metadata"])) or {}),
         usage=dict(json_value(row["usage"]) or {}),
         interrupts=list(textcodec.restore(json_value(row["interrupts"])) or []),
+        calls=list(textcodec.restore(json_value(row["calls"])) or []),
         omitted_node_logs=int(row["omitted_node_logs"]),
         truncated=bool(row["truncated"]),
     )

@@ -21,6 +21,7 @@ class RunContext:
     metadata: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, Any] = field(default_factory=dict)
     interrupts: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)  # outside any node
     omitted_node_logs: int = 0
     truncated: bool = False
 

@@ -72,6 +72,7 @@ def _context(d: dict[str, Any]) -> RunContext:
         metadata=get("metadata", {}),
         usage=get("usage", {}),
         interrupts=[_interrupt(i) for i in get("interrupts", ())],
+        calls=get("calls", []),
         omitted_node_logs=get("omitted_node_logs", 0),
         truncated=get("truncated", False),
     )
@@ -135,6 +136,8 @@ def run_message(run: StoredRun) -> pb.Run:
         msg.truncated = ctx.truncated
         for i in ctx.interrupts:
             msg.interrupts.append(dict_message(i, pb.Interrupt()))
+        for c in ctx.calls:
+            msg.calls.append(dict_message(c, pb.Call()))
     return msg
 
 

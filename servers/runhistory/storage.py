@@ -88,6 +88,7 @@ RUN_COLUMNS: tuple[Column, ...] = (
     Column("metadata", "jsonb", "metadata", of_context=True),
     Column("usage", "jsonb", "usage", of_context=True),
     Column("interrupts", "jsonb", "interrupts", of_context=True),
+    Column("calls", "jsonb", "calls", of_context=True),  # migration 007
     Column("omitted_node_logs", "integer", "omitted_node_logs", of_context=True),
     Column("truncated", "boolean", "truncated", of_context=True),
 )

@@ -80,6 +80,7 @@ def _run(run: pb.Run, prefix: str) -> list[FieldViolation]:
             if getattr(u, name) < 0:
                 out.append(FieldViolation(f"{prefix}.usage.{name}", "must be >= 0"))
         _tokens(u.tokens, f"{prefix}.usage.tokens", out)
+    _calls(run.calls, f"{prefix}.calls", out)
     for i, node in enumerate(run.node_logs[:MAX_NODE_LOGS]):
         if not node.name.strip():
             out.append(FieldViolation(f"{prefix}.node_logs[{i}].name", "is required"))

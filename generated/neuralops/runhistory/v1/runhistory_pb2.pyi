@@ -550,6 +550,7 @@ class Run(_message.Message):
     INPUTS_JSON_FIELD_NUMBER: _builtins.int
     OUTPUTS_JSON_FIELD_NUMBER: _builtins.int
     METADATA_JSON_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned row id (UUID). Output only."""
     wpk_id: _builtins.str
@@ -657,6 +658,14 @@ class Run(_message.Message):
     def interrupts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Interrupt]:
         """What an interrupted run paused on."""
 
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Call]:
+        """Calls made in the run but outside any node: a model called by a routing
+        function on the START edge (LangGraph runs it in its hidden `__start__`
+        task, which the debug stream and node_logs leave out). Counted in `usage`
+        like the calls in node_logs.
+        """
+
     def __init__(
         self,
         *,
@@ -685,10 +694,11 @@ class Run(_message.Message):
         inputs_json: _builtins.bytes = ...,
         outputs_json: _builtins.bytes = ...,
         metadata_json: _builtins.bytes = ...,
+        calls: _abc.Iterable[Global___Call] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "inputs", b"inputs", "metadata", b"metadata", "outputs", b"outputs", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "created_at", b"created_at", "duration_ms", b"duration_ms", "embedding_status", b"embedding_status", "error", b"error", "id", b"id", "inputs", b"inputs", "inputs_json", b"inputs_json", "interrupts", b"interrupts", "metadata", b"metadata", "metadata_json", b"metadata_json", "node_logs", b"node_logs", "omitted_node_logs", b"omitted_node_logs", "outputs", b"outputs", "outputs_json", b"outputs_json", "run_id", b"run_id", "session_id", b"session_id", "status", b"status", "tags", b"tags", "thread_id", b"thread_id", "truncated", b"truncated", "updated_at", b"updated_at", "usage", b"usage", "user_id", b"user_id", "wpk_id", b"wpk_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "checkpoint_id", b"checkpoint_id", "created_at", b"created_at", "duration_ms", b"duration_ms", "embedding_status", b"embedding_status", "error", b"error", "id", b"id", "inputs", b"inputs", "inputs_json", b"inputs_json", "interrupts", b"interrupts", "metadata", b"metadata", "metadata_json", b"metadata_json", "node_logs", b"node_logs", "omitted_node_logs", b"omitted_node_logs", "outputs", b"outputs", "outputs_json", b"outputs_json", "run_id", b"run_id", "session_id", b"session_id", "status", b"status", "tags", b"tags", "thread_id", b"thread_id", "truncated", b"truncated", "updated_at", b"updated_at", "usage", b"usage", "user_id", b"user_id", "wpk_id", b"wpk_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
