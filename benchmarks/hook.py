@@ -7,7 +7,10 @@ sender is charged to the hook's arm only; a RunHistory server receives in anothe
 process on the same machine. Arms alternate over several rounds and the samples of all
 rounds are pooled. A fourth arm, the hook with node input/output capture off, shows what
 that capture costs. Two graphs: a 3-node StateGraph and LangGraph's prebuilt react agent
-(create_react_agent, a fake chat model reporting token usage, two tools).
+(create_react_agent, a fake chat model reporting token usage, two tools). Then, on the
+3-node graph: arms taking turns (the hook's cost split into its callbacks and holding
+runs), and instructions counted by valgrind's cachegrind (the same on a busy or a quiet
+machine; skipped without valgrind).
 
     python -m benchmarks --only hook
 """
@@ -20,6 +23,7 @@ import json
 import multiprocessing
 import operator
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,6 +32,7 @@ import time
 import tracemalloc
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -176,6 +181,7 @@ def run(
             for graph_name, (count, rounds) in GRAPHS.items():
                 _latency(section, server, Path(tmp), graph_name, n or count, rounds=rounds)
             _split(section, server, Path(tmp))
+            _instructions(section, server, Path(tmp))
             _sustained(section, server, Path(tmp), sustained)
             # Last: its 300 queued records grow the heap the sustained run would see.
             _record_cost(section)
@@ -205,6 +211,12 @@ def run(
         "invokes; per round, the median of an arm's turn medians against the bare graph's; "
         "the two extra arms split the hook's cost into its callbacks and holding runs until "
         "the sender builds them. "
+        "Instructions: each arm under valgrind's cachegrind, which counts instructions and "
+        "simulates caches and branch prediction, so the figures are the same on a busy or "
+        "a quiet machine; per invoke, the difference between a process running "
+        f"{COUNT_RUNS[1]:,} and one running {COUNT_RUNS[0]:,} timed invokes (after the same "
+        "warm-up). The sender's arm flushes before it exits, so its figure holds the "
+        "background thread's whole work (building, serializing, sending). "
         "Sustained: pre-built runs submitted to the hook's sender as fast as possible, timed "
         "until every one is stored (BatchLogRuns, batches of up to 200)."
     )
@@ -304,22 +316,26 @@ SPLIT = {
 SPLIT_ROUNDS, SPLIT_BLOCK, SPLIT_COPIES = 40, 100, 3
 
 
+def _arm(arm: str, address: str, spool: str) -> tuple[Any, Any]:
+    """The invoke config of a split or count arm, and the hook's sender (None without)."""
+    if arm == "bare":
+        return None, None
+    if arm == "do-nothing callback":
+        return {"callbacks": [BaseCallbackHandler()]}, None
+    sender: Any = (
+        RunSender(address, spool_dir=Path(spool))
+        if arm == "RunHistoryCallback"
+        else _Keep()
+        if arm == "held"
+        else _Drop()
+    )
+    return {"callbacks": [RunHistoryCallback(sender=sender)]}, sender
+
+
 def _split_worker(arm: str, conn: Any, address: str, spool: str) -> None:
     warnings.simplefilter("ignore")
     graph = small_graph()
-    cfg: Any = None
-    sender: Any = None
-    if arm == "do-nothing callback":
-        cfg = {"callbacks": [BaseCallbackHandler()]}
-    elif arm != "bare":
-        sender = (
-            RunSender(address, spool_dir=Path(spool))
-            if arm == "RunHistoryCallback"
-            else _Keep()
-            if arm == "held"
-            else _Drop()
-        )
-        cfg = {"callbacks": [RunHistoryCallback(sender=sender)]}
+    cfg, sender = _arm(arm, address, spool)
     for _ in range(300):
         graph.invoke({"x": 1}, config=cfg)
     conn.send("ready")
@@ -388,6 +404,118 @@ def _split(section: Section, server: ServerProcess, tmp: Path) -> None:
         section.add(
             f"3-node graph, arms taking turns: p50 added by {label}",
             f"{mid:+.0f} µs (middle half of the rounds {lo:+.0f} to {hi:+.0f} µs){ratio}",
+        )
+
+
+# The instruction counts: invokes in the two processes whose difference is counted.
+COUNT_RUNS = (50, 350)
+COUNT_ARMS = {
+    "bare": "bare graph",
+    "do-nothing callback": "a do-nothing callback",
+    "dropped": "the hook's callbacks alone (each run let go at once)",
+    "held": "the hook, runs held until built (the graph's thread only)",
+    "RunHistoryCallback": "RunHistoryCallback, with its sender's building and sending",
+}
+# A rough cost model for the simulated events, in cycles: an L1 miss that hits the last
+# level, a last-level miss, a mispredicted branch.
+L1_MISS, LL_MISS, MISPREDICT = 10, 100, 15
+
+
+def _count_worker(arm: str, n: int, address: str, spool: str) -> None:
+    """``n`` invokes of the 3-node graph after a warm-up, then exit at once (the
+    interpreter's own shutdown would count the runs a held arm keeps)."""
+    warnings.simplefilter("ignore")
+    graph = small_graph()
+    cfg, sender = _arm(arm, address, spool)
+    for _ in range(200):
+        graph.invoke({"x": 1}, config=cfg)
+    if isinstance(sender, RunSender):
+        sender.flush(600)
+    elif isinstance(sender, _Keep):
+        sender.items.clear()
+    gc.collect()
+    for _ in range(n):
+        graph.invoke({"x": 1}, config=cfg)
+    if isinstance(sender, RunSender):
+        sender.flush(600)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _cachegrind(arm: str, n: int, address: str, tmp: Path) -> dict[str, int]:
+    out = tmp / f"cachegrind-{arm.replace(' ', '-')}-{n}.out"
+    subprocess.run(
+        [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=yes",
+            "--branch-sim=yes",
+            # The same simulated machine wherever it runs: 32 KiB L1s, a 1 MiB last level.
+            "--I1=32768,8,64",
+            "--D1=32768,8,64",
+            "--LL=1048576,16,64",
+            f"--cachegrind-out-file={out}",
+            sys.executable,
+            "-m",
+            "benchmarks.hook",
+            "--count",
+            *(arm, str(n), address, str(tmp / f"spool-count-{n}")),
+        ],
+        check=True,
+        capture_output=True,
+        # The same dict layouts in every process: the counts then repeat exactly.
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0"},
+    )
+    events: list[str] = []
+    for line in out.read_text().splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("summary:"):
+            return dict(zip(events, map(int, line.split()[1:]), strict=True))
+    raise RuntimeError(f"no summary in {out}")
+
+
+def _instructions(section: Section, server: ServerProcess, tmp: Path) -> None:
+    if shutil.which("valgrind") is None:
+        section.add("3-node graph, instructions (cachegrind)", "valgrind not found: not measured")
+        return
+    lo, hi = COUNT_RUNS
+    per: dict[str, dict[str, float]] = {}
+    address = server.address("runhistory")
+    # Two at a time (the counts do not depend on what else runs).
+    with ThreadPoolExecutor(2) as pool:
+        counts = {
+            (arm, n): pool.submit(_cachegrind, arm, n, address, tmp)
+            for arm in COUNT_ARMS
+            for n in COUNT_RUNS
+        }
+    for arm in COUNT_ARMS:
+        a, b = counts[arm, lo].result(), counts[arm, hi].result()
+        d = {k: (b[k] - a[k]) / (hi - lo) for k in a}
+        l1 = d["I1mr"] + d["D1mr"] + d["D1mw"]
+        ll = d["ILmr"] + d["DLmr"] + d["DLmw"]
+        branches = d["Bcm"] + d["Bim"]
+        d["cycles"] = d["Ir"] + L1_MISS * l1 + LL_MISS * ll + MISPREDICT * branches
+        per[arm] = d
+    bare, nop = per["bare"], per["do-nothing callback"]
+    for arm, label in COUNT_ARMS.items():
+        d = per[arm]
+        if arm == "bare":
+            section.add(
+                "3-node graph, instructions per invoke (cachegrind): bare graph",
+                f"{d['Ir'] / 1e6:.2f} M instructions, {d['cycles'] / 1e6:.2f} M estimated cycles",
+            )
+            continue
+        ir, cyc = d["Ir"] - bare["Ir"], d["cycles"] - bare["cycles"]
+        ratio = ""
+        if arm != "do-nothing callback":
+            ratio = (
+                f" = {ir / (nop['Ir'] - bare['Ir']):.2f}x / "
+                f"{cyc / (nop['cycles'] - bare['cycles']):.2f}x the do-nothing callback's"
+            )
+        section.add(
+            f"3-node graph, added per invoke (cachegrind): {label}",
+            f"+{ir / 1e3:.0f} k instructions, +{cyc / 1e3:.0f} k estimated cycles{ratio}",
         )
 
 
@@ -518,6 +646,10 @@ def _sustained(section: Section, server: ServerProcess, tmp: Path, total: int) -
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", nargs=5, metavar=("ARM", "GRAPH", "N", "ADDRESS", "SPOOL"))
+    parser.add_argument("--count", nargs=4, metavar=("ARM", "N", "ADDRESS", "SPOOL"))
     args = parser.parse_args()
+    if args.count:
+        arm, count, address, spool = args.count
+        _count_worker(arm, int(count), address, spool)
     arm, graph_name, count, address, spool = args.worker
     print(json.dumps(_worker(arm, graph_name, int(count), address, spool)))
