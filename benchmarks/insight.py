@@ -14,7 +14,7 @@ import orjson
 from google.protobuf import duration_pb2, timestamp_pb2
 from neuralops.insight.v1 import insight_pb2 as ipb
 from neuralops.insight.v1 import insight_pb2_grpc
-from neuralops.servers.insight import scoring
+from neuralops.servers.insight import detector, scoring
 from neuralops.servers.insight.detector import DetectorSettings
 from neuralops.servers.insight.model import Watch
 from neuralops.servers.insight.prometheus import CHUNK_POINTS, PrometheusClient
@@ -67,7 +67,7 @@ def _backtest_and_watch(
         planted.append(
             ("bench_backtest", {"s": str(i)}, list(zip(base.tolist(), v.tolist(), strict=True)))
         )
-    w_points = d.window + 1
+    w_points = detector.history_points(d, step) + 1  # what a watch fetches
     w_base = end - np.arange(w_points)[::-1] * step
     for i in range(watched):
         v = 10 + rng.normal(0, 1, w_points)
@@ -127,7 +127,7 @@ def _backtest_and_watch(
             w_floor, w_eval = [], []
             for _ in range(3):
                 t0 = time.perf_counter()
-                n = _floor(prom.url, "bench_watch", end - d.window * step, end, step)
+                n = _floor(prom.url, "bench_watch", end - (w_points - 1) * step, end, step)
                 t1 = time.perf_counter()
                 insight.evaluate_watch(watch, grid)
                 t2 = time.perf_counter()

@@ -402,3 +402,62 @@ def test_a_backtest_stops_when_its_caller_goes_away(
     assert status_code(Cancelled("gone")) == grpc.StatusCode.CANCELLED
     results, _ = insight.backtest_query("queue_depth", start, end, 1.0, DetectorSettings())
     assert results  # a caller that stays gets the whole range
+
+
+# Ordinary daily traffic (requests per 5 minutes, a 50% daily swing, a little
+# autocorrelated noise), ten days of it: no incident anywhere.
+DAY_POINTS = 288
+DAYS = 10
+
+
+def _daily_traffic(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = DAYS * DAY_POINTS
+    phase = rng.uniform(0, 2 * np.pi)
+    swing = 1 + 0.5 * np.sin(2 * np.pi * np.arange(n) / DAY_POINTS + phase)
+    noise = np.zeros(n)
+    for k in range(1, n):
+        noise[k] = 0.8 * noise[k - 1] + rng.normal(0, 0.03)
+    return rng.poisson(400 * swing * np.exp(noise)).astype(float)
+
+
+TRAFFIC_END = (int(datetime.now(UTC).timestamp()) // 300) * 300 - 3600
+TRAFFIC_T0 = TRAFFIC_END - (DAYS * DAY_POINTS - 1) * 300
+TRAFFIC_SERIES = 4
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusProcess]:
+    prom = PrometheusProcess(tmp_path_factory.mktemp("traffic"))
+    prom.plant(
+        [
+            (
+                "requests",
+                {"pod": str(seed)},
+                [
+                    (float(TRAFFIC_T0 + k * 300), float(v))
+                    for k, v in enumerate(_daily_traffic(seed))
+                ],
+            )
+            for seed in range(TRAFFIC_SERIES)
+        ]
+    )
+    prom.start()
+    yield prom
+    prom.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # (the detector's business)
+def test_a_watch_sees_an_ordinary_day_as_a_backtest_of_the_same_days_does(
+    db: Database, traffic: PrometheusProcess
+) -> None:
+    """A live watch scores each new point on the history a Backtest would give it (the
+    daily profile's week, not the last 2.5 days), so daily traffic raises nothing, point
+    after point, as in the Backtest of those days."""
+    insight, store = _engine(db, traffic)
+    w = insight.create_watch(Watch("", "traffic", "requests", {}, 300.0))
+    sched = Scheduler(insight, store)
+    first = DAYS * DAY_POINTS - DAY_POINTS  # the last day, one point at a time
+    for k in range(first, DAYS * DAY_POINTS):
+        assert sched.run_once(datetime.fromtimestamp(TRAFFIC_T0 + k * 300, UTC)) == 1
+    assert store.list_episodes(50, watch_id=w.id) == []

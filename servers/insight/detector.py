@@ -285,7 +285,28 @@ def _ewma(
     return score, base
 
 
-def daily_profile(values: FloatArray, period: int, days: int = 7) -> FloatArray:
+# Days of history the daily profile looks back on.
+PROFILE_DAYS = 7
+# A watch fetches at most this many points of history per series (two Prometheus
+# chunks): a week of minutes. Finer steps get fewer days of profile (at 15 s, about
+# three days), so each evaluation stays a bounded fetch.
+MAX_HISTORY_POINTS = 20_000
+
+
+def history_points(settings: DetectorSettings, step_s: float) -> int:
+    """Points before a scored window that give it all the context it has in a long
+    range (a Backtest): the baseline window, and for a seasonal detector the days its
+    daily profile looks back on. A watch fetches these, so a point scores as it would
+    in a Backtest of the same days, not against two days' profile."""
+    n = settings.window
+    if settings.method == "robust" and settings.seasonal and step_s > 0:
+        period = round(DAY_S / step_s)
+        if period >= 3:
+            n += PROFILE_DAYS * period
+    return max(settings.window, min(n, MAX_HISTORY_POINTS))
+
+
+def daily_profile(values: FloatArray, period: int, days: int = PROFILE_DAYS) -> FloatArray:
     """For every point, the median over up to ``days`` previous days of the same time
     of day (each day's value the median of that step and its two neighbours); NaN
     where fewer than two days are behind it."""

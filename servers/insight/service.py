@@ -613,16 +613,24 @@ class Insight:
         else:
             new = round((grid.timestamp() - w.evaluated_time.timestamp()) / step)
             new = max(1, min(new, MAX_WATCH_CATCHUP))
-        n = s.window + new
+        # The context a Backtest of the same days gives each point (the daily profile's
+        # days, the baseline window): a watch must not alarm on what a Backtest calls
+        # an ordinary day.
+        n = detector.history_points(s, step) + new
         start = grid - timedelta(seconds=step * (n - 1))
-        data = prom.query_range(
-            w.query, start, grid, step, self._max_series, max_points=MAX_WORK_POINTS
+        data = prom.query_range_chunked(
+            w.query,
+            start,
+            grid,
+            step,
+            max_series=self._max_series,
+            max_points=MAX_WORK_POINTS,
         )
         if not data.labels:
             return 0
-        # Earlier points are scored too (cheap, blockwise) so the "beats its own window"
-        # rule sees the window's scores.
-        sc = detector.score_matrix(data.values, s, step_s=step)
+        # The window before the new points is scored too (cheap, blockwise) so the
+        # "beats its own window" rule sees the window's scores.
+        sc = detector.score_matrix(data.values, s, first=max(0, n - new - s.window), step_s=step)
         times = [_ts(data.start + step * k) for k in range(n - new, n)]
         source = "watch:" + w.id
         walker = Walker(s, source, w.id, w.query)
