@@ -1277,7 +1277,13 @@ _exit_lock = threading.Lock()
 
 def _recorded_elsewhere(hook: RunHistoryCallback, key: Any) -> bool:
     """Whether a hook other than ``hook`` records the open run ``key`` belongs to."""
-    return any(h is not hook and (key in h._open or key in h._quiet) for h in list(_open_hooks))
+    while True:
+        try:
+            hooks = list(_open_hooks)
+            break
+        except RuntimeError:  # a hook made on another thread meanwhile: look again
+            continue
+    return any(h is not hook and (key in h._open or key in h._quiet) for h in hooks)
 
 
 def _close_open_runs_at_exit(hook: RunHistoryCallback) -> None:

@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -590,7 +591,7 @@ def test_a_replay_stopped_part_way_starts_where_it_stopped(config: Config, tmp_p
             self.inner.export(batch, timeout_s)
             self.batches += 1
             if self.batches == 3:
-                server.stop()
+                server.stop(signal.SIGKILL)  # a crash: no graceful drain to wait for
 
         def reset(self) -> None:
             self.inner.reset()
@@ -603,7 +604,7 @@ def test_a_replay_stopped_part_way_starts_where_it_stopped(config: Config, tmp_p
         address, spool_dir=tmp_path / "spool", exporter=exporter, batch_size=100, retry_s=0.2
     )
     try:
-        wait_for(lambda: exporter.batches == 3 and sender.stats().get("replayed") == 300)
+        wait_for(lambda: exporter.batches == 3 and sender.stats().get("replayed") == 300, 30)
         wait_for(lambda: sender.spool.pending() == 700)  # the rest, spooled anew
         server.start()
         wait_for(lambda: sender.spool.pending() == 0, timeout=60)
