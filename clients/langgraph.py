@@ -1283,7 +1283,7 @@ def _recorded_elsewhere(hook: RunHistoryCallback, key: Any) -> bool:
             break
         except RuntimeError:  # a hook made on another thread meanwhile: look again
             continue
-    return any(h is not hook and (key in h._open or key in h._quiet) for h in hooks)
+    return any(h is not hook and h._find(key) is not None for h in hooks)
 
 
 def _close_open_runs_at_exit(hook: RunHistoryCallback) -> None:
